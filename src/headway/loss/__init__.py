@@ -1,0 +1,6 @@
+"""Fused linear cross-entropy: the LM loss straight from hidden states, never the N×V logits."""
+
+from headway.loss.api import linear_cross_entropy, token_logprobs
+from headway.loss.validate import shift_labels
+
+__all__ = ["linear_cross_entropy", "token_logprobs", "shift_labels"]

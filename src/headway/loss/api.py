@@ -1,0 +1,151 @@
+"""`linear_cross_entropy` and `token_logprobs`: the public loss API (contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from headway.constants import IGNORE_INDEX
+from headway.loss import backends
+from headway.loss.chunked import ChunkedLinearCrossEntropy, ChunkOpts, acc_dtype, default_chunk_size
+from headway.loss.reference import reference_token_losses
+from headway.loss.validate import LossArgs, check_args
+
+
+def _reduce(per_token: Tensor, n_valid: Tensor, a: LossArgs) -> Tensor:
+    """Apply the one normalization: sum / num_items_in_batch, sum / n_valid, sum, or none."""
+    if a.reduction == "none":
+        return per_token.reshape(a.lead_shape)
+    total = per_token.sum()
+    if a.reduction == "sum":
+        return total
+    return total * _mean_scale(n_valid, a)
+
+
+def _mean_scale(n_valid: Tensor, a: LossArgs) -> Tensor:
+    dt = acc_dtype(a.hidden.dtype)
+    if a.num_items_in_batch is not None:
+        return 1.0 / torch.as_tensor(a.num_items_in_batch, device=n_valid.device).to(dt)
+    return 1.0 / n_valid.clamp(min=1).to(dt)  # no valid token -> loss 0, grads 0
+
+
+def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
+    """Loss (reduced) and lse (N,) through the chunked autograd Function, ignored rows dropped."""
+    h, y = a.hidden, a.labels
+    N = h.shape[0]
+    valid = y != a.ignore_index
+    n_valid = valid.sum()
+    idx = None
+    if int(n_valid) != N:
+        idx = valid.nonzero().squeeze(1)
+        h, y = h.index_select(0, idx), y.index_select(0, idx)
+    chunk = a.chunk_size or default_chunk_size(a.weight.shape[0], a.softcap is not None)
+    o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, chunk)
+    per_token = a.reduction == "none"
+    if a.reduction == "sum" or per_token:
+        scale = torch.ones((), dtype=acc_dtype(h.dtype), device=h.device)
+    else:
+        scale = _mean_scale(n_valid, a)
+    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token)
+    if idx is not None:
+        lse = torch.zeros(N, dtype=lse.dtype, device=lse.device).index_copy(0, idx, lse)
+        if per_token:
+            out = torch.zeros(N, dtype=out.dtype, device=out.device).index_copy(0, idx, out)
+    if per_token:
+        out = out.reshape(a.lead_shape)
+    return out, lse
+
+
+def _dispatch(a: LossArgs) -> tuple[Tensor, Tensor | None]:
+    if a.impl == "reference":
+        per_token, lse = reference_token_losses(a)
+        return _reduce(per_token, (a.labels != a.ignore_index).sum(), a), lse
+    use_cce = a.impl == "cce" or (a.impl == "auto" and backends.available("cce") and backends.cce_supports(a))
+    if use_cce:
+        if not backends.cce_supports(a):
+            raise ValueError("linear_cross_entropy: impl='cce' needs CUDA bf16/fp16 inputs, no bias, "
+                             "label_smoothing=0 and z_loss=0")
+        return _reduce(backends.cce_token_losses(a), (a.labels != a.ignore_index).sum(), a), None
+    use_liger = a.impl == "liger" or (a.impl == "auto" and backends.available("liger") and backends.liger_supports(a))
+    if use_liger:
+        if not backends.liger_supports(a):
+            raise ValueError("linear_cross_entropy: impl='liger' needs CUDA inputs and reduction 'mean' or 'sum'")
+        total = backends.liger_sum(a)
+        n_valid = (a.labels != a.ignore_index).sum()
+        return (total if a.reduction == "sum" else total * _mean_scale(n_valid, a)), None
+    return _chunked(a)
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    shift: bool = False,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    num_items_in_batch: Tensor | float | None = None,
+    chunk_size: int | None = None,
+    impl: str = "auto",
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Cross-entropy of `hidden @ weight.T + bias` against `labels`, without the (N, V) logits.
+
+    Equals ``F.cross_entropy((hidden @ weight.T + bias).float().flatten(0, -2), labels.flatten(),
+    ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)`` when
+    z_loss=0 and softcap=None; with them each valid token's loss gains ``z_loss * lse**2`` and the
+    logits become ``softcap * tanh(logits / softcap)`` before the softmax.
+
+    Args:
+        hidden: (..., H) float. weight: (V, H), same dtype. labels: (...) integer, aligned
+            (``labels[t]`` is the target of position t) unless ``shift=True`` (HF-style:
+            position t predicts ``labels[t+1]``).
+        reduction: "mean" (sum over valid tokens / their count, or / ``num_items_in_batch``),
+            "sum", or "none" (per-token loss of shape (...), 0 where ignored).
+        chunk_size: tokens per chunk; default keeps the chunk's float32 logits within 64 MiB.
+        impl: "auto" (chunked; on CUDA Cut-Cross-Entropy or Liger when installed and the options
+            allow), "chunked", "reference" (materializing oracle), "cce", "liger".
+        return_lse: also return the float32 log-sum-exp of shape (...) (0 where ignored for the
+            fused paths; not available from the cce/liger backends).
+
+    A batch without a valid label gives loss 0 and zero gradients.
+    """
+    a = check_args(hidden, weight, labels, bias=bias, ignore_index=ignore_index, reduction=reduction,
+                   shift=shift, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   num_items_in_batch=num_items_in_batch, chunk_size=chunk_size, impl=impl)
+    if return_lse and a.impl in ("cce", "liger"):
+        raise ValueError(f"linear_cross_entropy: return_lse=True is not available with impl={a.impl!r}")
+    if return_lse and a.impl == "auto":
+        a.impl = "chunked"
+    loss, lse = _dispatch(a)
+    if return_lse:
+        assert lse is not None
+        return loss, lse.reshape(a.lead_shape)
+    return loss
+
+
+def token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    shift: bool = False,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Per-token log-probabilities log p(labels[t] | hidden[t]) of shape (...), 0 where ignored.
+
+    Equals ``log_softmax(hidden @ weight.T + bias).gather(-1, labels)``; differentiable.
+    """
+    nll = linear_cross_entropy(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
+                               reduction="none", shift=shift, softcap=softcap, chunk_size=chunk_size,
+                               impl=impl)
+    assert isinstance(nll, Tensor)
+    return -nll

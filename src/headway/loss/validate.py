@@ -1,0 +1,117 @@
+"""Argument checking and flattening for `linear_cross_entropy`: every bad input gets a clear error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+IMPLS = ("auto", "chunked", "reference", "cce", "liger")
+
+
+@dataclass
+class LossArgs:
+    """Flattened, checked arguments. hidden (N, H), weight (V, H), labels (N,) aligned."""
+
+    hidden: Tensor
+    weight: Tensor
+    labels: Tensor
+    bias: Tensor | None
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    num_items_in_batch: Tensor | float | None
+    chunk_size: int | None
+    impl: str
+    lead_shape: tuple[int, ...]
+
+
+def _fail(arg: str, expected: str, actual: object) -> ValueError:
+    return ValueError(f"linear_cross_entropy: `{arg}` must be {expected}, got {actual}")
+
+
+def shift_labels(labels: Tensor, ignore_index: int) -> Tensor:
+    """HF-style unshifted labels (..., S) -> aligned labels: out[..., t] = labels[..., t+1], last ignored."""
+    pad = torch.full_like(labels[..., :1], ignore_index)
+    return torch.cat([labels[..., 1:], pad], dim=-1)
+
+
+def check_args(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    shift: bool,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    num_items_in_batch: Tensor | float | None,
+    chunk_size: int | None,
+    impl: str,
+) -> LossArgs:
+    """Validate every argument and return them flattened to (N, H) / (N,)."""
+    for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels)):
+        if not isinstance(t, Tensor):
+            raise _fail(name, "a torch.Tensor", type(t).__name__)
+    if not hidden.is_floating_point():
+        raise _fail("hidden", "a floating-point tensor", hidden.dtype)
+    if weight.dim() != 2:
+        raise _fail("weight", "2-D (V, H)", tuple(weight.shape))
+    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise _fail("hidden", f"shape (..., {weight.shape[1]}) to match weight (V, H)={tuple(weight.shape)}",
+                    tuple(hidden.shape))
+    if weight.dtype != hidden.dtype:
+        raise _fail("weight", f"dtype {hidden.dtype} (same as hidden)", weight.dtype)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise _fail("labels", "an integer tensor (class indices)", labels.dtype)
+    if tuple(labels.shape) != tuple(hidden.shape[:-1]):
+        raise _fail("labels", f"shape {tuple(hidden.shape[:-1])} (hidden without its last dim)",
+                    tuple(labels.shape))
+    V = weight.shape[0]
+    if bias is not None:
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (V,):
+            raise _fail("bias", f"a tensor of shape ({V},)", getattr(bias, "shape", type(bias).__name__))
+        if bias.dtype != hidden.dtype:
+            raise _fail("bias", f"dtype {hidden.dtype} (same as hidden)", bias.dtype)
+    if reduction not in REDUCTIONS:
+        raise _fail("reduction", f"one of {REDUCTIONS}", repr(reduction))
+    if impl not in IMPLS:
+        raise _fail("impl", f"one of {IMPLS}", repr(impl))
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise _fail("label_smoothing", "in [0, 1]", label_smoothing)
+    if z_loss < 0:
+        raise _fail("z_loss", ">= 0", z_loss)
+    if softcap is not None and not softcap > 0:
+        raise _fail("softcap", "None or > 0", softcap)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+        raise _fail("chunk_size", "None or a positive int", chunk_size)
+    if num_items_in_batch is not None:
+        if reduction != "mean":
+            raise _fail("num_items_in_batch", 'None unless reduction="mean"', num_items_in_batch)
+        n = float(num_items_in_batch)
+        if not n > 0:
+            raise _fail("num_items_in_batch", "> 0", n)
+    if shift:
+        if labels.dim() < 1:
+            raise _fail("labels", "at least 1-D when shift=True", tuple(labels.shape))
+        labels = shift_labels(labels, ignore_index)
+    lead = tuple(hidden.shape[:-1])
+    y = labels.reshape(-1).long()
+    if not torch.compiler.is_compiling():
+        bad = (y != ignore_index) & ((y < 0) | (y >= V))
+        if bool(bad.any()):
+            first = y[bad][0].item()
+            raise _fail("labels", f"in [0, {V}) or ignore_index={ignore_index}", f"a label {first}")
+    return LossArgs(
+        hidden=hidden.reshape(-1, hidden.shape[-1]), weight=weight, labels=y, bias=bias,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss), softcap=None if softcap is None else float(softcap),
+        num_items_in_batch=num_items_in_batch, chunk_size=chunk_size, impl=impl, lead_shape=lead,
+    )

@@ -1,0 +1,228 @@
+"""The chunked loss against the materializing reference, F.cross_entropy and HF's ForCausalLMLoss."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import headway as hw
+
+N, H, V = 37, 19, 1031
+
+
+def make(dtype=torch.float64, bias=False, seed=0, lead=(N,), ignore_every=5):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(*lead, H, dtype=dtype, generator=g).requires_grad_()
+    w = (torch.randn(V, H, dtype=dtype, generator=g) * 0.5).requires_grad_()
+    b = (torch.randn(V, dtype=dtype, generator=g) * 0.5).requires_grad_() if bias else None
+    y = torch.randint(0, V, lead, generator=g)
+    if ignore_every:
+        y.view(-1)[::ignore_every] = hw.IGNORE_INDEX
+    return h, w, b, y
+
+
+def grads(loss, params):
+    params = [p for p in params if p is not None]
+    return torch.autograd.grad(loss.sum() if loss.dim() else loss, params)
+
+
+OPTIONS = [
+    dict(),
+    dict(label_smoothing=0.1),
+    dict(z_loss=1e-2),
+    dict(softcap=2.5),
+    dict(label_smoothing=0.2, z_loss=1e-3, softcap=4.0),
+]
+
+
+@pytest.mark.parametrize("opts,reduction,bias,shift,chunk",
+                         list(itertools.product(OPTIONS, ["mean", "sum", "none"], [False, True], [False, True],
+                                                [None, 1, 7, 64])))
+def test_matches_reference_float64(opts, reduction, bias, shift, chunk):
+    h, w, b, y = make(bias=bias, lead=(3, 13))
+    kw = dict(bias=b, reduction=reduction, shift=shift, **opts)
+    got = hw.linear_cross_entropy(h, w, y, chunk_size=chunk, impl="chunked", **kw)
+    ref = hw.linear_cross_entropy(h, w, y, impl="reference", **kw)
+    assert got.shape == ref.shape == ((3, 13) if reduction == "none" else ())
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    # a non-uniform incoming gradient exercises the rescaling paths
+    gout = torch.rand_like(got) + 0.5
+    for a_, b_ in zip(torch.autograd.grad((got * gout).sum(), [t for t in (h, w, b) if t is not None]),
+                      torch.autograd.grad((ref * gout).sum(), [t for t in (h, w, b) if t is not None])):
+        torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equals_torch_cross_entropy(dtype):
+    h, w, b, y = make(dtype=dtype, bias=True)
+    for smoothing, red in itertools.product([0.0, 0.3], ["mean", "sum", "none"]):
+        got = hw.linear_cross_entropy(h, w, y, bias=b, label_smoothing=smoothing, reduction=red, chunk_size=8)
+        ref = F.cross_entropy(h @ w.T + b, y, label_smoothing=smoothing, reduction=red)
+        tol = 1e-5 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+        for a_, b_ in zip(grads(got, (h, w, b)), grads(ref, (h, w, b))):
+            torch.testing.assert_close(a_, b_, rtol=tol * 10, atol=tol)
+
+
+def test_equals_hf_for_causal_lm_loss_with_shift_and_num_items():
+    loss_utils = pytest.importorskip("transformers.loss.loss_utils")
+    h, w, _, y = make(dtype=torch.float32, lead=(2, 17), ignore_every=4)
+    num_items = int((y[:, 1:] != hw.IGNORE_INDEX).sum()) + 3  # as if accumulated over more batches
+    for n in (None, num_items):
+        ref = loss_utils.ForCausalLMLoss(h @ w.T, y, vocab_size=V, num_items_in_batch=n)
+        got = hw.linear_cross_entropy(h, w, y, shift=True, num_items_in_batch=n, chunk_size=5)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        for a_, b_ in zip(grads(got, (h, w)), grads(ref, (h, w))):
+            torch.testing.assert_close(a_, b_, rtol=1e-4, atol=1e-6)
+
+
+def test_num_items_in_batch_divides_the_sum():
+    h, w, _, y = make()
+    total = hw.linear_cross_entropy(h, w, y, reduction="sum")
+    torch.testing.assert_close(hw.linear_cross_entropy(h, w, y, num_items_in_batch=100), total / 100)
+    torch.testing.assert_close(hw.linear_cross_entropy(h, w, y, num_items_in_batch=torch.tensor(100)),
+                               total / 100)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "reference"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_ignored_gives_zero_loss_and_zero_grads(impl, reduction):
+    h, w, b, y = make(bias=True)
+    y[:] = hw.IGNORE_INDEX
+    loss = hw.linear_cross_entropy(h, w, y, bias=b, reduction=reduction, impl=impl, z_loss=1e-3)
+    assert torch.isfinite(loss).all() and float(loss.detach().sum()) == 0.0
+    for g in grads(loss, (h, w, b)):
+        assert torch.isfinite(g).all() and float(g.abs().sum()) == 0.0
+
+
+def test_ignore_index_custom_and_lse():
+    h, w, _, y = make(ignore_every=0)
+    y[3] = 7777
+    loss, lse = hw.linear_cross_entropy(h, w, y, ignore_index=7777, return_lse=True)
+    logits = h @ w.T
+    keep = torch.arange(N) != 3
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], y[keep]))
+    torch.testing.assert_close(lse[keep], torch.logsumexp(logits[keep], -1))
+    assert lse[3] == 0
+
+
+def test_token_logprobs_equal_log_softmax_gather():
+    h, w, b, y = make(bias=True)
+    lp = hw.token_logprobs(h, w, y, bias=b, chunk_size=6)
+    ls = torch.log_softmax(h @ w.T + b, -1)
+    valid = y != hw.IGNORE_INDEX
+    ref = torch.where(valid, ls.gather(1, y.clamp(min=0)[:, None]).squeeze(1), torch.zeros(()).double())
+    torch.testing.assert_close(lp, ref)
+    for a_, b_ in zip(grads(lp, (h, w, b)), grads(ref, (h, w, b))):
+        torch.testing.assert_close(a_, b_)
+
+
+def test_gradcheck_float64_all_options():
+    h, w, b, y = make(bias=True, lead=(2, 5))
+    h, w, b = (t.detach()[..., :] for t in (h, w[:23, :], b[:23]))
+    y = y % 23
+    y[0, 1] = hw.IGNORE_INDEX
+    for red in ("mean", "none"):
+        def f(h_, w_, b_, red=red):
+            return hw.linear_cross_entropy(h_, w_, y, bias=b_, reduction=red, label_smoothing=0.1, z_loss=0.01,
+                                           softcap=3.0, chunk_size=3)
+        assert torch.autograd.gradcheck(f, (h.requires_grad_(), w.requires_grad_(), b.requires_grad_()))
+
+
+def test_bfloat16_close_to_float32_and_fp32_weight_grad_accumulation():
+    h, w, _, y = make(dtype=torch.float32, ignore_every=0)
+    hb, wb = h.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    got = hw.linear_cross_entropy(hb, wb, y, chunk_size=4)
+    ref = hw.linear_cross_entropy(hb.float(), wb.float(), y, impl="reference")
+    assert abs(got.item() - ref.item()) < 2e-2 * abs(ref.item())
+    got.backward()
+    assert hb.grad.dtype == torch.bfloat16 and wb.grad.dtype == torch.bfloat16
+    rw = F.cross_entropy(hb.detach().float() @ wb.detach().float().T, y)
+    wf = wb.detach().float().requires_grad_()
+    (rgw,) = torch.autograd.grad(F.cross_entropy(hb.detach().float() @ wf.T, y), wf)
+    assert rw.isfinite()
+    assert F.cosine_similarity(wb.grad.float().flatten(), rgw.flatten(), dim=0) > 0.999
+
+
+def test_only_some_inputs_require_grad():
+    h, w, b, y = make(bias=True)
+    w2 = w.detach()
+    loss = hw.linear_cross_entropy(h, w2, y, bias=b.detach())
+    (gh,) = torch.autograd.grad(loss, h)
+    ref = F.cross_entropy(h @ w2.T + b.detach(), y)
+    torch.testing.assert_close(gh, torch.autograd.grad(ref, h)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(hw.linear_cross_entropy(h, w, y), F.cross_entropy(h @ w.T, y))
+
+
+def test_second_backward_recomputes_instead_of_reusing_stolen_grads():
+    h, w, _, y = make()
+    loss = hw.linear_cross_entropy(h, w, y)
+    loss.backward(retain_graph=True)
+    first = h.grad.clone(), w.grad.clone()
+    w.grad.mul_(0.0)  # the optimizer may mutate what autograd stored in .grad
+    h.grad = None
+    (2 * loss).backward()
+    torch.testing.assert_close(h.grad, 2 * first[0])
+    torch.testing.assert_close(w.grad, 2 * first[1])
+
+
+def test_torch_compile_matches_eager():
+    h, w, _, y = make(dtype=torch.float32, ignore_every=0)
+    compiled = torch.compile(lambda a, b: hw.linear_cross_entropy(a, b, y, chunk_size=16), backend="eager")
+    got = compiled(h, w)
+    torch.testing.assert_close(got, F.cross_entropy(h @ w.T, y))
+    for a_, b_ in zip(grads(got, (h, w)), grads(F.cross_entropy(h @ w.T, y), (h, w))):
+        torch.testing.assert_close(a_, b_, rtol=1e-4, atol=1e-6)
+
+
+BAD = [
+    (dict(labels=torch.zeros(N, dtype=torch.float32)), "labels.*integer"),
+    (dict(labels=torch.full((N,), V)), r"labels.*\[0, 1031\)"),
+    (dict(labels=torch.full((N,), -3)), r"labels.*\[0, 1031\)"),
+    (dict(labels=torch.zeros(N + 1, dtype=torch.long)), "labels.*shape"),
+    (dict(weight=torch.randn(V, H + 1, dtype=torch.float64)), "hidden.*shape"),
+    (dict(weight=torch.randn(V, H, dtype=torch.float32)), "weight.*dtype"),
+    (dict(weight=torch.randn(V * H, dtype=torch.float64)), "weight.*2-D"),
+    (dict(bias=torch.randn(V + 1, dtype=torch.float64)), "bias.*shape"),
+    (dict(bias=torch.randn(V, dtype=torch.float32)), "bias.*dtype"),
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(reduction="avg"), "reduction"),
+    (dict(impl="triton"), "impl"),
+    (dict(label_smoothing=1.5), "label_smoothing"),
+    (dict(softcap=0.0), "softcap"),
+    (dict(z_loss=-1.0), "z_loss"),
+    (dict(reduction="sum", num_items_in_batch=4), "num_items_in_batch"),
+    (dict(num_items_in_batch=0), "num_items_in_batch"),
+    (dict(impl="cce"), "cce"),
+]
+
+
+@pytest.mark.parametrize("override,match", BAD)
+def test_bad_input_raises_value_error_naming_the_argument(override, match):
+    h, w, _, y = make()
+    kw = dict(hidden=h, weight=w, labels=y)
+    kw.update(override)
+    with pytest.raises(ValueError, match=match):
+        hw.linear_cross_entropy(kw.pop("hidden"), kw.pop("weight"), kw.pop("labels"), **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["chunked", "cce", "liger"])
+def test_cuda_bf16_backends_match_reference(impl):
+    if impl != "chunked":
+        pytest.importorskip({"cce": "cut_cross_entropy", "liger": "liger_kernel"}[impl])
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(512, 256, device="cuda", generator=g).bfloat16().requires_grad_()
+    w = (torch.randn(32003, 256, device="cuda", generator=g) * 0.05).bfloat16().requires_grad_()
+    y = torch.randint(0, 32003, (512,), device="cuda", generator=g)
+    y[::7] = -100
+    got = hw.linear_cross_entropy(h, w, y, impl=impl)
+    ref = hw.linear_cross_entropy(h.float(), w.float(), y, impl="reference")
+    assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
+    gh, gw = torch.autograd.grad(got, (h, w))
+    rh, rw = torch.autograd.grad(ref, (h, w))
+    assert torch.nn.functional.cosine_similarity(gh.float().flatten(), rh.flatten(), dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(gw.float().flatten(), rw.flatten(), dim=0) > 0.99
