@@ -1,0 +1,125 @@
+"""Packing examples into fixed-length rows: concat-and-split or best-fit-decreasing.
+
+Documents are first cut into chunks the objective can turn into an example that fits a row
+(`objective.max_tokens(S)`), so with best-fit-decreasing no example is ever split. Both
+strategies stream with bounded memory (BFD holds at most `buffer_size` examples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from headway.objectives.base import Example, Objective
+
+STRATEGIES = ("bfd", "concat")
+
+
+@dataclass
+class PackStats:
+    """Running totals: efficiency = non-pad tokens / all row tokens."""
+
+    rows: int = 0
+    tokens: int = 0
+    pad_tokens: int = 0
+    truncated_tokens: int = 0
+    examples: int = 0
+
+    @property
+    def efficiency(self) -> float:
+        total = self.tokens + self.pad_tokens
+        return self.tokens / total if total else 0.0
+
+
+def examples_from_documents(docs: Iterable[np.ndarray], objective: Objective, row_length: int,
+                            rng: np.random.Generator) -> Iterator[Example]:
+    """Cut each document into chunks of at most `objective.max_tokens(row_length)` tokens and
+    apply the objective to each chunk (context-level FIM, T5-style chunking)."""
+    if row_length < 2:
+        raise ValueError(f"row_length must be >= 2, got {row_length}")
+    limit = objective.max_tokens(row_length)
+    if limit < 1:
+        raise ValueError(f"objective {objective.name!r} cannot fit any document in rows of {row_length} tokens")
+    for doc in docs:
+        doc = np.asarray(doc, dtype=np.int64)
+        for s in range(0, len(doc), limit):
+            yield objective(doc[s : s + limit], rng)
+
+
+def _piece(ex: Example, start: int, stop: int) -> Example:
+    """Positions [start, stop) of an example as its own segment (prefix clipped to the piece)."""
+    prefix = min(max(ex.prefix_length - start, 0), stop - start)
+    return Example(ex.input_ids[start:stop], ex.labels[start:stop], prefix)
+
+
+class Packer:
+    """Turns a stream of examples into rows (lists of segments) of total length <= `row_length`."""
+
+    def __init__(self, row_length: int, strategy: str = "bfd", buffer_size: int = 512) -> None:
+        if row_length < 2:
+            raise ValueError(f"Packer: `row_length` must be >= 2, got {row_length}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Packer: `strategy` must be one of {STRATEGIES}, got {strategy!r}")
+        if buffer_size < 1:
+            raise ValueError(f"Packer: `buffer_size` must be >= 1, got {buffer_size}")
+        self.S, self.strategy, self.buffer_size = row_length, strategy, buffer_size
+        self.stats = PackStats()
+
+    def _emit(self, row: list[Example]) -> list[Example]:
+        n = sum(len(e) for e in row)
+        self.stats.rows += 1
+        self.stats.tokens += n
+        self.stats.pad_tokens += self.S - n
+        return row
+
+    def pack(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
+        return self._concat(examples) if self.strategy == "concat" else self._bfd(examples)
+
+    def _concat(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
+        row: list[Example] = []
+        room = self.S
+        for ex in examples:
+            self.stats.examples += 1
+            start = 0
+            while start < len(ex):
+                take = min(room, len(ex) - start)
+                row.append(_piece(ex, start, start + take))
+                start += take
+                room -= take
+                if room == 0:
+                    yield self._emit(row)
+                    row, room = [], self.S
+        if row:
+            yield self._emit(row)
+
+    def _bfd(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
+        buf: list[Example] = []
+        for ex in examples:
+            self.stats.examples += 1
+            if len(ex) > self.S:
+                self.stats.truncated_tokens += len(ex) - self.S
+                ex = _piece(ex, 0, self.S)
+            buf.append(ex)
+            if len(buf) >= self.buffer_size:
+                yield from self._flush(buf)
+                buf = []
+        if buf:
+            yield from self._flush(buf)
+
+    def _flush(self, buf: list[Example]) -> Iterator[list[Example]]:
+        """Best-fit decreasing: longest first, each into the open row with the least room that fits."""
+        rows: list[list[Example]] = []
+        room: list[int] = []
+        for ex in sorted(buf, key=len, reverse=True):
+            fits = [i for i, r in enumerate(room) if r >= len(ex)]
+            if fits:
+                i = min(fits, key=lambda j: room[j])
+                rows[i].append(ex)
+                room[i] -= len(ex)
+            else:
+                rows.append([ex])
+                room.append(self.S - len(ex))
+        for r in rows:
+            yield self._emit(r)

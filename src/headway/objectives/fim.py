@@ -1,0 +1,83 @@
+"""Fill-in-the-middle (Bavarian et al. 2022): move a random middle to the end, train causally."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from headway.data.vocab import Vocab
+from headway.objectives.base import Example, check_rate, decoder_only
+
+RETOKENIZE_MARGIN = 8  # tokens a character-level split may add when the parts are re-encoded
+
+
+@dataclass
+class FIM:
+    """With probability `rate` split the document into (prefix, middle, suffix) and emit
+
+        PSM: <fim_prefix> pre <fim_suffix> suf <fim_middle> mid            (share 1 - spm_rate)
+        SPM: <fim_prefix> <fim_suffix> suf <fim_middle> pre mid            (share spm_rate)
+
+    as a causal example whose every token after the first, then EOS, is a target; otherwise a plain
+    CLM example. With `encode`/`decode` the two split points are uniform *character* positions
+    (the parts are re-encoded; empty parts allowed); without them, token positions. `<fim_pad>`
+    never appears as a target.
+    """
+
+    vocab: Vocab
+    rate: float = 0.5
+    spm_rate: float = 0.5
+    encode: Callable[[str], list[int]] | None = None
+    decode: Callable[[list[int]], str] | None = None
+    name: str = "fim"
+
+    def __post_init__(self) -> None:
+        check_rate("FIM: `rate`", self.rate)
+        check_rate("FIM: `spm_rate`", self.spm_rate)
+        if (self.encode is None) != (self.decode is None):
+            raise ValueError("FIM: give both `encode` and `decode` (character-level splits) or neither")
+        self.pre, self.mid, self.suf = (self.vocab.id(n) for n in ("<fim_prefix>", "<fim_middle>", "<fim_suffix>"))
+        self.eos = self.vocab.eos
+
+    def split(self, tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prefix, middle, suffix) token arrays whose concatenated text is the document's."""
+        if self.decode is not None and self.encode is not None:
+            text = self.decode(tokens.tolist())
+            i, j = sorted(rng.integers(0, len(text) + 1, size=2))
+            enc = self.encode
+            return tuple(np.asarray(enc(s), dtype=np.int64) for s in (text[:i], text[i:j], text[j:]))  # type: ignore
+        i, j = sorted(rng.integers(0, len(tokens) + 1, size=2))
+        return tokens[:i], tokens[i:j], tokens[j:]
+
+    def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if rng.random() >= self.rate:
+            return decoder_only(np.array([self.eos]), tokens, self.eos, bidirectional_inputs=False)
+        pre, mid, suf = self.split(tokens, rng)
+        P, M, S = np.array([self.pre]), np.array([self.mid]), np.array([self.suf])
+        if rng.random() < self.spm_rate:
+            targets = np.concatenate([S, suf, M, pre, mid])
+        else:
+            targets = np.concatenate([pre, S, suf, M, mid])
+        return decoder_only(P, targets, self.eos, bidirectional_inputs=False)
+
+    def max_tokens(self, row_length: int) -> int:
+        return row_length - 4 - (RETOKENIZE_MARGIN if self.encode is not None else 0)
+
+
+def fim_parts(input_ids: np.ndarray, vocab: Vocab) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse a FIM example back into ("psm"|"spm", prefix, middle, suffix) token arrays.
+
+    For SPM the prefix and middle are contiguous; they come back as (pre+mid, empty, suf) with
+    the mode "spm", since the boundary between them is not marked.
+    """
+    ids = np.asarray(input_ids)
+    pre_t, mid_t, suf_t = (vocab.id(n) for n in ("<fim_prefix>", "<fim_middle>", "<fim_suffix>"))
+    p = int(np.flatnonzero(ids == pre_t)[0])
+    s = int(np.flatnonzero(ids == suf_t)[0])
+    m = int(np.flatnonzero(ids == mid_t)[0])
+    if s == p + 1:  # SPM
+        return "spm", ids[m + 1 :], ids[:0], ids[s + 1 : m]
+    return "psm", ids[p + 1 : s], ids[m + 1 :], ids[s + 1 : m]

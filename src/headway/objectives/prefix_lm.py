@@ -1,0 +1,35 @@
+"""Prefix-LM: a bidirectional prefix, then causal targets; loss on the targets only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from headway.objectives.base import Example, decoder_only
+
+
+@dataclass
+class PrefixLM:
+    """Split point k uniform in [1, L) (or `split` fixed): inputs x[:k] (bidirectional), targets
+    x[k:] then EOS. A one-token document has no split; its single token becomes the prefix."""
+
+    eos: int
+    split: int | None = None
+    mode_id: int | None = None  # e.g. UL2's [S2S]: prepended to the bidirectional prefix
+    name: str = "prefix_lm"
+
+    def __post_init__(self) -> None:
+        if self.split is not None and self.split < 1:
+            raise ValueError(f"PrefixLM: `split` must be >= 1, got {self.split}")
+
+    def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
+        L = len(tokens)
+        if L == 0:
+            raise ValueError("PrefixLM: empty document")
+        k = min(self.split, L) if self.split is not None else (int(rng.integers(1, L)) if L > 1 else 1)
+        inputs = tokens[:k] if self.mode_id is None else np.concatenate([[self.mode_id], tokens[:k]])
+        return decoder_only(inputs, tokens[k:], self.eos, bidirectional_inputs=True)
+
+    def max_tokens(self, row_length: int) -> int:
+        return row_length - 1 - (self.mode_id is not None)

@@ -1,0 +1,66 @@
+"""Mixtures of objectives, and the UL2 mixture-of-denoisers presets (Tay et al. 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from headway.data.vocab import Vocab
+from headway.objectives.base import Example, Objective
+from headway.objectives.clm import CLM
+from headway.objectives.prefix_lm import PrefixLM
+from headway.objectives.span import SpanCorruption
+
+
+class Mixture:
+    """Draws one member per document with probability proportional to its weight."""
+
+    def __init__(self, members: Sequence[tuple[Objective, float]], name: str = "mixture") -> None:
+        if not members:
+            raise ValueError("Mixture: needs at least one (objective, weight) member")
+        weights = np.array([w for _, w in members], dtype=np.float64)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"Mixture: weights must be >= 0 with a positive sum, got {weights.tolist()}")
+        self.members = [m for m, _ in members]
+        self.probs = weights / weights.sum()
+        self.name = name
+
+    def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
+        i = int(rng.choice(len(self.members), p=self.probs))
+        return self.members[i](tokens, rng)
+
+    def max_tokens(self, row_length: int) -> int:
+        return min(m.max_tokens(row_length) for m in self.members)
+
+
+def _r(v: Vocab) -> list[SpanCorruption]:
+    return [SpanCorruption(v, 0.15, 3, "[NLU]", name="R(3,.15)"), SpanCorruption(v, 0.15, 8, "[NLU]", name="R(8,.15)")]
+
+
+def _x(v: Vocab) -> list[SpanCorruption]:
+    return [SpanCorruption(v, r, mu, "[NLG]", name=f"X({mu},{r})") for mu, r in ((3, .5), (8, .5), (64, .15), (64, .5))]
+
+
+def _s(v: Vocab) -> PrefixLM:
+    return PrefixLM(v.eos, mode_id=v.id("[S2S]"), name="S")
+
+
+def ul2(vocab: Vocab) -> Mixture:
+    """The seven UL2 denoisers, uniform: R (μ=3, 8; r=.15) [NLU], X (3,.5), (8,.5), (64,.15), (64,.5)
+    [NLG], S (prefix-LM) [S2S]."""
+    members: list[Objective] = [*_r(vocab), *_x(vocab), _s(vocab)]
+    return Mixture([(m, 1.0) for m in members], name="ul2")
+
+
+def ul2r(vocab: Vocab) -> Mixture:
+    """UL2R (Tay et al. 2022b): 50% S, 25% R, 25% X."""
+    r, x = _r(vocab), _x(vocab)
+    return Mixture([(_s(vocab), 0.5), *[(m, 0.25 / len(r)) for m in r], *[(m, 0.25 / len(x)) for m in x]], "ul2r")
+
+
+def ul2_decoder(vocab: Vocab) -> Mixture:
+    """A CLM-heavy mix for decoder-only models: 50% CLM, 20% S, 15% R, 15% X."""
+    r, x = _r(vocab), _x(vocab)
+    return Mixture([(CLM(vocab.eos), 0.5), (_s(vocab), 0.2), *[(m, 0.15 / len(r)) for m in r],
+                    *[(m, 0.15 / len(x)) for m in x]], "ul2_decoder")

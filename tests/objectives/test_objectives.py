@@ -1,0 +1,207 @@
+"""Objectives: property tests that a wrong layout, leak or statistic would break."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headway.constants import IGNORE_INDEX
+from headway.data.vocab import Vocab
+from headway.objectives import (
+    CLM, FIM, MLM, Mixture, PrefixLM, SpanCorruption, build_objective, fim_parts, reconstruct, ul2, ul2r,
+)
+from headway.show import render_example
+
+V = Vocab(base_size=97, num_sentinels=40)
+docs = st.lists(st.integers(0, 96), min_size=1, max_size=300).map(lambda x: np.array(x, dtype=np.int64))
+seeds = st.integers(0, 2**32 - 1)
+
+
+@given(docs, seeds)
+def test_clm_labels_are_next_tokens_then_eos(doc, seed):
+    ex = CLM(V.eos)(doc, np.random.default_rng(seed))
+    assert ex.prefix_length == 0
+    assert ex.input_ids[0] == V.eos
+    np.testing.assert_array_equal(ex.labels[:-1], ex.input_ids[1:])
+    assert ex.labels[-1] == V.eos and ex.num_targets == len(doc) + 1
+    assert V.pad not in ex.labels
+
+
+@given(docs, seeds)
+def test_prefix_lm_loss_only_after_the_prefix(doc, seed):
+    ex = PrefixLM(V.eos)(doc, np.random.default_rng(seed))
+    k = ex.prefix_length
+    assert 1 <= k <= max(1, len(doc) - 1) and (len(doc) == 1 or k < len(doc))
+    assert (ex.labels[: k - 1] == IGNORE_INDEX).all()  # no target inside the prefix but its last position
+    np.testing.assert_array_equal(ex.labels[k - 1 : -1], doc[k:])
+    assert ex.labels[-1] == V.eos
+    np.testing.assert_array_equal(ex.input_ids, doc)
+
+
+def test_prefix_lm_split_is_uniform():
+    rng = np.random.default_rng(0)
+    ks = [PrefixLM(V.eos)(np.arange(5), rng).prefix_length for _ in range(4000)]
+    counts = np.bincount(ks, minlength=5)[1:]
+    assert counts.min() > 850 and counts.max() < 1150  # uniform on {1,2,3,4}: 1000 each
+
+
+def _text_codec():
+    def enc(s: str) -> list[int]:
+        return list(s.encode("utf-8"))
+
+    def dec(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="strict")
+
+    return enc, dec
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), min_size=0, max_size=200), seeds)
+def test_fim_reassembles_into_the_original_text(text, seed):
+    enc, dec = _text_codec()
+    vocab = Vocab(base_size=256, num_sentinels=1)
+    fim = FIM(vocab, rate=1.0, encode=enc, decode=dec)
+    doc = np.array(enc(text), dtype=np.int64)
+    ex = fim(doc, np.random.default_rng(seed))
+    mode, pre, mid, suf = fim_parts(ex.input_ids, vocab)
+    assert dec(pre.tolist()) + dec(mid.tolist()) + dec(suf.tolist()) == text
+    assert ex.prefix_length == 0 and ex.labels[-1] == vocab.eos
+    np.testing.assert_array_equal(ex.labels[:-1], ex.input_ids[1:])
+    assert vocab.id("<fim_pad>") not in ex.labels
+
+
+@given(docs, seeds)
+def test_fim_token_level_reassembles(doc, seed):
+    ex = FIM(V, rate=1.0)(doc, np.random.default_rng(seed))
+    _, pre, mid, suf = fim_parts(ex.input_ids, V)
+    np.testing.assert_array_equal(np.concatenate([pre, mid, suf]), doc)
+
+
+def test_fim_rate_and_spm_share():
+    rng = np.random.default_rng(1)
+    fim = FIM(V, rate=0.5, spm_rate=0.5)
+    modes = []
+    for _ in range(4000):
+        ex = fim(np.arange(1000) % 97, rng)  # long: an empty prefix (PSM == SPM) is rare
+        modes.append("clm" if ex.input_ids[0] == V.eos else fim_parts(ex.input_ids, V)[0])
+    c = {m: modes.count(m) for m in ("clm", "psm", "spm")}
+    assert 1850 < c["clm"] < 2150 and 900 < c["psm"] < 1100 and 900 < c["spm"] < 1100
+
+
+@given(docs, seeds, st.sampled_from([(0.15, 3.0), (0.5, 8.0), (0.15, 64.0), (0.5, 1.0)]))
+def test_span_corruption_reconstructs_the_document(doc, seed, params):
+    r, mu = params
+    span = SpanCorruption(V, r, mu, mode_token="[NLG]")
+    ex = span(doc, np.random.default_rng(seed))
+    P = ex.prefix_length
+    inputs, targets = ex.input_ids[1:P], ex.input_ids[P:]
+    assert ex.input_ids[0] == V.id("[NLG]")
+    if len(doc) < 2:  # too short to corrupt: the document is the target
+        np.testing.assert_array_equal(targets, doc)
+    else:
+        np.testing.assert_array_equal(reconstruct(inputs, targets, V), doc)
+    assert (ex.labels[: P - 1] == IGNORE_INDEX).all() and ex.labels[-1] == V.eos
+    assert len(ex) == span.example_length(len(doc))
+
+
+def test_span_noise_density_and_single_span_not_always_at_the_end():
+    rng = np.random.default_rng(0)
+    span = SpanCorruption(V, 0.15, 3.0)
+    ex = span(np.arange(568) % 97, rng)
+    noise = ex.num_targets - 1 - (ex.input_ids[ex.prefix_length:] >= V.base_size).sum()
+    assert noise == round(568 * 0.15)
+    ends = 0
+    for _ in range(300):
+        e = SpanCorruption(V, 0.2, 3.0)(np.arange(10), rng)  # 2 noise tokens -> one span
+        ends += e.input_ids[e.prefix_length - 1] == V.sentinel_id(0)
+    assert 0 < ends < 150  # lands at the end sometimes, not always
+
+
+@pytest.mark.parametrize("row", [64, 512, 2048])
+def test_span_length_arithmetic_fills_a_row_exactly(row):
+    span = SpanCorruption(V, 0.15, 3.0)
+    n = span.max_tokens(row)
+    assert span.example_length(n) == row or span.example_length(n + 1) > row
+    ex = span(np.arange(n) % 97, np.random.default_rng(0))
+    assert len(ex) <= row
+
+
+def test_mlm_statistics_and_no_special_token(vocab):
+    mlm = MLM(vocab)
+    rng = np.random.default_rng(0)
+    doc = rng.integers(0, vocab.base_size, 200)
+    doc[::10] = vocab.eos  # specials are never selected
+    sel = masked = rand = kept = 0
+    for _ in range(300):
+        ex = mlm(doc, rng)
+        s = ex.labels != IGNORE_INDEX
+        assert not s[::10].any()
+        assert ex.prefix_length == len(doc)
+        np.testing.assert_array_equal(ex.labels[s], doc[s])
+        np.testing.assert_array_equal(ex.input_ids[~s], doc[~s])
+        changed = ex.input_ids[s]
+        assert not ((changed >= vocab.base_size) & (changed != mlm.mask_id)).any()
+        sel += s.sum()
+        masked += (changed == mlm.mask_id).sum()
+        kept += (changed == doc[s]).sum()
+        rand += ((changed != mlm.mask_id) & (changed != doc[s])).sum()
+    n_cand = 300 * 180
+    assert abs(sel / n_cand - 0.15) < 0.01
+    assert abs(masked / sel - 0.8) < 0.02 and abs(rand / sel - 0.1) < 0.015 and abs(kept / sel - 0.1) < 0.015
+
+
+def test_mlm_whole_word_masking_selects_whole_words(vocab):
+    doc = np.arange(60) % 90
+    starts = np.zeros(60, bool)
+    starts[::3] = True  # words of three tokens
+    mlm = MLM(vocab, word_starts=lambda t: starts)
+    ex = mlm(doc, np.random.default_rng(3))
+    sel = (ex.labels != IGNORE_INDEX).reshape(20, 3)
+    assert sel.any() and (sel.all(1) == sel.any(1)).all()
+
+
+def test_mixture_frequencies_and_parse(vocab):
+    mix = build_objective("clm:0.75,prefix_lm:0.25", vocab)
+    rng = np.random.default_rng(0)
+    n_prefix = sum(mix(np.arange(8), rng).prefix_length > 0 for _ in range(4000))
+    assert 900 < n_prefix < 1100
+    assert len(ul2(vocab).members) == 7 and abs(ul2r(vocab).probs[0] - 0.5) < 1e-12
+
+
+def test_same_seed_same_examples(vocab):
+    obj = ul2(vocab)
+    a = [obj(np.arange(50), np.random.default_rng(7)) for _ in range(3)]
+    b = [obj(np.arange(50), np.random.default_rng(7)) for _ in range(3)]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.input_ids, y.input_ids)
+        np.testing.assert_array_equal(x.labels, y.labels)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda v: MLM(v, rate=1.5), "rate"),
+    (lambda v: MLM(v, mask_rate=0.95, random_rate=0.1), "mask_rate"),
+    (lambda v: FIM(v, rate=-0.1), "rate"),
+    (lambda v: FIM(v, spm_rate=2), "spm_rate"),
+    (lambda v: FIM(Vocab(10, specials=("<eos>",))), "fim_prefix"),
+    (lambda v: MLM(Vocab(10, specials=("<eos>",))), "mask"),
+    (lambda v: SpanCorruption(v, noise_density=1.2), "noise_density"),
+    (lambda v: SpanCorruption(v, mean_span_length=0.5), "mean_span_length"),
+    (lambda v: SpanCorruption(Vocab(10, num_sentinels=0)), "sentinel"),
+    (lambda v: SpanCorruption(v, 0.5, 3.0, "[NLU]").max_tokens(1), "cannot hold"),
+    (lambda v: Mixture([]), "at least one"),
+    (lambda v: Mixture([(CLM(v.eos), -1.0)]), "weights"),
+    (lambda v: build_objective("clm:x", v), "not a number"),
+    (lambda v: build_objective("gpt", v), "unknown objective"),
+    (lambda v: PrefixLM(v.eos, split=0), "split"),
+])
+def test_bad_configuration_raises(vocab, make, match):
+    with pytest.raises(ValueError, match=match):
+        make(vocab)
+
+
+@settings(max_examples=20)
+@given(docs, seeds)
+def test_render_shows_every_position(doc, seed):
+    ex = SpanCorruption(V)(doc, np.random.default_rng(seed))
+    text = render_example(ex, V)
+    assert len(text.splitlines()) == len(ex) + 2
+    assert "<extra_id_0>" in text or len(doc) < 2
