@@ -1,0 +1,53 @@
+"""The LM head: hidden states -> loss through the fused linear cross-entropy (or -> logits)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from headway.constants import IGNORE_INDEX
+from headway.loss import linear_cross_entropy
+
+
+class LMHead(nn.Module):
+    """Projects (B, S, H) hidden states onto a V-word vocabulary.
+
+    `forward(h, labels)` returns ``linear_cross_entropy(h, W, labels, ...)`` — equal to
+    ``F.cross_entropy((h @ W.T + b).float(), labels)`` plus the optional z-loss / softcap /
+    smoothing — without materializing the (B·S, V) logits. `logits(h, keep_last=k)` materializes
+    logits for the last k positions only (generation). `tie_to` shares an `nn.Embedding`'s weight.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, *, bias: bool = False, tie_to: nn.Embedding | None = None,
+                 softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if tie_to is not None:
+            if tuple(tie_to.weight.shape) != (vocab_size, hidden_size):
+                raise ValueError(f"LMHead: `tie_to` weight must be ({vocab_size}, {hidden_size}), "
+                                 f"got {tuple(tie_to.weight.shape)}")
+            self.weight = tie_to.weight
+        else:
+            self.weight = nn.Parameter(torch.randn(vocab_size, hidden_size) * hidden_size**-0.5)
+        self.tied = tie_to is not None
+        self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+        self.softcap, self.z_loss, self.label_smoothing = softcap, z_loss, label_smoothing
+
+    def forward(self, hidden: Tensor, labels: Tensor, *, num_items_in_batch: Tensor | int | None = None,
+                reduction: str = "mean", shift: bool = False) -> Tensor:
+        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H)."""
+        out = linear_cross_entropy(hidden, self.weight, labels, bias=self.bias, ignore_index=IGNORE_INDEX,
+                                   reduction=reduction, shift=shift, label_smoothing=self.label_smoothing,
+                                   z_loss=self.z_loss, softcap=self.softcap, num_items_in_batch=num_items_in_batch)
+        assert isinstance(out, Tensor)
+        return out
+
+    def logits(self, hidden: Tensor, keep_last: int = 0) -> Tensor:
+        """(B, k, V) float32 logits of the last `keep_last` positions (all when 0)."""
+        if keep_last:
+            hidden = hidden[..., -keep_last:, :]
+        z = (hidden @ self.weight.t()).float()
+        if self.bias is not None:
+            z = z + self.bias.float()
+        if self.softcap is not None:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z

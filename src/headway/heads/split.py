@@ -1,0 +1,87 @@
+"""A vocabulary in named, ordered splits (e.g. a frozen `base` and a trainable `special`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headway.heads.lm_head import LMHead
+
+
+class SplitEmbedding(nn.Module):
+    """Token embedding whose table is one parameter per split; global id = split offset + local id.
+
+    An id outside every split raises a ValueError (never a silent zero vector).
+    """
+
+    def __init__(self, split_sizes: dict[str, int], hidden_size: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        if not split_sizes or any(n <= 0 for n in split_sizes.values()):
+            raise ValueError(f"SplitEmbedding: `split_sizes` must be non-empty with positive sizes, got {split_sizes}")
+        self.hidden_size = hidden_size
+        self.weights = nn.ParameterDict(
+            {k: nn.Parameter(torch.randn(n, hidden_size) * init_std) for k, n in split_sizes.items()})
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {k: w.shape[0] for k, w in self.weights.items()}
+
+    @property
+    def num_embeddings(self) -> int:
+        return sum(self.split_sizes.values())
+
+    def offsets(self) -> dict[str, int]:
+        out, o = {}, 0
+        for k, n in self.split_sizes.items():
+            out[k] = o
+            o += n
+        return out
+
+    def full_weight(self) -> Tensor:
+        """(V, H): the splits concatenated in order (a copy; differentiable into every split)."""
+        return torch.cat(list(self.weights.values()), dim=0)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        V = self.num_embeddings
+        if not torch.compiler.is_compiling() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= V):
+            bad = ids[(ids < 0) | (ids >= V)][0].item()
+            raise ValueError(f"SplitEmbedding: token ids must be in [0, {V}) (splits {self.split_sizes}), got {bad}")
+        out = torch.empty(*ids.shape, self.hidden_size, dtype=next(iter(self.weights.values())).dtype,
+                          device=ids.device)
+        for (k, w), off in zip(self.weights.items(), self.offsets().values()):
+            sel = (ids >= off) & (ids < off + w.shape[0])
+            out[sel] = F.embedding(ids[sel] - off, w)
+        return out
+
+    def resize_split(self, name: str, new_size: int) -> None:
+        """Grow or shrink one split, keeping its existing rows and every other split unchanged."""
+        if name not in self.weights:
+            raise ValueError(f"SplitEmbedding: no split {name!r}; have {list(self.weights)}")
+        old = self.weights[name]
+        keep = min(old.shape[0], new_size)
+        new = torch.randn(new_size, self.hidden_size, dtype=old.dtype, device=old.device) * 0.02
+        new[:keep] = old.detach()[:keep]
+        self.weights[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+
+
+class SplitLMHead(LMHead):
+    """LM head over the concatenated splits; tied split by split to a `SplitEmbedding` or its own.
+
+    The loss equals an `LMHead` whose weight is the concatenation of the splits; a frozen split
+    (``requires_grad=False``) gets no gradient.
+    """
+
+    def __init__(self, split_sizes: dict[str, int], hidden_size: int, *, tie_to: SplitEmbedding | None = None,
+                 softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
+        nn.Module.__init__(self)
+        if tie_to is not None and tie_to.split_sizes != dict(split_sizes):
+            raise ValueError(f"SplitLMHead: tied embedding has splits {tie_to.split_sizes}, expected {split_sizes}")
+        self.table = tie_to if tie_to is not None else SplitEmbedding(split_sizes, hidden_size, hidden_size**-0.5)
+        self.tied = tie_to is not None
+        self.bias = None
+        self.softcap, self.z_loss, self.label_smoothing = softcap, z_loss, label_smoothing
+
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
+        return self.table.full_weight()

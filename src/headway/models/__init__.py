@@ -1,0 +1,40 @@
+"""Backbones (a transformer, a gated SSM) and `LanguageModel`; `build_model` from a preset."""
+
+from __future__ import annotations
+
+from headway.data.vocab import Vocab
+from headway.heads.split import SplitEmbedding, SplitLMHead
+from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
+from headway.models.lm import LanguageModel, sample
+from headway.models.transformer import Transformer, TransformerConfig
+
+__all__ = ["Transformer", "TransformerConfig", "GatedSSM", "GatedSSMConfig", "LanguageModel", "sample",
+           "build_model", "SIZES", "BACKBONES"]
+
+# hidden size, layers, heads
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 2),
+    "small": (192, 4, 4),
+    "medium": (256, 6, 4),
+    "base": (384, 8, 6),
+}
+BACKBONES = ("transformer", "gated_ssm")
+
+
+def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small", *,
+                bidirectional: bool = False, z_loss: float = 0.0) -> LanguageModel:
+    """A `LanguageModel` with a split (base + special) tied embedding / fused LM head."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"build_model: `backbone` must be one of {BACKBONES}, got {backbone!r}")
+    if size not in SIZES:
+        raise ValueError(f"build_model: `size` must be one of {list(SIZES)}, got {size!r}")
+    H, L, nh = SIZES[size]
+    emb = SplitEmbedding(vocab.split_sizes, H)
+    if backbone == "transformer":
+        if bidirectional:
+            raise ValueError("build_model: the transformer follows the batch's mask spec; use an MLM objective "
+                             "for bidirectional attention instead of bidirectional=True")
+        body = Transformer(TransformerConfig(hidden_size=H, num_layers=L, num_heads=nh))
+    else:
+        body = GatedSSM(GatedSSMConfig(hidden_size=H, num_layers=L, bidirectional=bidirectional))
+    return LanguageModel(emb, body, SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss))

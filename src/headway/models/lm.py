@@ -1,0 +1,90 @@
+"""`LanguageModel` = embedding + backbone + head, with `generate` and `infill`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from headway.data.collate import Batch
+from headway.data.vocab import Vocab
+from headway.heads.lm_head import LMHead
+
+
+class LanguageModel(nn.Module):
+    """`forward(batch)` -> the mean loss over the batch's targets (fused head, no logits);
+    `logits(ids)` for generation; `generate` and `infill` sample with the backbone's cache."""
+
+    def __init__(self, embedding: nn.Module, backbone: nn.Module, head: LMHead) -> None:
+        super().__init__()
+        self.embedding, self.backbone, self.head = embedding, backbone, head
+
+    def hidden(self, input_ids: Tensor, batch: Batch | None = None, cache=None) -> Tensor:  # noqa: ANN001
+        """(B, S) ids -> (B, S, H) final hidden states."""
+        return self.backbone(self.embedding(input_ids), batch, cache)
+
+    def forward(self, batch: Batch, num_items_in_batch: Tensor | int | None = None, reduction: str = "mean") -> Tensor:
+        return self.head(self.hidden(batch.input_ids, batch), batch.labels, num_items_in_batch=num_items_in_batch,
+                         reduction=reduction)
+
+    def logits(self, input_ids: Tensor, keep_last: int = 0) -> Tensor:
+        return self.head.logits(self.hidden(input_ids), keep_last)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, eos_id: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Continue `prompt` (S,) or (B, S); temperature 0 is greedy. Returns only the new tokens."""
+        if max_new_tokens < 0:
+            raise ValueError(f"generate: `max_new_tokens` must be >= 0, got {max_new_tokens}")
+        if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+            raise ValueError(f"generate: need temperature >= 0, top_p in (0, 1], top_k >= 1; got "
+                             f"{temperature}, {top_p}, {top_k}")
+        if not getattr(self.backbone, "causal", True):
+            raise ValueError("generate: this backbone is bidirectional and cannot generate left to right")
+        single = prompt.dim() == 1
+        ids = prompt[None] if single else prompt
+        cache = self.backbone.new_cache(ids.shape[0]) if hasattr(self.backbone, "new_cache") else None
+        out: list[Tensor] = []
+        step_in = ids
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            h = self.backbone(self.embedding(step_in), None, cache) if cache is not None else self.hidden(
+                torch.cat([ids, *[o[:, None] for o in out]], 1))
+            z = self.head.logits(h, keep_last=1)[:, -1]  # (B, V)
+            nxt = sample(z, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            out.append(nxt)
+            step_in = nxt[:, None]
+            if eos_id is not None and bool(done.all()):
+                break
+        new = torch.stack(out, 1) if out else ids[:, :0]
+        return new[0] if single else new
+
+    @torch.no_grad()
+    def infill(self, prefix: Tensor, suffix: Tensor, vocab: Vocab, max_new_tokens: int = 64, **kw) -> Tensor:
+        """Generate the middle between `prefix` and `suffix` (1-D ids) in the PSM layout
+        `<fim_prefix> pre <fim_suffix> suf <fim_middle>`; stops at EOS (not returned)."""
+        t = lambda name: torch.tensor([vocab.id(name)], device=prefix.device)  # noqa: E731
+        prompt = torch.cat([t("<fim_prefix>"), prefix, t("<fim_suffix>"), suffix, t("<fim_middle>")])
+        mid = self.generate(prompt, max_new_tokens, eos_id=vocab.eos, **kw)
+        stop = (mid == vocab.eos).nonzero()
+        return mid[: int(stop[0])] if len(stop) else mid
+
+
+def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Draw one id per row of logits (B, V) with temperature, top-k and nucleus (top-p) filtering."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    z = logits / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sz, si = torch.sort(z, dim=-1, descending=True)
+        cum = torch.softmax(sz, -1).cumsum(-1)
+        drop = cum - torch.softmax(sz, -1) > top_p  # keep the smallest set whose mass reaches top_p
+        z = z.scatter(-1, si, sz.masked_fill(drop, float("-inf")))
+    return torch.multinomial(torch.softmax(z, -1), 1, generator=generator).squeeze(-1)

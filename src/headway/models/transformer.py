@@ -1,0 +1,124 @@
+"""A small pre-norm transformer with RoPE and SDPA that honours the batch's mask spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headway.data.collate import Batch
+from headway.masks import sdpa_mask
+
+
+@dataclass
+class TransformerConfig:
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"TransformerConfig: hidden_size {self.hidden_size} must split into {self.num_heads} "
+                             "heads of even size")
+
+
+def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
+    """Rotary embedding of x (B, nh, S, hd) at integer positions pos (B, S)."""
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
+    ang = pos[:, None, :, None].float() * inv  # (B, 1, S, hd/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class KVCache:
+    """Per-layer keys/values (B, nh, T, hd) grown one step at a time during generation."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.k: list[Tensor | None] = [None] * num_layers
+        self.v: list[Tensor | None] = [None] * num_layers
+        self.length = 0
+
+    def update(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        pk, pv = self.k[i], self.v[i]
+        self.k[i] = k if pk is None else torch.cat([pk, k], dim=2)
+        self.v[i] = v if pv is None else torch.cat([pv, v], dim=2)
+        return self.k[i], self.v[i]  # type: ignore[return-value]
+
+
+class Attention(nn.Module):
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.nh, self.hd, self.theta = c.num_heads, c.hidden_size // c.num_heads, c.rope_theta
+        self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=False)
+        self.out = nn.Linear(c.hidden_size, c.hidden_size, bias=False)
+
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None, causal: bool,
+                cache: KVCache | None, layer: int) -> Tensor:
+        B, S, H = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.nh, self.hd).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
+        q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return self.out(y.transpose(1, 2).reshape(B, S, H))
+
+
+class Block(nn.Module):
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(c.hidden_size), nn.RMSNorm(c.hidden_size)
+        self.attn = Attention(c)
+        inner = int(c.mlp_ratio * c.hidden_size)
+        self.mlp = nn.Sequential(nn.Linear(c.hidden_size, inner, bias=False), nn.GELU(approximate="tanh"),
+                                 nn.Linear(inner, c.hidden_size, bias=False))
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None, causal: bool, cache: KVCache | None,
+                layer: int) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), pos, mask, causal, cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """(B, S, H) -> (B, S, H). With a `Batch`, attention follows its mask spec (packed documents,
+    bidirectional prefixes); without one, a single causal sequence (optionally with a KV cache)."""
+
+    causal = True
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = nn.RMSNorm(config.hidden_size)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(len(self.layers))
+
+    def forward(self, x: Tensor, batch: Batch | None = None, cache: KVCache | None = None) -> Tensor:
+        B, S, _ = x.shape
+        mask, causal = None, False
+        if batch is not None:
+            pos = batch.position_ids
+            if batch.is_causal and batch.is_single_document and bool((batch.document_ids >= 0).all()):
+                causal = S > 1  # one causal document per row: the fast built-in causal kernel
+            else:
+                mask = sdpa_mask(batch)
+        else:
+            start = cache.length if cache is not None else 0
+            pos = torch.arange(start, start + S, device=x.device).expand(B, S)
+            if start == 0:
+                causal = S > 1
+            elif S > 1:  # several new tokens after a cache: query q sees keys up to start + q
+                mask = torch.arange(start + S, device=x.device)[None, :] <= (start + torch.arange(S, device=x.device))[:, None]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, mask, causal, cache, i)
+        if cache is not None:
+            cache.length += S
+        return self.norm(x)

@@ -1,0 +1,141 @@
+"""Backbones, generation, and the causality check's positive and negative cases."""
+
+import numpy as np
+import pytest
+import torch
+
+from headway.check import check_causal
+from headway.data.collate import collate
+from headway.data.packing import Packer, examples_from_documents
+from headway.data.vocab import Vocab
+from headway.masks import sdpa_mask
+from headway.models import GatedSSM, GatedSSMConfig, Transformer, TransformerConfig, build_model, sample
+from headway.objectives import build_objective
+
+V = Vocab(base_size=61, num_sentinels=8)
+
+
+class AllOnesMaskTransformer(Transformer):
+    """The classic packing bug: a 2-D all-ones attention mask over the packed row."""
+
+    def forward(self, x, batch=None, cache=None):
+        B, S, _ = x.shape
+        pos = torch.arange(S).expand(B, S)
+        mask = torch.ones(B, 1, S, S, dtype=torch.bool)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, mask, False, None, i)
+        return self.norm(x)
+
+
+def test_causal_backbones_pass():
+    assert check_causal(Transformer(TransformerConfig(32, 2, 2))).ok
+    assert check_causal(GatedSSM(GatedSSMConfig(32, 2, num_modes=8))).ok
+
+
+@pytest.mark.parametrize("net,first_layer", [
+    (GatedSSM(GatedSSMConfig(32, 2, num_modes=8, bidirectional=True)), "layers.0"),
+    (AllOnesMaskTransformer(TransformerConfig(32, 2, 2)), "layers.0"),
+    (GatedSSM(GatedSSMConfig(32, 2, num_modes=8, fft_pad=False)), "layers.0"),
+])
+def test_leaky_backbones_are_caught_and_located(net, first_layer):
+    rep = check_causal(net, packed=False)
+    assert not rep.ok and rep.layer == first_layer
+    assert all(k > t for t, k in rep.leaks)
+    assert "NOT causal" in str(rep)
+
+
+def test_ssm_without_document_reset_would_leak_across_documents():
+    net = GatedSSM(GatedSSMConfig(32, 1, num_modes=8))
+    assert check_causal(net, packed=True).ok  # segments are cut before the convolution
+
+    class NoReset(GatedSSM):
+        def forward(self, x, batch=None, cache=None):
+            return super().forward(x, None, cache)  # ignores the packing
+
+    leaky = NoReset(GatedSSMConfig(32, 1, num_modes=8))
+    leaky.load_state_dict(net.state_dict())
+    rep = check_causal(leaky, packed=True)
+    assert not rep.ok and all(k < t for t, k in rep.leaks)  # earlier, but another document
+
+
+def _batch(spec, S=48, seed=0):
+    rng = np.random.default_rng(seed)
+    docs = [np.arange(rng.integers(3, 30)) % 61 for _ in range(12)]
+    rows = list(Packer(S).pack(examples_from_documents(docs, build_objective(spec, V), S, rng)))
+    return collate(rows, S, V.pad)
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
+def test_packed_rows_equal_documents_run_alone(backbone):
+    torch.manual_seed(0)
+    model = build_model(V, backbone, "tiny").double()
+    b = _batch("prefix_lm" if backbone == "transformer" else "clm")
+    h = model.hidden(b.input_ids, b)
+    for r in range(2):
+        for d in range(int(b.document_ids[r].max()) + 1):
+            sel = b.document_ids[r] == d
+            alone = b.input_ids[r][sel][None]
+            from headway.data.collate import Batch
+            one = Batch(alone, alone, torch.arange(alone.shape[1])[None], torch.zeros_like(alone),
+                        b.prefix_lengths[r, d : d + 1][None])
+            torch.testing.assert_close(model.hidden(alone, one)[0], h[r][sel], rtol=1e-9, atol=1e-9)
+
+
+def test_transformer_prefix_lm_mask_is_used():
+    b = _batch("prefix_lm")
+    m = sdpa_mask(b)
+    assert m.shape == (b.input_ids.shape[0], 1, 48, 48)
+    net = Transformer(TransformerConfig(32, 1, 2)).double()
+    x = torch.randn(*b.input_ids.shape, 32, dtype=torch.float64, requires_grad=True)
+    y = net(x, b)
+    # inside a prefix, position 0 depends on position 1 (bidirectional)
+    r, d = 0, 0
+    start = int((b.document_ids[r] == d).nonzero()[0])
+    if int(b.prefix_lengths[r, d]) >= 2:
+        (g,) = torch.autograd.grad(y[r, start].sum(), x)
+        assert g[r, start + 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
+def test_generate_with_cache_equals_full_recompute(backbone):
+    torch.manual_seed(1)
+    model = build_model(V, backbone, "tiny").double().eval()
+    prompt = torch.tensor([3, 4, 5, 6])
+    fast = model.generate(prompt, 8, temperature=0)
+    ids = prompt.clone()
+    for _ in range(8):
+        ids = torch.cat([ids, model.logits(ids[None], keep_last=1)[0, -1].argmax()[None]])
+    assert torch.equal(fast, ids[4:])
+
+
+def test_sample_top_k_top_p_and_greedy():
+    z = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
+    assert sample(z, 0.0, None, None).item() == 2
+    g = torch.Generator().manual_seed(0)
+    draws = {sample(z, 1.0, 2, None, g).item() for _ in range(200)}
+    assert draws == {2, 3}
+    draws = {sample(z, 1.0, None, 0.5, g).item() for _ in range(200)}
+    assert draws == {2}
+
+
+def test_bidirectional_ssm_refuses_to_generate():
+    model = build_model(V, "gated_ssm", "tiny", bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        model.generate(torch.tensor([1, 2]), 3)
+
+
+def test_infill_prompt_layout_and_stop_at_eos():
+    model = build_model(V, "transformer", "tiny").eval()
+    with torch.no_grad():
+        model.head.table.weights["special"][0].fill_(0)
+    mid = model.infill(torch.tensor([1, 2]), torch.tensor([3]), V, max_new_tokens=5, temperature=0)
+    assert mid.dim() == 1 and len(mid) <= 5 and V.eos not in mid.tolist()
+
+
+def test_build_model_errors():
+    with pytest.raises(ValueError, match="backbone"):
+        build_model(V, "rnn")
+    with pytest.raises(ValueError, match="size"):
+        build_model(V, "transformer", "huge")
+    with pytest.raises(ValueError, match="heads"):
+        TransformerConfig(30, 1, 4)
