@@ -138,6 +138,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse[s:e] = lse_c
             if dz is not None:
                 _grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db)
+            del dz  # free this chunk's logits before the next chunk allocates its own
         ctx.per_token, ctx.o, ctx.has_b = per_token, o, b is not None
         ctx.mark_non_differentiable(lse)
         if per_token:
@@ -175,6 +176,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             e = min(s + o.chunk_size, h.shape[0])
             _, _, dz = _chunk(h[s:e], y[s:e], w, b32, o, row_g[s:e], True)
             _grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db)
+            del dz
         dw = None if dw is None else dw.to(w.dtype)
         db = None if db is None else db.to(w.dtype)
         return dh, dw, db, None, None, None, None
