@@ -93,3 +93,21 @@ def test_classification_poolings():
         head(h, mask[:, :3])
     with pytest.raises(ValueError, match="pooling"):
         ClassificationHead(8, 3, pooling="max")
+
+
+def test_tied_split_weight_is_joined_without_a_copy_and_grads_split_correctly():
+    emb = SplitEmbedding(SPLITS, 16)
+    full = emb.full_weight()
+    assert full.data_ptr() == emb.weights["base"].data_ptr()  # an alias of the packed buffer, not a copy
+    emb.double()  # reallocates parameters one by one; pack_ restores the shared buffer
+    full = emb.full_weight()
+    assert full.dtype == torch.float64 and full.data_ptr() == emb.weights["base"].data_ptr()
+    g = torch.randn(60, 16, dtype=torch.float64)
+    (full * g).sum().backward()
+    torch.testing.assert_close(emb.weights["base"].grad, g[:53])
+    torch.testing.assert_close(emb.weights["special"].grad, g[53:])
+    # an optimizer step through the Parameter objects updates the shared buffer
+    opt = torch.optim.SGD(emb.parameters(), lr=1.0)
+    before = emb.full_weight().detach().clone()
+    opt.step()
+    torch.testing.assert_close(emb.full_weight().detach(), before - g)

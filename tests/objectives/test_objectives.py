@@ -8,7 +8,17 @@ from hypothesis import strategies as st
 from headway.constants import IGNORE_INDEX
 from headway.data.vocab import Vocab
 from headway.objectives import (
-    CLM, FIM, MLM, Mixture, PrefixLM, SpanCorruption, build_objective, fim_parts, reconstruct, ul2, ul2r,
+    CLM,
+    FIM,
+    MLM,
+    Mixture,
+    PrefixLM,
+    SpanCorruption,
+    build_objective,
+    fim_parts,
+    reconstruct,
+    ul2,
+    ul2r,
 )
 from headway.show import render_example
 

@@ -34,8 +34,16 @@ class LMHead(nn.Module):
 
     def forward(self, hidden: Tensor, labels: Tensor, *, num_items_in_batch: Tensor | int | None = None,
                 reduction: str = "mean", shift: bool = False) -> Tensor:
-        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H)."""
-        out = linear_cross_entropy(hidden, self.weight, labels, bias=self.bias, ignore_index=IGNORE_INDEX,
+        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H).
+
+        Under autocast, hidden and weight are cast to the autocast dtype so the three matrix
+        products run in it; softmax and dW accumulation stay float32 inside the loss."""
+        weight = self.weight
+        dev = hidden.device.type
+        if torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+            hidden, weight = hidden.to(dt), weight.to(dt)
+        out = linear_cross_entropy(hidden, weight, labels, bias=self.bias, ignore_index=IGNORE_INDEX,
                                    reduction=reduction, shift=shift, label_smoothing=self.label_smoothing,
                                    z_loss=self.z_loss, softcap=self.softcap, num_items_in_batch=num_items_in_batch)
         assert isinstance(out, Tensor)

@@ -9,10 +9,42 @@ from torch import Tensor, nn
 from headway.heads.lm_head import LMHead
 
 
+class _Joined(torch.autograd.Function):
+    """The splits as one (V, H) tensor without a copy, when they lie back to back in one storage;
+    backward hands each split its rows of the gradient (views, no copy)."""
+
+    @staticmethod
+    def forward(ctx, full: Tensor, *splits: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.sizes = [w.shape[0] for w in splits]
+        return full
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        return (None, *g.split(ctx.sizes, dim=0))
+
+
+def _alias_if_adjacent(ws: list[Tensor]) -> Tensor | None:
+    """A (V, H) tensor over the splits' shared storage if they are contiguous and adjacent, else None."""
+    first = ws[0]
+    ptr = first.untyped_storage().data_ptr()
+    off = first.storage_offset()
+    for w in ws:
+        if not w.is_contiguous() or w.untyped_storage().data_ptr() != ptr or w.storage_offset() != off:
+            return None
+        off += w.numel()
+    V, H = sum(w.shape[0] for w in ws), first.shape[1]
+    with torch.no_grad():
+        return torch.empty(0, dtype=first.dtype, device=first.device).set_(
+            first.untyped_storage(), first.storage_offset(), (V, H), (H, 1))
+
+
 class SplitEmbedding(nn.Module):
     """Token embedding whose table is one parameter per split; global id = split offset + local id.
 
-    An id outside every split raises a ValueError (never a silent zero vector).
+    The split parameters are views into one (V, H) buffer, so `full_weight()` (what a tied head
+    multiplies by) costs no copy; `pack_()` restores that layout after anything that reallocates
+    parameters separately (it runs after `.to()` / `.double()` automatically). An id outside every
+    split raises a ValueError (never a silent zero vector).
     """
 
     def __init__(self, split_sizes: dict[str, int], hidden_size: int, init_std: float = 0.02) -> None:
@@ -22,6 +54,24 @@ class SplitEmbedding(nn.Module):
         self.hidden_size = hidden_size
         self.weights = nn.ParameterDict(
             {k: nn.Parameter(torch.randn(n, hidden_size) * init_std) for k, n in split_sizes.items()})
+        self.pack_()
+
+    @torch.no_grad()
+    def pack_(self) -> None:
+        """Move every split into one contiguous (V, H) buffer, keeping the Parameter objects."""
+        ws = list(self.weights.values())
+        if _alias_if_adjacent(ws) is not None:
+            return
+        buf = torch.cat([w.detach() for w in ws], dim=0)
+        o = 0
+        for w in ws:
+            w.data = buf[o : o + w.shape[0]]
+            o += w.shape[0]
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        out = super()._apply(fn, recurse)
+        self.pack_()
+        return out
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -39,8 +89,13 @@ class SplitEmbedding(nn.Module):
         return out
 
     def full_weight(self) -> Tensor:
-        """(V, H): the splits concatenated in order (a copy; differentiable into every split)."""
-        return torch.cat(list(self.weights.values()), dim=0)
+        """(V, H): the splits concatenated in order, differentiable into every split; no copy when
+        packed (the usual case), `torch.cat` otherwise."""
+        ws = list(self.weights.values())
+        full = _alias_if_adjacent(ws)
+        if full is None:
+            return torch.cat(ws, dim=0)
+        return _Joined.apply(full, *ws)
 
     def forward(self, ids: Tensor) -> Tensor:
         V = self.num_embeddings
@@ -49,7 +104,7 @@ class SplitEmbedding(nn.Module):
             raise ValueError(f"SplitEmbedding: token ids must be in [0, {V}) (splits {self.split_sizes}), got {bad}")
         out = torch.empty(*ids.shape, self.hidden_size, dtype=next(iter(self.weights.values())).dtype,
                           device=ids.device)
-        for (k, w), off in zip(self.weights.items(), self.offsets().values()):
+        for w, off in zip(self.weights.values(), self.offsets().values()):
             sel = (ids >= off) & (ids < off + w.shape[0])
             out[sel] = F.embedding(ids[sel] - off, w)
         return out
@@ -63,6 +118,7 @@ class SplitEmbedding(nn.Module):
         new = torch.randn(new_size, self.hidden_size, dtype=old.dtype, device=old.device) * 0.02
         new[:keep] = old.detach()[:keep]
         self.weights[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+        self.pack_()
 
 
 class SplitLMHead(LMHead):

@@ -120,6 +120,12 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts,
                 scale: Tensor, per_token: bool) -> tuple[Tensor, Tensor]:
+        with torch.autocast(h.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+            return ChunkedLinearCrossEntropy._forward(ctx, h, w, b, y, o, scale, per_token)
+
+    @staticmethod
+    def _forward(ctx, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts,  # noqa: ANN001
+                 scale: Tensor, per_token: bool) -> tuple[Tensor, Tensor]:
         N, V = h.shape[0], w.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = b is not None and ctx.needs_input_grad[2]
@@ -153,6 +159,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor, _g_lse: Tensor | None):  # type: ignore[override]
+        with torch.autocast(g.device.type, enabled=False):
+            return ChunkedLinearCrossEntropy._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g: Tensor):  # noqa: ANN001, ANN205
         h, w, b, y, scale, *pre = ctx.saved_tensors
         if not ctx.per_token and not getattr(ctx, "used", False):
             ctx.used = True  # the precomputed grads may now be owned by .grad; a 2nd backward recomputes

@@ -14,6 +14,7 @@ __all__ = ["Transformer", "TransformerConfig", "GatedSSM", "GatedSSMConfig", "La
 # hidden size, layers, heads
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 2),
+    "mini": (128, 4, 4),
     "small": (192, 4, 4),
     "medium": (256, 6, 4),
     "base": (384, 8, 6),
@@ -21,14 +22,26 @@ SIZES: dict[str, tuple[int, int, int]] = {
 BACKBONES = ("transformer", "gated_ssm")
 
 
+def parse_size(size: str) -> tuple[int, int, int]:
+    """A preset name, or "HxL" / "HxLxHEADS" (e.g. "96x3", heads default to H // 32, at least 1)."""
+    if size in SIZES:
+        return SIZES[size]
+    parts = size.split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) not in (2, 3) or min(nums) < 1:
+        raise ValueError(f"build_model: `size` must be one of {list(SIZES)} or 'HIDDENxLAYERS[xHEADS]', got {size!r}")
+    return nums[0], nums[1], nums[2] if len(nums) == 3 else max(1, nums[0] // 32)
+
+
 def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small", *,
                 bidirectional: bool = False, z_loss: float = 0.0) -> LanguageModel:
     """A `LanguageModel` with a split (base + special) tied embedding / fused LM head."""
     if backbone not in BACKBONES:
         raise ValueError(f"build_model: `backbone` must be one of {BACKBONES}, got {backbone!r}")
-    if size not in SIZES:
-        raise ValueError(f"build_model: `size` must be one of {list(SIZES)}, got {size!r}")
-    H, L, nh = SIZES[size]
+    H, L, nh = parse_size(size)
     emb = SplitEmbedding(vocab.split_sizes, H)
     if backbone == "transformer":
         if bidirectional:

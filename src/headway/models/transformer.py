@@ -116,7 +116,8 @@ class Transformer(nn.Module):
             if start == 0:
                 causal = S > 1
             elif S > 1:  # several new tokens after a cache: query q sees keys up to start + q
-                mask = torch.arange(start + S, device=x.device)[None, :] <= (start + torch.arange(S, device=x.device))[:, None]
+                keys = torch.arange(start + S, device=x.device)
+                mask = keys[None, :] <= (start + torch.arange(S, device=x.device))[:, None]
         for i, layer in enumerate(self.layers):
             x = layer(x, pos, mask, causal, cache, i)
         if cache is not None:

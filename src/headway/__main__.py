@@ -1,0 +1,5 @@
+import sys
+
+from headway.cli import main
+
+sys.exit(main())

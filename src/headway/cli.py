@@ -1,0 +1,280 @@
+"""`headway train | sample | infill | show | eval | bench` — run `headway CMD --help` for each."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+TRAIN_HELP = {
+    "objective": "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, "
+                 "or e.g. 'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)",
+    "backbone": "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm)",
+    "size": "model size: tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers], "
+            "or custom HIDDENxLAYERS[xHEADS] such as 96x3",
+    "seq_len": "tokens per packed row",
+    "batch_size": "rows per micro-batch",
+    "grad_accum": "micro-batches per optimizer step (loss normalized by the global count of targets)",
+    "steps": "optimizer steps to train (overrides --time-budget)",
+    "tokens": "token budget: steps = tokens / (batch x seq_len x grad_accum) (overrides --time-budget)",
+    "time_budget": "seconds of training when neither --steps nor --tokens is given; the step count is fixed "
+                   "after 30 steps from the measured speed so the LR schedule ends on time",
+    "lr": "peak learning rate (AdamW, betas 0.9/0.95)",
+    "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
+    "warmup": "linear warmup steps",
+    "weight_decay": "AdamW weight decay on matrices (not on norms/biases)",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "z_loss": "z-loss coefficient (z * logsumexp^2 per token, PaLM)",
+    "precision": "auto | fp32 | bf16 | fp16 (autocast; softmax and loss accumulation stay float32). auto: bf16 on "
+                 "GPUs that support it and on CPUs with AVX512-BF16/AMX (several times faster matmuls), else fp32",
+    "device": "auto | cpu | cuda",
+    "seed": "seed of model init, data order and objective randomness",
+    "out": "output folder: tokenizer, token cache, metrics.jsonl, loss.png, checkpoints, summary.json",
+    "data": "training text instead of the embedded standard-library corpus: files, folders, .jsonl, or a "
+            "locally saved HuggingFace dataset (repeatable)",
+    "text_field": "field holding the text in .jsonl / datasets",
+    "val_fraction": "fraction of documents held out for validation (deterministic split by name)",
+    "tokenizer": "bpe (byte-level BPE trained on the training split, cached in --out) | bytes",
+    "vocab_size": "BPE base vocabulary size (special tokens are a separate split on top)",
+    "packing": "bfd (best-fit-decreasing, documents never split) | concat (concat-and-split)",
+    "eval_every": "validate every N steps (0: only at the end)",
+    "eval_stride": "validation windows start every N tokens and score only tokens not scored before, so each "
+                   "has at least seq_len - N tokens of context (0: seq_len // 2; seq_len: non-overlapping)",
+    "eval_tokens": "cap on validation tokens for the periodic evaluations (the final one uses all)",
+    "checkpoint_every": "save a checkpoint every N steps (0: only at the end and on Ctrl-C)",
+    "log_every": "write a metrics.jsonl line every N steps",
+    "threads": "torch CPU threads (0: every core)",
+    "allow_leak": "train a causal objective even when the causality check finds a leak (experts only)",
+    "compile": "torch.compile the model",
+}
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from headway.train.config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        h = TRAIN_HELP[f.name] + (f" (default: {default})" if default not in (None, [], False) else "")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=h)
+        elif f.name == "data":
+            p.add_argument(flag, nargs="+", default=[], metavar="PATH", help=h)
+        else:
+            typ = {"int | None": int, "float | None": float}.get(str(f.type), type(default) if default is not None
+                                                                   else str)
+            p.add_argument(flag, type=typ, default=default, help=h)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
+                   "(same data order, optimizer state and step)")
+
+
+def _print_summary(s, cfg) -> None:  # noqa: ANN001
+    rows = [("wall time", f"{s.wall_seconds:.0f} s (training {s.train_seconds:.0f} s)"),
+            ("steps / tokens", f"{s.steps} / {s.tokens / 1e6:.2f}M"),
+            ("throughput", f"{s.tokens_per_second:,.0f} tokens/s"),
+            ("parameters", f"{s.params / 1e6:.2f}M"),
+            ("peak memory (RSS)", f"{s.peak_rss_mib:.0f} MiB"),
+            ("final train loss", f"{s.final_loss:.4f}")]
+    if s.val:
+        rows += [("validation loss", f"{s.val['loss']:.4f} nats/token (ppl {s.val['perplexity']:.2f})"),
+                 ("validation bits/byte", f"{s.val['bits_per_byte']:.4f}")]
+        rows += [(k, f"{v:.4f} bits/byte") for k, v in s.compressors.items()]
+    w = max(len(k) for k, _ in rows)
+    print("\n" + "=" * 60)
+    print(f"headway train: {cfg.backbone}/{cfg.size}, objective {cfg.objective}")
+    print("-" * 60)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+    if s.val and s.compressors:
+        xz = s.compressors["xz -9e (per file)"]
+        verdict = "beats" if s.val["bits_per_byte"] < xz else "does not beat"
+        print(f"-> the model {verdict} xz -9e per file ({s.val['bits_per_byte']:.3f} vs {xz:.3f} bits/byte)")
+    if s.infill:
+        print("-" * 60 + "\ninfill demo (greedy):")
+        print(s.infill["prefix"] + "\033[32m" + s.infill["middle"] + "\033[0m" + s.infill["suffix"])
+    print("=" * 60)
+    print(f"outputs in {cfg.out}: metrics.jsonl, loss.png, summary.json, checkpoints (step-*/)")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from headway.train.config import TrainConfig
+    from headway.train.loop import run
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
+    s = run(cfg, resume=a.resume)
+    if s.interrupted:
+        return 130
+    _print_summary(s, TrainConfig.load(Path(cfg.out) / "config.json"))
+    return 0
+
+
+def load_run(ckpt: str, device: str = "cpu"):  # noqa: ANN201
+    """(model, tokenizer, vocab, config) from a checkpoint or run folder."""
+    from headway.data.tokenizer import load_tokenizer
+    from headway.data.vocab import Vocab
+    from headway.models import build_model
+    from headway.train.checkpoint import load_checkpoint, resolve
+    from headway.train.config import TrainConfig
+
+    folder = resolve(Path(ckpt))
+    cfg = TrainConfig.load(folder / "config.json")
+    tok = load_tokenizer(folder)
+    vocab = Vocab(tok.base_size)
+    model = build_model(vocab, cfg.backbone, cfg.size, bidirectional=cfg.objective.strip() == "mlm"
+                        and cfg.backbone == "gated_ssm", z_loss=cfg.z_loss)
+    load_checkpoint(folder, model, None, device)
+    return model.to(device).eval(), tok, vocab, cfg
+
+
+def _sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    import torch
+
+    model, tok, vocab, _ = load_run(a.checkpoint)
+    g = torch.Generator().manual_seed(a.seed)
+    ids = tok.encode(a.prompt)
+    if not ids:
+        ids = [vocab.eos]
+    new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                         top_p=a.top_p, eos_id=vocab.eos, generator=g)
+    print(a.prompt + tok.decode(new.tolist()))
+    return 0
+
+
+def cmd_infill(a: argparse.Namespace) -> int:
+    import torch
+
+    model, tok, vocab, _ = load_run(a.checkpoint)
+    g = torch.Generator().manual_seed(a.seed)
+    mid = model.infill(torch.tensor(tok.encode(a.prefix), dtype=torch.long),
+                       torch.tensor(tok.encode(a.suffix), dtype=torch.long), vocab, a.max_new_tokens,
+                       temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=g)
+    color = sys.stdout.isatty()
+    print(a.prefix + ("\033[32m" if color else "") + tok.decode(mid.tolist()) + ("\033[0m" if color else "")
+          + a.suffix)
+    return 0
+
+
+SHOW_TEXT = "def add(a, b):\n    return a + b\n"
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from headway.data.tokenizer import ByteTokenizer
+    from headway.data.vocab import Vocab
+    from headway.masks import dense_mask
+    from headway.objectives import build_objective
+    from headway.show import loss_mask_image, render_example
+    from headway.train.plots import plot_example_masks
+
+    if a.checkpoint:
+        _, tok, vocab, _ = load_run(a.checkpoint)
+    else:
+        tok, vocab = ByteTokenizer(), Vocab(256, num_sentinels=32)
+    obj = build_objective(a.objective, vocab, (tok.encode, tok.decode))
+    ex = obj(np.asarray(tok.encode(a.text), dtype=np.int64), np.random.default_rng(a.seed))
+    print(f"objective {a.objective!r}: green = target, grey = no target, cyan = bidirectional prefix\n")
+    print(render_example(ex, vocab, tok.decode, color=sys.stdout.isatty()))
+    S = len(ex)
+    attn = dense_mask(torch.zeros(1, S, dtype=torch.long), torch.arange(S)[None],
+                      torch.tensor([[ex.prefix_length]]))[0].numpy()
+    png = Path(a.png or f"show-{a.objective.replace(':', '_').replace(',', '+')}.png")
+    plot_example_masks(attn, loss_mask_image(ex)[0], f"{a.objective}: prefix {ex.prefix_length}, "
+                       f"{ex.num_targets} targets of {S}", png)
+    print(f"\nattention and loss masks: {png}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from headway.data.corpus import load_paths
+    from headway.train.metrics import compressor_bits_per_byte, evaluate
+
+    model, tok, vocab, cfg = load_run(a.checkpoint)
+    docs = load_paths(a.data, a.text_field)
+    ids = [x for x in tok.encode_batch([d.text for d in docs]) if len(x)]
+    n_bytes = sum(d.num_bytes for d in docs)
+    S = a.seq_len or cfg.seq_len
+    r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
+                 stride=a.stride or S // 2)
+    print(f"{len(docs)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
+    print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
+    for k, v in compressor_bits_per_byte([d.text for d in docs]).items():
+        print(f"{k}: {v:.4f} bits/byte")
+    return 0
+
+
+def cmd_bench(rest: list[str]) -> int:
+    from headway.benchmarks.linear_ce import main as bench_main
+
+    bench_main(rest)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="headway", description="Train language models with any objective on any "
+                                "backbone, without materializing the logits.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a model (no arguments: the default run on the standard library)",
+                       description="Train a language model. With no arguments: a small transformer with a CLM+FIM "
+                       "mixture on the Python standard library's sources, about 8 minutes on 2 CPU cores.")
+    _add_train_args(t)
+    s = sub.add_parser("sample", help="continue a prompt with a trained model")
+    s.add_argument("checkpoint", help="checkpoint folder or run folder (uses its latest checkpoint)")
+    s.add_argument("--prompt", default="import ", help="text to continue")
+    _sampling(s)
+    i = sub.add_parser("infill", help="fill in the middle between a prefix and a suffix (FIM-trained models)")
+    i.add_argument("checkpoint", help="checkpoint folder or run folder")
+    i.add_argument("--prefix", required=True, help="text before the gap")
+    i.add_argument("--suffix", required=True, help="text after the gap")
+    _sampling(i)
+    sh = sub.add_parser("show", help="print one example of an objective and save a PNG of its masks")
+    sh.add_argument("--objective", default="fim", help="objective spec, as for train (default: fim)")
+    sh.add_argument("--text", default=SHOW_TEXT, help="document to transform")
+    sh.add_argument("--checkpoint", default=None, help="use this run's tokenizer (default: bytes)")
+    sh.add_argument("--png", default=None, help="where to write the mask picture (default: show-OBJECTIVE.png)")
+    sh.add_argument("--seed", type=int, default=0, help="seed of the objective's randomness")
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on held-out text")
+    e.add_argument("checkpoint", help="checkpoint folder or run folder")
+    e.add_argument("--data", nargs="+", required=True, metavar="PATH", help="files, folders or .jsonl")
+    e.add_argument("--text-field", default="text", help="field holding the text in .jsonl")
+    e.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the training seq_len)")
+    e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: seq_len // 2)")
+    sub.add_parser("bench", help="the fused loss benchmark against its peers (see `headway bench --help`)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
+    a = parser().parse_args(argv)
+    cmds = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "show": cmd_show, "eval": cmd_eval}
+    try:
+        return cmds[a.cmd](a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"headway {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from headway.train.checkpoint import CheckpointError
+
+        if isinstance(e, CheckpointError):
+            print(f"headway {a.cmd}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

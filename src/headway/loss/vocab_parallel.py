@@ -1,0 +1,163 @@
+"""Vocabulary-parallel linear cross-entropy over `torch.distributed`: no rank holds the whole head.
+
+Each rank holds a contiguous slice W_r (V_r, H) of the head weight, rows [start_r, start_r + V_r)
+(uneven slices allowed), and the same hidden states and labels. Forward, chunk by chunk, computes
+the local log-sum-exp, target logit and logit sum; ONE all-gather of those three (3, N) tensors
+combines them (lse = logsumexp over ranks). Backward recomputes each chunk's local logits,
+forms the local softmax with the global lse, and produces the local dW_r and bias grad without
+any communication; dE needs one all-reduce (sum over ranks). Per-token losses equal the
+single-process `linear_cross_entropy` on the concatenated weight, for every option.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from headway.constants import IGNORE_INDEX
+from headway.loss.chunked import acc_dtype, default_chunk_size
+from headway.loss.validate import shift_labels
+
+
+def _local_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, acc: torch.dtype) -> Tensor:
+    z = torch.mm(h, w.t()).to(acc)  # (n, V_r)
+    if b is not None:
+        z.add_(b.to(acc))
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+class _VocabParallelCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, start: int, V: int, eps: float,
+                z_loss: float, softcap: float | None, chunk: int, group) -> Tensor:  # noqa: ANN001
+        acc = acc_dtype(h.dtype)
+        N, Vr = h.shape[0], w.shape[0]
+        local = (y >= start) & (y < start + Vr)
+        y_loc = torch.where(local, y - start, torch.zeros_like(y))
+        stats = torch.empty(3, N, dtype=acc, device=h.device)  # local lse, target logit, sum of logits
+        with torch.autocast(h.device.type, enabled=False), torch.no_grad():
+            for s in range(0, N, chunk):
+                e = min(s + chunk, N)
+                z = _local_logits(h[s:e], w, b, softcap, acc)
+                stats[0, s:e] = torch.logsumexp(z, dim=1)
+                stats[1, s:e] = torch.where(local[s:e], z.gather(1, y_loc[s:e, None]).squeeze(1), 0.0)
+                stats[2, s:e] = z.sum(dim=1)
+                del z
+        world = dist.get_world_size(group)
+        gathered = torch.empty(world, 3, N, dtype=acc, device=h.device)
+        dist.all_gather_into_tensor(gathered, stats, group=group)
+        lse = torch.logsumexp(gathered[:, 0], dim=0)
+        zy = gathered[:, 1].sum(0)
+        loss = lse - zy
+        if eps > 0:
+            loss = (1 - eps) * loss + eps * (lse - gathered[:, 2].sum(0) / V)
+        if z_loss > 0:
+            loss = loss + z_loss * lse.square()
+        ctx.save_for_backward(h, w, b, y_loc, local, lse)
+        ctx.cfg = (eps, z_loss, softcap, chunk, group, V)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        h, w, b, y_loc, local, lse = ctx.saved_tensors
+        eps, z_loss, softcap, chunk, group, V = ctx.cfg
+        acc = acc_dtype(h.dtype)
+        g = g.to(acc)
+        dh = torch.zeros(h.shape, dtype=acc, device=h.device) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros(w.shape, dtype=acc, device=w.device) if ctx.needs_input_grad[1] else None
+        db = torch.zeros(w.shape[0], dtype=acc, device=w.device) if b is not None and ctx.needs_input_grad[2] else None
+        with torch.autocast(h.device.type, enabled=False):
+            for s in range(0, h.shape[0], chunk):
+                e = min(s + chunk, h.shape[0])
+                with torch.no_grad():
+                    zr = torch.mm(h[s:e], w.t()).to(acc)
+                    if b is not None:
+                        zr.add_(b.to(acc))
+                    deriv = None
+                    if softcap is not None:
+                        t = torch.tanh(zr / softcap)
+                        deriv = 1 - t.square()
+                        zr = softcap * t
+                    p = torch.exp(zr - lse[s:e, None])  # (n, V_r): this rank's share of the softmax
+                    coef = g[s:e] * (1 + 2 * z_loss * lse[s:e])
+                    dz = p * coef[:, None]
+                    rows = local[s:e].nonzero().squeeze(1)
+                    dz[rows, y_loc[s:e][rows]] -= (1 - eps) * g[s:e][rows]
+                    if eps > 0:
+                        dz -= (eps / V) * g[s:e, None]
+                    if deriv is not None:
+                        dz *= deriv
+                    dzc = dz.to(w.dtype)
+                    if dh is not None:
+                        dh[s:e] = torch.mm(dzc, w).to(acc)
+                    if dw is not None:
+                        dw += torch.mm(dzc.t(), h[s:e]).to(acc)
+                    if db is not None:
+                        db += dz.sum(0)
+                    del zr, p, dz, dzc
+        if dh is not None:
+            dist.all_reduce(dh, group=group)  # dE = sum over ranks of the local contributions
+        cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
+        return cast(dh, h), cast(dw, w), cast(db, w), None, None, None, None, None, None, None, None
+
+
+def vocab_parallel_linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    vocab_start: int | None = None,
+    bias: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    shift: bool = False,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    num_items_in_batch: Tensor | float | None = None,
+    chunk_size: int | None = None,
+    group=None,  # noqa: ANN001
+) -> Tensor:
+    """`linear_cross_entropy` with the head weight sharded by vocabulary rows across `group`.
+
+    `weight` is this rank's (V_r, H) slice starting at global row `vocab_start` (default: the
+    sum of the slice sizes of lower ranks), or a DTensor sharded on dim 0 (its local shard is used).
+    `hidden`, `labels` and the options must be the same on every rank; the result is too.
+    """
+    if hasattr(weight, "to_local") and hasattr(weight, "placements"):  # a DTensor
+        weight = weight.to_local()
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("vocab_parallel_linear_cross_entropy: torch.distributed is not initialized")
+    if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"vocab_parallel_linear_cross_entropy: `weight` must be (V_r, {hidden.shape[-1]}), "
+                         f"got {tuple(weight.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"vocab_parallel_linear_cross_entropy: `weight` dtype {weight.dtype} != hidden {hidden.dtype}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"vocab_parallel_linear_cross_entropy: `reduction` must be mean|sum|none, got {reduction!r}")
+    sizes = torch.zeros(dist.get_world_size(group), dtype=torch.long, device=weight.device)
+    sizes[dist.get_rank(group)] = weight.shape[0]
+    dist.all_reduce(sizes, group=group)
+    V = int(sizes.sum())
+    start = int(sizes[: dist.get_rank(group)].sum()) if vocab_start is None else vocab_start
+    lead = tuple(hidden.shape[:-1])
+    y = (shift_labels(labels, ignore_index) if shift else labels).reshape(-1).long()
+    valid = y != ignore_index
+    if bool(((y < 0) | (y >= V))[valid].any()):
+        raise ValueError(f"vocab_parallel_linear_cross_entropy: `labels` must be in [0, {V}) or {ignore_index}")
+    idx = valid.nonzero().squeeze(1)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx)
+    chunk = chunk_size or default_chunk_size(weight.shape[0], softcap is not None)
+    per = _VocabParallelCE.apply(h, weight, bias, y[idx], start, V, float(label_smoothing), float(z_loss), softcap,
+                                 chunk, group)
+    full = torch.zeros(y.shape[0], dtype=per.dtype, device=per.device).index_put((idx,), per)
+    if reduction == "none":
+        return full.reshape(lead)
+    total = per.sum()
+    if reduction == "sum":
+        return total
+    denom = float(num_items_in_batch) if num_items_in_batch is not None else max(int(valid.sum()), 1)
+    return total / denom

@@ -1,0 +1,100 @@
+"""The training run's data: corpus, split, tokenizer (trained once and cached), token arrays, batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headway.data.collate import Batch, collate
+from headway.data.corpus import Document, load_paths, split, stdlib_corpus
+from headway.data.packing import Packer, examples_from_documents
+from headway.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
+from headway.data.vocab import Vocab
+from headway.objectives.base import Objective
+from headway.train.config import TrainConfig
+
+
+@dataclass
+class RunData:
+    tokenizer: Tokenizer
+    vocab: Vocab
+    train: list[np.ndarray]
+    val: list[np.ndarray]
+    val_texts: list[str]
+    val_bytes: int
+    train_bytes: int
+    corpus_name: str
+
+
+def _save_tokens(path: Path, docs: list[np.ndarray]) -> None:
+    flat = np.concatenate(docs).astype(np.int32) if docs else np.zeros(0, np.int32)
+    offsets = np.cumsum([0] + [len(d) for d in docs]).astype(np.int64)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, tokens=flat, offsets=offsets)
+    tmp.replace(path)
+
+
+def _load_tokens(path: Path) -> list[np.ndarray]:
+    z = np.load(path)
+    flat, off = z["tokens"].astype(np.int64), z["offsets"]
+    return [flat[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+
+
+def prepare(cfg: TrainConfig, out: Path, log=print) -> RunData:  # noqa: ANN001
+    """Load and split the corpus; train (or reuse) the tokenizer in `out`; tokenize (cached)."""
+    docs: list[Document] = load_paths(cfg.data, cfg.text_field) if cfg.data else stdlib_corpus()
+    name = ", ".join(cfg.data) if cfg.data else "Python standard library (.py sources)"
+    train_docs, val_docs = split(docs, cfg.val_fraction)
+    key = json.dumps({"data": cfg.data, "val": cfg.val_fraction, "tok": cfg.tokenizer, "vocab": cfg.vocab_size,
+                      "n": len(docs), "bytes": sum(d.num_bytes for d in train_docs)})
+    stamp = out / "data.key"
+    cached = stamp.exists() and stamp.read_text() == key and (out / "tokens-train.npz").exists()
+    if cached:
+        tok = load_tokenizer(out)
+        train, val = _load_tokens(out / "tokens-train.npz"), _load_tokens(out / "tokens-val.npz")
+        log(f"data: reusing the tokenizer and tokens cached in {out}")
+    else:
+        if cfg.tokenizer == "bytes":
+            tok = ByteTokenizer()
+        else:
+            log(f"data: training a byte-level BPE of {cfg.vocab_size} tokens on {len(train_docs)} documents")
+            tok = BPETokenizer.train([d.text for d in train_docs], cfg.vocab_size, progress=False)
+        log("data: tokenizing")
+        train = tok.encode_batch([d.text for d in train_docs])
+        val = tok.encode_batch([d.text for d in val_docs])
+        tok.save(out)
+        _save_tokens(out / "tokens-train.npz", train)
+        _save_tokens(out / "tokens-val.npz", val)
+        stamp.write_text(key)
+    vocab = Vocab(tok.base_size)
+    return RunData(tok, vocab, [t for t in train if len(t)], [t for t in val if len(t)], [d.text for d in val_docs],
+                   sum(d.num_bytes for d in val_docs), sum(d.num_bytes for d in train_docs), name)
+
+
+def batches(docs: list[np.ndarray], objective: Objective, cfg: TrainConfig, pad: int, skip: int = 0,
+            rank: int = 0, world: int = 1) -> Iterator[Batch]:
+    """Endless batches: each epoch shuffles the documents with `default_rng([seed, epoch])`, applies
+    the objective, packs rows and groups them `batch_size` at a time. Row r goes to rank r % world.
+    The first `skip` batches (of this rank) are generated and dropped (exact resume)."""
+    n = 0
+    epoch = 0
+    rows: list = []
+    while True:
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.permutation(len(docs))
+        packer = Packer(cfg.seq_len, cfg.packing)
+        stream = examples_from_documents((docs[i] for i in order), objective, cfg.seq_len, rng)
+        for r, row in enumerate(packer.pack(stream)):
+            if r % world != rank:
+                continue
+            rows.append(row)
+            if len(rows) == cfg.batch_size:
+                if n >= skip:
+                    yield collate(rows, cfg.seq_len, pad)
+                n += 1
+                rows = []
+        epoch += 1

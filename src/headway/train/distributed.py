@@ -1,0 +1,53 @@
+"""torch.distributed setup for `headway train` under torchrun: process group, DDP, helpers."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 120  # a dead rank fails the job within this, instead of hanging it
+
+
+def setup(device: torch.device) -> tuple[int, int]:
+    """(rank, world). Initializes the default process group when launched by torchrun with
+    WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); otherwise a single process (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        timeout = timedelta(seconds=float(os.environ.get("HEADWAY_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_sum(x: float | int, device: torch.device) -> float:
+    """Sum of a number over all ranks (the number itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def broadcast_int(x: int, device: torch.device) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.tensor([x], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

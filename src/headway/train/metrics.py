@@ -1,0 +1,112 @@
+"""Validation: loss and bits per byte, and what general-purpose compressors get on the same files."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from headway.constants import IGNORE_INDEX
+from headway.data.collate import Batch
+from headway.models.lm import LanguageModel
+
+
+@dataclass
+class EvalResult:
+    loss: float  # nats per target token
+    tokens: int
+    bytes: int
+    nats: float
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / self.bytes
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+
+def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
+                 stride: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each document as `[eos] doc [eos]` in windows of `seq_len` inputs that start every `stride`
+    positions (sliding-window evaluation; default: non-overlapping). Every document token and the
+    closing EOS is a target exactly once, in the first window that has it, so with a stride below
+    seq_len each target after the first window sees at least seq_len - stride tokens of context."""
+    stride = stride or seq_len
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"eval stride must be in [1, {seq_len}], got {stride}")
+    out = []
+    for d in docs:
+        seq = np.concatenate([[eos], d, [eos]]).astype(np.int64)
+        n = len(seq) - 1  # number of targets
+        done = 0
+        s = 0
+        while done < n:
+            y = seq[s + 1 : s + seq_len + 1].copy()
+            x = seq[s : s + len(y)]
+            y[: done - s] = IGNORE_INDEX  # already predicted with more context
+            out.append((x, y))
+            done = s + len(y)
+            s += stride
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: int, pad: int, seq_len: int,
+             batch_size: int, device: torch.device, max_tokens: int | None = None,
+             stride: int | None = None, rank: int = 0, world: int = 1) -> EvalResult:
+    """Summed next-token NLL over the documents (CLM, no FIM), in nats, and bits per byte of text.
+    Under torch.distributed each rank scores every world-th window and the sums are all-reduced."""
+    was_training = model.training
+    model.eval()
+    windows = eval_windows(docs, eos, seq_len, stride)
+    if max_tokens is not None:  # a deterministic subset for quick periodic evals
+        keep, n = [], 0
+        for w in windows:
+            if n >= max_tokens:
+                break
+            keep.append(w)
+            n += int((w[1] != IGNORE_INDEX).sum())
+        frac = n / sum(int((w[1] != IGNORE_INDEX).sum()) for w in windows)
+        windows = keep
+    else:
+        frac = 1.0
+    nats, count = 0.0, 0
+    windows = windows[rank::world]
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        B = len(chunk)
+        ids = np.full((B, seq_len), pad, dtype=np.int64)
+        lab = np.full((B, seq_len), IGNORE_INDEX, dtype=np.int64)
+        doc = np.full((B, seq_len), -1, dtype=np.int64)
+        for b, (x, y) in enumerate(chunk):
+            ids[b, : len(x)], lab[b, : len(y)], doc[b, : len(x)] = x, y, 0
+        pos = np.broadcast_to(np.arange(seq_len), (B, seq_len)).copy()
+        t = torch.from_numpy
+        batch = Batch(t(ids), t(lab), t(pos), t(doc), torch.zeros(B, 1, dtype=torch.long)).to(device)
+        nats += float(model(batch, reduction="sum"))
+        count += batch.num_targets
+    if was_training:
+        model.train()
+    if world > 1:
+        from headway.train.distributed import all_sum
+
+        nats, count = all_sum(nats, device), int(all_sum(count, device))
+    return EvalResult(nats / max(count, 1), count, int(round(num_bytes * frac)), nats)
+
+
+def compressor_bits_per_byte(texts: list[str]) -> dict[str, float]:
+    """gzip -9 and xz -9e per file, and xz over all files concatenated, in bits per byte."""
+    raw = [t.encode("utf-8") for t in texts]
+    n = sum(len(r) for r in raw)
+    xz = lambda b: len(lzma.compress(b, preset=9 | lzma.PRESET_EXTREME))  # noqa: E731
+    return {
+        "gzip -9 (per file)": sum(len(gzip.compress(r, 9)) for r in raw) * 8 / n,
+        "xz -9e (per file)": sum(xz(r) for r in raw) * 8 / n,
+        "xz -9e (whole split)": xz(b"".join(raw)) * 8 / n,
+    }

@@ -1,0 +1,56 @@
+"""Pictures: the loss curve of a run, and an objective's attention and loss masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(metrics: Path, png: Path) -> Path:
+    """Training loss (and validation loss) against step, from `metrics.jsonl`."""
+    plt = _plt()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if tr:
+        ax.plot(*zip(*tr), label="train loss", lw=1)
+    if va:
+        ax.plot(*zip(*va), "o-", label="validation loss (CLM)", ms=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def plot_example_masks(attn: np.ndarray, loss_mask: np.ndarray, title: str, png: Path) -> Path:
+    """Attention mask (S, S) and loss mask (S,) side by side."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.6), dpi=110, gridspec_kw={"width_ratios": [1, 0.12]})
+    a.imshow(attn, cmap="Blues", interpolation="nearest")
+    a.set_title("attention: query (row) may see key (column)")
+    a.set_xlabel("key position")
+    a.set_ylabel("query position")
+    b.imshow(loss_mask.reshape(-1, 1), cmap="Greens", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
+    b.set_title("target?")
+    b.set_xticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png

@@ -1,0 +1,136 @@
+"""HuggingFace: fused loss equals HF's own on tiny random models; Trainer runs; Auto round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
+)
+
+from headway.data.vocab import Vocab  # noqa: E402
+from headway.integrations.hf import (  # noqa: E402
+    HeadwayConfig,
+    HeadwayForCausalLM,
+    ObjectiveCollator,
+    register,
+    use_fused_loss,
+)
+from headway.objectives import CLM, FIM, build_objective  # noqa: E402
+
+
+def tiny_llama(**kw):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, **kw)
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+
+
+def tiny_gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                          final_logit_softcapping=5.0))
+
+
+def tiny_qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2, tiny_gemma2, tiny_qwen2])
+def test_fused_loss_and_grads_equal_hf(make):
+    ref, fused = make(), make()
+    fused.load_state_dict(ref.state_dict())
+    use_fused_loss(fused)
+    V = ref.config.vocab_size
+    ids = torch.randint(0, V, (2, 13))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    for n in (None, 17):
+        a = ref(input_ids=ids, labels=labels, num_items_in_batch=n)
+        b = fused(input_ids=ids, labels=labels, num_items_in_batch=n)
+        assert b.logits is None
+        torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-5)
+        ga = torch.autograd.grad(a.loss, list(ref.parameters()), allow_unused=True)
+        gb = torch.autograd.grad(b.loss, list(fused.parameters()), allow_unused=True)
+        for x, y in zip(ga, gb):
+            if x is not None:
+                torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)
+    # shift_labels (aligned) equal the shifted labels
+    aligned = torch.full_like(labels, -100)
+    aligned[:, :-1] = labels[:, 1:]
+    torch.testing.assert_close(fused(input_ids=ids, labels=labels, shift_labels=aligned).loss,
+                               ref(input_ids=ids, labels=labels).loss, rtol=1e-5, atol=1e-5)
+    # without labels: the original forward, logits unchanged
+    torch.testing.assert_close(fused(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_trainer_with_fused_loss_and_headway_collator(tmp_path):
+    model = use_fused_loss(tiny_llama())
+    vocab = Vocab(base_size=100, num_sentinels=4)  # ids < 128: fits the tiny Llama
+    rng = np.random.default_rng(0)
+    pattern = np.arange(20) % 7
+    data = [{"input_ids": np.concatenate([pattern, rng.integers(0, 7, 4)])} for _ in range(64)]
+    collator = ObjectiveCollator(build_objective("clm:0.5,fim:0.5", vocab), pad_id=vocab.pad, seed=0)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=30,
+                             learning_rate=3e-3, logging_steps=5, report_to=[], use_cpu=True, save_strategy="no",
+                             remove_unused_columns=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_collator_labels_are_consistent_for_trainer_counts():
+    vocab = Vocab(base_size=50, num_sentinels=2)
+    batch = ObjectiveCollator(CLM(vocab.eos), pad_id=vocab.pad)([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}])
+    assert torch.equal(batch["labels"][:, 1:], batch["shift_labels"][:, :-1])
+    assert (batch["labels"][:, 1:] != -100).sum() == 3 + 1 + 1 + 1  # every token plus each EOS
+    with pytest.raises(ValueError, match="bidirectional prefix"):
+        ObjectiveCollator(build_objective("prefix_lm", vocab), vocab.pad)([{"input_ids": list(range(10))}])
+    fim = ObjectiveCollator(FIM(vocab, rate=1.0), vocab.pad)([{"input_ids": list(range(10))}])
+    assert vocab.id("<fim_prefix>") in fim["input_ids"]
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
+def test_headway_model_round_trips_through_auto_classes(tmp_path, backbone):
+    register()
+    torch.manual_seed(0)
+    cfg = HeadwayConfig(base_vocab_size=61, num_sentinels=4, backbone=backbone, size="tiny")
+    model = HeadwayForCausalLM(cfg).eval()
+    assert model.lm.head.table is model.lm.embedding  # tied split by split
+    prompt = torch.tensor([[3, 4, 5]])
+    want = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, HeadwayForCausalLM)
+    assert loaded.lm.head.table is loaded.lm.embedding
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert torch.equal(loaded.generate(prompt, max_new_tokens=6, do_sample=False), want)
+    # the loss through the fused head equals cross-entropy on its own logits
+    ids = torch.randint(0, 60, (2, 9))
+    out = loaded(input_ids=ids, labels=ids)
+    logits = loaded(input_ids=ids).logits
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-5)

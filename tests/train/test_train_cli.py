@@ -1,0 +1,169 @@
+"""End-to-end: `headway train` on tiny real files for every objective and backbone, resume, Ctrl-C,
+error paths, and the other commands on a real checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from headway.cli import main
+from headway.train.checkpoint import CheckpointError, load_checkpoint
+
+CODE = '''def area(width, height):
+    """Area of a rectangle."""
+    return width * height
+
+
+class Stack:
+    def __init__(self):
+        self.items = []
+
+    def push(self, item):
+        self.items.append(item)
+'''
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (d / f"mod_{i:02d}.py").write_text(CODE.replace("area", f"area{i}").replace("Stack", f"Stack{i}") * (1 + i % 3))
+    return d
+
+
+def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(corpus), "--out", str(out), "--tokenizer", "bytes", "--size", "tiny",
+            "--seq-len", "64", "--batch-size", "2", "--steps", "3", "--warmup", "2", "--log-every", "1",
+            "--val-fraction", "0.1", "--threads", "1", *extra]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective,backbone", [
+    ("clm", "transformer"), ("mlm", "transformer"), ("prefix_lm", "transformer"), ("fim", "transformer"),
+    ("span", "transformer"), ("ul2", "transformer"), ("clm:0.5,fim:0.5", "transformer"),
+    ("clm", "gated_ssm"), ("mlm", "gated_ssm"), ("ul2r", "gated_ssm"), ("clm:0.5,fim:0.5", "gated_ssm"),
+])
+def test_every_objective_and_backbone_trains(corpus, tmp_path, objective, backbone):
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--objective", objective, "--backbone", backbone)) == 0
+    rows = _metrics(out)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(x)) for x in losses)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["tokens"] > 0
+    if objective != "mlm":
+        assert 0 < summary["val"]["bits_per_byte"] < 20
+        assert set(summary["compressors"]) == {"gzip -9 (per file)", "xz -9e (per file)", "xz -9e (whole split)"}
+    png = out / "loss.png"
+    assert png.exists() and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert (out / "latest").exists()
+
+
+def test_loss_falls_over_a_short_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "40", "--lr", "3e-3", "--warmup", "5")) == 0
+    losses = [r["loss"] for r in _metrics(out) if "loss" in r]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+
+
+def test_resume_gives_the_identical_next_losses(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "6", "--checkpoint-every", "3", "--objective", "ul2")) == 0
+    straight = [r["loss"] for r in _metrics(out) if "loss" in r]
+    (out / "latest").write_text("step-0000003")  # as if the run had stopped after step 3
+    (out / "metrics.jsonl").write_text("")
+    assert main(_args(corpus, out, "--steps", "6", "--resume")) == 0
+    resumed = [r for r in _metrics(out) if "loss" in r]
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    assert [r["loss"] for r in resumed] == pytest.approx(straight[3:], rel=1e-6, abs=1e-6)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = _args(corpus, out, "--steps", "100000", "--log-every", "1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "headway", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert "checkpoint saved" in text
+    step = int((out / "latest").read_text().split("-")[1])
+    assert step >= 1
+
+
+def test_corrupt_checkpoint_is_refused(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "2")) == 0
+    from headway.cli import load_run
+
+    model, *_ = load_run(str(out))
+    ck = out / (out / "latest").read_text()
+    data = bytearray((ck / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (ck / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(out, model)
+    assert main(["sample", str(out), "--max-new-tokens", "2"]) == 2
+
+
+def test_unwritable_output_folder_fails_before_training(corpus, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_args(corpus, blocker / "sub")) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value,match", [("--seq-len", "4", "seq-len"), ("--objective", "gpt", "objective"),
+                                               ("--backbone", "rnn", "backbone"), ("--precision", "fp8", "precision")])
+def test_bad_flags_give_clear_errors(corpus, tmp_path, capsys, flag, value, match):
+    assert main(_args(corpus, tmp_path / "run", flag, value)) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_missing_data_path_is_an_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err
+
+
+def test_sample_infill_eval_and_show_on_a_real_checkpoint(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "4")) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--prompt", "def ", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("def ")
+    assert main(["infill", str(out), "--prefix", "def f(", "--suffix", "):\n", "--max-new-tokens", "4"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("def f(") and text.rstrip("\n").endswith("):")
+    assert main(["eval", str(out), "--data", str(corpus / "mod_00.py")]) == 0
+    assert "bits/byte" in capsys.readouterr().out
+    png = tmp_path / "span.png"
+    assert main(["show", "--objective", "span", "--png", str(png)]) == 0
+    shown = capsys.readouterr().out
+    assert "<extra_id_0>" in shown and png.stat().st_size > 1000
+
+
+def test_causal_objective_on_a_leaky_model_is_refused():
+    from headway.data.vocab import Vocab
+    from headway.models import build_model
+    from headway.train.config import TrainConfig
+    from headway.train.loop import _guard_causality
+
+    leaky = build_model(Vocab(50, num_sentinels=2), "gated_ssm", "tiny", bidirectional=True)
+    with pytest.raises(ValueError, match="not causal.*--allow-leak"):
+        _guard_causality(leaky, TrainConfig(objective="clm", backbone="gated_ssm"), print)
+    warned = []
+    _guard_causality(leaky, TrainConfig(objective="clm", allow_leak=True), warned.append)
+    assert warned and "WARNING" in warned[0]
