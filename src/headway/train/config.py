@@ -12,16 +12,16 @@ from pathlib import Path
 class TrainConfig:
     objective: str = "clm:0.5,fim:0.5"
     backbone: str = "transformer"
-    size: str = "small"
+    size: str = "tiny"
     seq_len: int = 256
     batch_size: int = 16
     grad_accum: int = 1
     steps: int | None = None
     tokens: int | None = None
-    time_budget: float | None = 400.0  # seconds of training; the default run's main knob
+    time_budget: float | None = 460.0  # seconds of training; the default run's main knob
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     z_loss: float = 0.0
@@ -33,11 +33,11 @@ class TrainConfig:
     text_field: str = "text"
     val_fraction: float = 0.05
     tokenizer: str = "bpe"
-    vocab_size: int = 4096
+    vocab_size: int = 8192
     packing: str = "bfd"
-    eval_every: int = 0  # steps; 0: only at the end (and at each checkpoint)
+    eval_every: int = 1000  # steps; 0: only at the end
     eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
-    eval_tokens: int | None = None  # cap on validation tokens for periodic evals (final eval uses all)
+    eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals (final eval uses all)
     checkpoint_every: int = 0
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0: all cores
