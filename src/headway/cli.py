@@ -91,7 +91,7 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
         verdict = "beats" if s.val["bits_per_byte"] < xz else "does not beat"
         print(f"-> the model {verdict} xz -9e per file ({s.val['bits_per_byte']:.3f} vs {xz:.3f} bits/byte)")
     if s.infill:
-        print("-" * 60 + "\ninfill demo (greedy):")
+        print("-" * 60 + "\nsingle-line infill demo (greedy; the model wrote the green part):")
         print(s.infill["prefix"] + "\033[32m" + s.infill["middle"] + "\033[0m" + s.infill["suffix"])
     print("=" * 60)
     print(f"outputs in {cfg.out}: metrics.jsonl, loss.png, summary.json, checkpoints (step-*/)")

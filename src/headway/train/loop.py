@@ -284,12 +284,13 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
     return summary
 
 
-DEMO = ("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", "\n    return a\n")
+DEMO = ("import os\nimport ", "\n\n\ndef main():\n    print(sys.argv[1:], os.getcwd())\n")
 
 
 def demo_infill(model: LanguageModel, data: RunData, prefix: str = DEMO[0], suffix: str = DEMO[1]) -> dict:
+    """Single-line infilling (greedy, cut at the first line break), as in single-line FIM evals."""
     tok = data.tokenizer
     dev = next(model.parameters()).device
     mid = model.infill(torch.tensor(tok.encode(prefix), device=dev), torch.tensor(tok.encode(suffix), device=dev),
-                       data.vocab, max_new_tokens=48, temperature=0.0)
-    return {"prefix": prefix, "suffix": suffix, "middle": tok.decode(mid.tolist())}
+                       data.vocab, max_new_tokens=16, temperature=0.0)
+    return {"prefix": prefix, "suffix": suffix, "middle": tok.decode(mid.tolist()).split("\n")[0]}
