@@ -121,7 +121,7 @@ def check_writable(out: Path, need_bytes: int) -> None:
     """Fail before training when the output folder cannot be written or the disk is too full."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
+        probe = out / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as e:

@@ -239,7 +239,8 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
             if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
                 r = val(cfg.eval_tokens)
                 if rank == 0:
-                    metrics.write(json.dumps({"step": step, "val_loss": r.loss, "val_bpb": r.bits_per_byte}) + "\n")
+                    metrics.write(json.dumps({"step": step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
+                                              "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None}) + "\n")
                 log(f"step {step}: val loss {r.loss:.4f}, {r.bits_per_byte:.4f} bits/byte")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 ckpt(step)
@@ -262,7 +263,8 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
         summary.val = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte,
                        "tokens": r.tokens, "bytes": r.bytes}
         if rank == 0:
-            metrics.write(json.dumps({"step": step, "val_loss": r.loss, "val_bpb": r.bits_per_byte}) + "\n")
+            metrics.write(json.dumps({"step": step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
+                                      "val_tokens": r.tokens, "subset": False}) + "\n")
         if rank == 0:
             summary.compressors = compressor_bits_per_byte(data.val_texts)
         if rank == 0 and model.backbone.causal:

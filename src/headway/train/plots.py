@@ -22,12 +22,21 @@ def plot_metrics(metrics: Path, png: Path) -> Path:
     plt = _plt()
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    sub = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and r.get("subset")]
+    full = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and not r.get("subset")]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if tr:
-        ax.plot(*zip(*tr), label="train loss", lw=1)
-    if va:
-        ax.plot(*zip(*va), "o-", label="validation loss (CLM)", ms=4)
+        steps, loss = zip(*tr)
+        ax.plot(steps, loss, label="train loss (objective mix)", lw=0.6, alpha=0.35, color="C0")
+        ema, smooth = loss[0], []
+        for x in loss:
+            ema = 0.9 * ema + 0.1 * x
+            smooth.append(ema)
+        ax.plot(steps, smooth, lw=1.6, color="C0", label="train loss, smoothed")
+    if sub:
+        ax.plot(*zip(*sub), "o-", label="validation, first tokens (CLM)", ms=4, color="C1")
+    if full:
+        ax.plot(*zip(*full), "s", label="validation, whole split (CLM)", ms=7, color="C3")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.grid(alpha=0.3)
