@@ -47,8 +47,9 @@ class _VocabParallelCE(torch.autograd.Function):
                 stats[2, s:e] = z.sum(dim=1)
                 del z
         world = dist.get_world_size(group)
-        gathered = torch.empty(world, 3, N, dtype=acc, device=h.device)
-        dist.all_gather_into_tensor(gathered, stats, group=group)
+        parts = [torch.empty_like(stats) for _ in range(world)]
+        dist.all_gather(parts, stats, group=group)  # the one collective of the forward
+        gathered = torch.stack(parts)  # (world, 3, N)
         lse = torch.logsumexp(gathered[:, 0], dim=0)
         zy = gathered[:, 1].sum(0)
         loss = lse - zy
