@@ -4,6 +4,7 @@ global batch; resume under torchrun; a dead rank fails the job instead of hangin
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,9 +29,15 @@ def _train_args(corpus: Path, out: Path, batch: int, steps: int = 4) -> list[str
             "--val-fraction", "0.1", "--precision", "fp32", "--objective", "clm", "--threads", "1"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun(nproc: int, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(29500 + os.getpid() % 1000), "-m", "headway", *args]
+           str(_free_port()), "-m", "headway", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", HEADWAY_DIST_TIMEOUT="30")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
@@ -69,7 +76,7 @@ def test_resume_under_torchrun(corpus, tmp_path):
 def test_a_dead_rank_fails_the_job_loudly(corpus, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(30500 + os.getpid() % 1000), "-m", "headway", *_train_args(corpus, out, batch=2, steps=100000)]
+           str(_free_port()), "-m", "headway", *_train_args(corpus, out, batch=2, steps=100000)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HEADWAY_DIST_TIMEOUT="30")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 180
