@@ -49,5 +49,8 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Every rank meets here before the group is destroyed, so no rank tears down its connections
+    while a peer still has work in flight (gloo aborts the process otherwise)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
