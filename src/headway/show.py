@@ -17,7 +17,7 @@ def token_text(i: int, vocab: Vocab, decode: Callable[[list[int]], str] | None) 
     name = vocab.name(int(i))
     if name is not None:
         return name
-    return repr(decode([int(i)]))[1:-1] if decode else str(int(i))
+    return repr(decode([int(i)]))[1:-1].replace(" ", "␣") if decode else str(int(i))
 
 
 def render_example(ex: Example, vocab: Vocab, decode: Callable[[list[int]], str] | None = None,
