@@ -91,8 +91,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     out = tmp_path / "run"
     args = _args(corpus, out, "--steps", "100000", "--log-every", "1")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a shell that runs this suite in the background starts children with SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt; restore the default, as in a terminal
     proc = subprocess.Popen([sys.executable, "-m", "headway", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
         time.sleep(0.2)
