@@ -65,12 +65,9 @@ def _chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor | None, o: ChunkOpts,
     zy = z.gather(1, y[:, None]).squeeze(1)  # (n,)
     zmean = z.mean(dim=1) if o.label_smoothing > 0 else None
     m = z.amax(dim=1)  # (n,)
-    if not want_grad:
-        lse = m + torch.log(torch.exp(z - m[:, None]).sum(dim=1))
-    else:
-        p = z.sub_(m[:, None]).exp_()  # in place: the logits buffer becomes exp(z - m)
-        s = p.sum(dim=1)
-        lse = m + torch.log(s)
+    p = z.sub_(m[:, None]).exp_()  # in place: the logits buffer becomes exp(z - m)
+    s = p.sum(dim=1)
+    lse = m + torch.log(s)
     eps = o.label_smoothing
     loss = lse - zy
     if eps > 0:
