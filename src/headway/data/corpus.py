@@ -58,7 +58,7 @@ def stdlib_corpus() -> list[Document]:
     return docs
 
 
-def _jsonl(path: Path, field: str) -> Iterator[Document]:
+def _jsonl(path: Path, field: str, name: str) -> Iterator[Document]:
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f):
             if not line.strip():
@@ -69,12 +69,14 @@ def _jsonl(path: Path, field: str) -> Iterator[Document]:
                 raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
             if field not in row or not isinstance(row[field], str):
                 raise ValueError(f"{path}:{i + 1}: no string field {field!r} (have {sorted(row)[:8]})")
-            yield Document(f"{path}:{i + 1}", row[field])
+            yield Document(f"{name}:{i + 1}", row[field])
 
 
 def load_paths(paths: list[str], text_field: str = "text") -> list[Document]:
     """Text files, folders (recursively, files with a text suffix) and `.jsonl` files (one document
-    per line, from `text_field`); a HuggingFace `datasets` name saved locally (`load_from_disk`)."""
+    per line, from `text_field`); a HuggingFace `datasets` name saved locally (`load_from_disk`).
+    Documents are named by their path relative to the folder given (prefixed with its name), so the
+    train/validation split does not depend on where the data lies."""
     docs: list[Document] = []
     for spec in paths:
         p = Path(spec)
@@ -82,9 +84,10 @@ def load_paths(paths: list[str], text_field: str = "text") -> list[Document]:
             docs.extend(_hf_dataset(p, text_field))
         elif p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in TEXT_SUFFIXES):
-                docs.extend(_jsonl(f, text_field) if f.suffix == ".jsonl" else _one(f))
+                name = f"{p.name}/{f.relative_to(p).as_posix()}"
+                docs.extend(_jsonl(f, text_field, name) if f.suffix == ".jsonl" else _one(f, name))
         elif p.is_file():
-            docs.extend(_jsonl(p, text_field) if p.suffix == ".jsonl" else _one(p))
+            docs.extend(_jsonl(p, text_field, p.name) if p.suffix == ".jsonl" else _one(p, p.name))
         else:
             raise FileNotFoundError(f"--data: {spec!r} is neither a file nor a folder")
     if not docs:
@@ -92,9 +95,9 @@ def load_paths(paths: list[str], text_field: str = "text") -> list[Document]:
     return docs
 
 
-def _one(path: Path) -> list[Document]:
+def _one(path: Path, name: str) -> list[Document]:
     text = _read(path)
-    return [Document(str(path), text)] if text else []
+    return [Document(name, text)] if text else []
 
 
 def _hf_dataset(path: Path, field: str) -> list[Document]:
