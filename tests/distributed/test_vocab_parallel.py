@@ -70,3 +70,61 @@ def test_requires_an_initialized_process_group():
     h, w, _, y = _inputs()
     with pytest.raises(ValueError, match="not initialized"):
         vocab_parallel_linear_cross_entropy(h, w, y)
+
+
+def _dp_worker(rank: int, world: int, init: str, out: str) -> None:
+    """Data parallel + vocab-parallel head: rank r holds tokens [r*N, (r+1)*N) of a (world*N, H) batch
+    and rows of W as a DTensor sharded on the vocabulary (uneven: torch.chunk sizes)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    h, w, b, y = _dp_inputs(world)
+    results = []
+    for opts in OPTS:
+        hh = h[rank * N : (rank + 1) * N].clone().requires_grad_()
+        wd = torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)]))
+        loss = vocab_parallel_linear_cross_entropy(hh, wd, y[rank * N : (rank + 1) * N], chunk_size=5,
+                                                   gather_tokens=True, **opts)
+        gout = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape) * (rank + 1)
+        (loss * gout).sum().backward()
+        results.append((loss.detach(), hh.grad, wd.grad.to_local(), wd.to_local().shape[0]))
+    torch.save(results, Path(out) / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _dp_inputs(world: int):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(world * N, H, dtype=torch.float64, generator=g)
+    w = torch.randn(V, H, dtype=torch.float64, generator=g) * 0.5
+    y = torch.randint(0, V, (world * N,), generator=g)
+    y[::5] = hw.IGNORE_INDEX
+    return h, w, None, y
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gathered_tokens_and_dtensor_weight_equal_the_sum_of_per_rank_losses(world):
+    """Each rank's loss is its own tokens' loss against the whole vocabulary, and the gradients are
+    those of sum_r g_r * loss_r computed in one process on the unsharded weight."""
+    with tempfile.TemporaryDirectory() as d:
+        init = f"file://{os.path.join(d, 'rendezvous')}"
+        mp.spawn(_dp_worker, args=(world, init, d), nprocs=world, join=True)
+        per_rank = [torch.load(Path(d) / f"{r}.pt") for r in range(world)]
+    h, w, _, y = _dp_inputs(world)
+    for i, opts in enumerate(OPTS):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        total = 0
+        for r in range(world):
+            ref = hw.linear_cross_entropy(hh[r * N : (r + 1) * N], ww, y[r * N : (r + 1) * N], **opts)
+            gout = torch.linspace(0.5, 1.5, ref.numel(), dtype=ref.dtype).reshape(ref.shape) * (r + 1)
+            total = total + (ref * gout).sum()
+            torch.testing.assert_close(per_rank[r][i][0], ref.detach(), rtol=1e-10, atol=1e-10)
+        total.backward()
+        start = 0
+        for r in range(world):
+            _, gh, gw, rows = per_rank[r][i]
+            torch.testing.assert_close(gh, hh.grad[r * N : (r + 1) * N], rtol=1e-9, atol=1e-11)
+            torch.testing.assert_close(gw, ww.grad[start : start + rows], rtol=1e-9, atol=1e-11)
+            start += rows
+        assert start == V
