@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,11 @@ TRAIN_HELP = {
     "threads": "torch CPU threads (0: every core)",
     "allow_leak": "train a causal objective even when the causality check finds a leak (experts only)",
     "compile": "torch.compile the model",
+    "parallel": "under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters, gradients and "
+                "optimizer state sharded over ranks; distributed checkpoints). Ignored in a single process",
+    "tensor_parallel_head": "untie the LM head from the embedding and, under torchrun, shard it by vocabulary rows "
+                            "over the ranks (vocab-parallel loss: no rank holds the whole head, its gradient, its "
+                            "optimizer state or a chunk's full logits)",
 }
 
 
@@ -106,7 +112,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     s = run(cfg, resume=a.resume)
     if s.interrupted:
         return 130
-    _print_summary(s, TrainConfig.load(Path(cfg.out) / "config.json"))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun one process reports
+        _print_summary(s, TrainConfig.load(Path(cfg.out) / "config.json"))
     return 0
 
 
@@ -123,7 +130,7 @@ def load_run(ckpt: str, device: str = "cpu"):  # noqa: ANN201
     tok = load_tokenizer(folder)
     vocab = Vocab(tok.base_size)
     model = build_model(vocab, cfg.backbone, cfg.size, bidirectional=cfg.objective.strip() == "mlm"
-                        and cfg.backbone == "gated_ssm", z_loss=cfg.z_loss)
+                        and cfg.backbone == "gated_ssm", z_loss=cfg.z_loss, tie_head=not cfg.tensor_parallel_head)
     load_checkpoint(folder, model, None, device)
     return model.to(device).eval(), tok, vocab, cfg
 

@@ -226,3 +226,25 @@ def test_cuda_bf16_backends_match_reference(impl):
     rh, rw = torch.autograd.grad(ref, (h, w))
     assert torch.nn.functional.cosine_similarity(gh.float().flatten(), rh.flatten(), dim=0) > 0.99
     assert torch.nn.functional.cosine_similarity(gw.float().flatten(), rw.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 60.0), (torch.float64, 400.0)])
+def test_targets_whose_probability_underflows(dtype, scale):
+    """lse is read off the target's softmax probability; where that underflows to 0 (a very wrong
+    prediction with huge logits) it must be recomputed, not turned into an infinite loss."""
+    h, w, b, y = make(dtype=dtype, bias=True, ignore_every=0)
+    with torch.no_grad():
+        h.mul_(scale)
+        z = h @ w.t() + b
+        y[::2] = z.argmin(dim=1)[::2]  # every other target is the least likely word
+        assert torch.softmax(z, 1).gather(1, y[:, None]).eq(0).any()
+    for opts in OPTIONS:
+        got = hw.linear_cross_entropy(h, w, y, bias=b, reduction="none", chunk_size=7, **opts)
+        ref = hw.linear_cross_entropy(h, w, y, bias=b, reduction="none", impl="reference", **opts)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=1e-4)
+        ga = torch.autograd.grad(got.sum(), (h, w, b))
+        gr = torch.autograd.grad(ref.sum(), (h, w, b))
+        tol = 2e-3 if dtype == torch.float32 else 1e-9  # float32 logits of size ~500 carry ~3e-5 of rounding
+        for a_, b_ in zip(ga, gr):
+            torch.testing.assert_close(a_, b_, rtol=tol, atol=tol)

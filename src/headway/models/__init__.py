@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from headway.data.vocab import Vocab
+from headway.heads.lm_head import LMHead
 from headway.heads.split import SplitEmbedding, SplitLMHead
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
@@ -37,8 +38,9 @@ def parse_size(size: str) -> tuple[int, int, int]:
 
 
 def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small", *,
-                bidirectional: bool = False, z_loss: float = 0.0) -> LanguageModel:
-    """A `LanguageModel` with a split (base + special) tied embedding / fused LM head."""
+                bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True) -> LanguageModel:
+    """A `LanguageModel` with a split (base + special) embedding and a fused LM head, tied to the
+    embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight."""
     if backbone not in BACKBONES:
         raise ValueError(f"build_model: `backbone` must be one of {BACKBONES}, got {backbone!r}")
     H, L, nh = parse_size(size)
@@ -50,4 +52,6 @@ def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small"
         body = Transformer(TransformerConfig(hidden_size=H, num_layers=L, num_heads=nh))
     else:
         body = GatedSSM(GatedSSMConfig(hidden_size=H, num_layers=L, bidirectional=bidirectional))
-    return LanguageModel(emb, body, SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss))
+    head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss) if tie_head else LMHead(H, vocab.size,
+                                                                                               z_loss=z_loss)
+    return LanguageModel(emb, body, head)

@@ -29,15 +29,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Model weights as safetensors. Tied parameters are stored once (the others recorded as
-    aliases in the metadata); views of one buffer are saved as separate tensors."""
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+    """Model weights (a module or its state dict) as safetensors. Tied parameters are stored once
+    (the others recorded as aliases in the metadata); views of one buffer are saved separately."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
-    for k, v in model.state_dict().items():
+    sd = model if isinstance(model, dict) else model.state_dict()
+    for k, v in sd.items():
         key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype)
         if key in seen:
             aliases[k] = seen[key]
@@ -61,8 +62,7 @@ def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu
 def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     state: dict, extra_files: dict[str, Path] | None = None) -> Path:
     """Write `out/step-{step}` atomically and point `out/latest` at it. Returns the folder."""
-    final = out / f"step-{step:07d}"
-    tmp = out / f".tmp-step-{step:07d}"
+    tmp, final = checkpoint_folders(out, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -71,18 +71,29 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer: torch.opt
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        meta = dict(state, step=step, weights_sha256=_sha256(tmp / "model.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        finish_checkpoint(out, tmp, final, state, step)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return final
+
+
+def checkpoint_folders(out: Path, step: int) -> tuple[Path, Path]:
+    """(temporary, final) folder of the checkpoint at `step`."""
+    return out / f".tmp-step-{step:07d}", out / f"step-{step:07d}"
+
+
+def finish_checkpoint(out: Path, tmp: Path, final: Path, state: dict, step: int) -> None:
+    """Write state.json (with the weights' checksum) into `tmp`, rename it to `final`, then
+    point `out/latest` at it by an atomic rename."""
+    meta = dict(state, step=step, weights_sha256=_sha256(tmp / "model.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
     link = out / ".latest.tmp"
     link.write_text(final.name)
     os.replace(link, out / "latest")
-    return final
 
 
 def resolve(path: Path) -> Path:

@@ -43,6 +43,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0: all cores
     allow_leak: bool = False
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: ddp | fsdp
+    tensor_parallel_head: bool = False
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -73,3 +75,4 @@ class TrainConfig:
         need(self.vocab_size >= 260, f"--vocab-size must be >= 260, got {self.vocab_size}")
         need(0 <= self.eval_stride <= self.seq_len, f"--eval-stride must be in [0, seq_len], got {self.eval_stride}")
         need(self.packing in ("bfd", "concat"), f"--packing must be bfd|concat, got {self.packing}")
+        need(self.parallel in ("ddp", "fsdp"), f"--parallel must be ddp|fsdp, got {self.parallel}")

@@ -17,11 +17,13 @@ from headway.check import check_causal
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
-from headway.train.checkpoint import check_writable, load_checkpoint, save_checkpoint
+from headway.train.checkpoint import check_writable, load_checkpoint, resolve, save_checkpoint
 from headway.train.config import TrainConfig
 from headway.train.data import RunData, batches, prepare
 from headway.train.distributed import all_sum, barrier, broadcast_int, setup, teardown
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
+from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
+from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 
 CALIBRATE_AT = 30  # with a time budget, the total step count is fixed from the speed of steps 10..30
 
@@ -74,7 +76,8 @@ def _planned_steps(cfg: TrainConfig) -> int | None:
 
 def _make_model(cfg: TrainConfig, data: RunData) -> LanguageModel:
     bidirectional = cfg.objective.strip() == "mlm" and cfg.backbone == "gated_ssm"
-    return build_model(data.vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss)
+    return build_model(data.vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss,
+                       tie_head=not cfg.tensor_parallel_head)
 
 
 def _guard_causality(model: LanguageModel, cfg: TrainConfig, log) -> None:  # noqa: ANN001
@@ -134,8 +137,6 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
     torch.manual_seed(cfg.seed)
     start_step, state = 0, {}
     if resume:
-        from headway.train.checkpoint import resolve
-
         ck = resolve(out)
         saved = TrainConfig.load(ck / "config.json")
         saved.out, saved.steps, saved.tokens, saved.time_budget = cfg.out, cfg.steps, cfg.tokens, cfg.time_budget
@@ -148,30 +149,35 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
         data = prepare(cfg, out, log)
     model = _make_model(cfg, data).to(device)
     _guard_causality(model, cfg, log)
+    n_params = sum(p.numel() for p in model.parameters())
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
+    sharded = is_sharded(cfg.parallel, cfg.tensor_parallel_head, world)
+    fwd: torch.nn.Module = parallelize(model, cfg.parallel, cfg.tensor_parallel_head, world, device)
+    if world > 1:
+        head = ", vocab-parallel head" if cfg.tensor_parallel_head else ""
+        log(f"data parallel: {world} processes ({cfg.parallel.upper()}{head}), each with {torch.get_num_threads()} "
+            "threads")
+    if cfg.compile:
+        fwd = torch.compile(fwd)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     total = _planned_steps(cfg)
     if resume:
-        state = load_checkpoint(out, model, opt, device)
+        if (resolve(out) / "dcp").is_dir():
+            state = load_sharded_checkpoint(out, model, opt)
+        else:
+            state = load_checkpoint(out, model, opt, device)
         start_step = state["step"]
         total = state.get("total_steps") or total
         log(f"resumed from step {start_step} of {total}")
     cfg.save(out / "config.json")
-    n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.backbone}/{cfg.size}, {n_params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
         f"({data.vocab.base_size} base + {data.vocab.special_size} special), device {device}, "
         f"{precision}, {torch.get_num_threads()} threads")
     log(f"data: {data.corpus_name}: {len(data.train)} train / {len(data.val)} validation documents, "
         f"{sum(len(t) for t in data.train) / 1e6:.2f}M train tokens, objective {cfg.objective}")
-    fwd: torch.nn.Module = torch.compile(model) if cfg.compile else model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        fwd = DistributedDataParallel(fwd)
-        log(f"data parallel: {world} processes (DDP), each with {torch.get_num_threads()} threads")
     stream = batches(data.train, objective, cfg, data.vocab.pad, skip=start_step * cfg.grad_accum, rank=rank,
                      world=world)
     metrics = (out / "metrics.jsonl").open("a") if rank == 0 else open(os.devnull, "w")
@@ -180,8 +186,11 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
     extras = {"config.json": out / "config.json", "tokenizer.json": out / "tokenizer.json"}
 
     def ckpt(step: int) -> None:
+        st = {"total_steps": total, "tokens": summary.tokens, "seed": cfg.seed, "world_size": world}
+        if sharded:
+            save_sharded_checkpoint(out, step, model, opt, st, extras, rank)
+            return
         if rank == 0:
-            st = {"total_steps": total, "tokens": summary.tokens, "seed": cfg.seed, "world_size": world}
             save_checkpoint(out, step, model, opt, st, extras)
         barrier()
 
@@ -208,7 +217,9 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
                     loss = fwd(b, num_items_in_batch=max(n_items, 1))
                 (loss * world).backward()  # DDP averages gradients over ranks; the loss is already global
                 loss_sum += float(loss.detach())
-            if cfg.grad_clip > 0:
+            if cfg.grad_clip > 0 and world > 1:
+                clip_grad_norm_(list(model.parameters()), cfg.grad_clip)  # norm of the full, unsharded gradient
+            elif cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -267,7 +278,7 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
                                       "val_tokens": r.tokens, "subset": False}) + "\n")
         if rank == 0:
             summary.compressors = compressor_bits_per_byte(data.val_texts)
-        if rank == 0 and model.backbone.causal:
+        if (rank == 0 or sharded) and model.backbone.causal:  # sharded: generating is a collective
             summary.infill = demo_infill(model, data)
     metrics.close()
     summary.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -77,13 +77,17 @@ def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: 
     else:
         frac = 1.0
     nats, count = 0.0, 0
+    n_batches = math.ceil(math.ceil(len(windows) / world) / batch_size)  # the same on every rank
     windows = windows[rank::world]
-    for i in range(0, len(windows), batch_size):
+    for i in range(0, n_batches * batch_size, batch_size):
         chunk = windows[i : i + batch_size]
-        B = len(chunk)
+        # under torch.distributed every rank runs the same number of full-size forward passes (FSDP and
+        # the vocab-parallel head communicate inside them); padding rows have no targets
+        B = batch_size if world > 1 else len(chunk)
         ids = np.full((B, seq_len), pad, dtype=np.int64)
         lab = np.full((B, seq_len), IGNORE_INDEX, dtype=np.int64)
         doc = np.full((B, seq_len), -1, dtype=np.int64)
+        doc[len(chunk) :] = 0  # a padding row is one document of pad tokens (no fully masked attention row)
         for b, (x, y) in enumerate(chunk):
             ids[b, : len(x)], lab[b, : len(y)], doc[b, : len(x)] = x, y, 0
         pos = np.broadcast_to(np.arange(seq_len), (B, seq_len)).copy()
