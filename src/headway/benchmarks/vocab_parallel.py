@@ -26,10 +26,26 @@ from headway.benchmarks.linear_ce import _rss_now, _rss_peak
 from headway.loss.vocab_parallel import vocab_parallel_linear_cross_entropy
 
 
+def _step(h: torch.Tensor, w: torch.nn.Parameter, y: torch.Tensor, mode: str) -> torch.Tensor:
+    """One loss forward+backward and AdamW step on the head; returns this rank's loss."""
+    n_total = torch.tensor([float(h.shape[0])])
+    dist.all_reduce(n_total)
+    if mode == "replicated":
+        loss = hw.linear_cross_entropy(h, w, y, reduction="sum") / n_total
+    else:
+        loss = vocab_parallel_linear_cross_entropy(h, w, y, reduction="sum", gather_tokens=True) / n_total
+    loss.backward()
+    torch.optim.AdamW([w], lr=1e-3).step()
+    return loss.detach()
+
+
 def _rank(rank: int, world: int, V: int, H: int, N: int, mode: str, init: str, out: str) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     g = torch.Generator().manual_seed(rank)
+    # warm-up on a small head: library buffers and thread pools are set up before measuring
+    _step(torch.randn(64, H, generator=g).requires_grad_(), torch.nn.Parameter(torch.randn(100, H)),
+          torch.randint(0, 100, (64,), generator=g), mode)
     h = torch.randn(N, H, generator=g).requires_grad_()
     y = torch.randint(0, V, (N,), generator=g)
     rows = [len(c) for c in torch.arange(V).chunk(world)]
@@ -37,20 +53,12 @@ def _rank(rank: int, world: int, V: int, H: int, N: int, mode: str, init: str, o
     full = torch.randn(V, H, generator=torch.Generator().manual_seed(123)) * H**-0.5  # the same head everywhere
     w = torch.nn.Parameter(full if mode == "replicated" else full[start : start + rows[rank]].clone())
     del full
-    n_total = torch.tensor([float(N)])
-    dist.all_reduce(n_total)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # peak RSS := current RSS; the weight is counted below
     base = _rss_now() - w.numel() * w.element_size()
-    if mode == "replicated":
-        loss = hw.linear_cross_entropy(h, w, y, reduction="sum") / n_total
-    else:
-        loss = vocab_parallel_linear_cross_entropy(h, w, y, reduction="sum", gather_tokens=True) / n_total
-    loss.backward()
-    opt = torch.optim.AdamW([w], lr=1e-3)
-    opt.step()
+    loss = _step(h, w, y, mode)
     peak = (_rss_peak() - base) / 2**20
-    total = loss.detach().clone()
+    total = loss.clone()
     dist.all_reduce(total)
     torch.save({"peak": peak, "loss": float(total), "rows": w.shape[0]}, os.path.join(out, f"{rank}.pt"))
     dist.barrier()

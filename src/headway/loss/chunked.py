@@ -45,7 +45,7 @@ def default_chunk_size(V: int, softcap: bool, budget_bytes: int = DEFAULT_BUDGET
     return max(1, budget_bytes // per_row)
 
 
-class _Buffers:
+class ChunkBuffers:
     """The chunk's logits buffers, allocated once per call and reused by every chunk.
 
     A fresh 64 MiB tensor per chunk costs a page fault per 4 KiB page on CPU (about 15 ms per
@@ -66,14 +66,14 @@ class _Buffers:
 
 
 def _chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor | None, o: ChunkOpts,
-           row_scale: Tensor | None, want_grad: bool, bufs: _Buffers) -> tuple[Tensor, Tensor, Tensor | None]:
+           row_scale: Tensor | None, want_grad: bool, bufs: ChunkBuffers) -> tuple[Tensor, Tensor, Tensor | None]:
     """One chunk: (loss (n,), lse (n,), dlogits (n, V) float32 or None).
 
     dlogits already includes `row_scale` (n,) (or scalar); it overwrites the chunk's logits buffer.
     """
     n = h.shape[0]
     z = bufs.z[:n]  # (n, V)
-    low = _Buffers.view(bufs.low, n)
+    low = ChunkBuffers.view(bufs.low, n)
     if low is None:
         torch.mm(h, w.t(), out=z)
     else:
@@ -114,7 +114,7 @@ def _chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor | None, o: ChunkOpts,
     return loss, lse, p
 
 
-def _grads_chunk(dz: Tensor, h: Tensor, w: Tensor, dh_out: Tensor | None, dw: Tensor | None,
+def grads_chunk(dz: Tensor, h: Tensor, w: Tensor, dh_out: Tensor | None, dw: Tensor | None,
                  db: Tensor | None, first: bool, low: Tensor | None) -> None:
     """Accumulate one chunk's dE (written to dh_out), dW and db from its dlogits dz (n, V) float32.
 
@@ -170,15 +170,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         dh = torch.empty_like(h) if want_grad and need_h else None
         dw = torch.empty(w.shape, dtype=acc, device=w.device) if want_grad and need_w else None
         db = torch.empty(V, dtype=acc, device=w.device) if want_grad and need_b else None
-        bufs = _Buffers(min(o.chunk_size, N), h, w, o.softcap is not None)
+        bufs = ChunkBuffers(min(o.chunk_size, N), h, w, o.softcap is not None)
         for s in range(0, N, o.chunk_size):
             e = min(s + o.chunk_size, N)
             l_c, lse_c, dz = _chunk(h[s:e], y[s:e], w, b32, o, scale if want_grad else None, want_grad, bufs)
             losses[s:e] = l_c
             lse[s:e] = lse_c
             if dz is not None:
-                _grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
-                             _Buffers.view(bufs.low, e - s))
+                grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
+                             ChunkBuffers.view(bufs.low, e - s))
         del bufs
         if N == 0:  # no valid token: no chunk wrote the gradients
             for t in (dh, dw, db):
@@ -222,12 +222,12 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         dw = torch.empty(w.shape, dtype=acc, device=w.device) if need_w else None
         db = torch.empty(w.shape[0], dtype=acc, device=w.device) if need_b else None
         row_g = g.to(acc) if ctx.per_token else (g.to(acc) * scale).expand(h.shape[0])
-        bufs = _Buffers(min(o.chunk_size, h.shape[0]), h, w, o.softcap is not None)
+        bufs = ChunkBuffers(min(o.chunk_size, h.shape[0]), h, w, o.softcap is not None)
         for s in range(0, h.shape[0], o.chunk_size):
             e = min(s + o.chunk_size, h.shape[0])
             _, _, dz = _chunk(h[s:e], y[s:e], w, b32, o, row_g[s:e], True, bufs)
-            _grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
-                         _Buffers.view(bufs.low, e - s))
+            grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
+                         ChunkBuffers.view(bufs.low, e - s))
         del bufs
         if h.shape[0] == 0:
             for t in (dw, db):

@@ -16,17 +16,29 @@ import torch.distributed as dist
 from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
-from headway.loss.chunked import acc_dtype, default_chunk_size
+from headway.loss.chunked import ChunkBuffers, acc_dtype, default_chunk_size, grads_chunk
 from headway.loss.validate import shift_labels
 
 
-def _local_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, acc: torch.dtype) -> Tensor:
-    z = torch.mm(h, w.t()).to(acc)  # (n, V_r)
+def _local_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, bufs: ChunkBuffers,
+                  want_deriv: bool) -> tuple[Tensor, Tensor | None]:
+    """(z, d): this rank's (n, V_r) logits softcap(h @ w.T + b) in the reused float32/64 buffer,
+    and 1 - tanh^2 when asked (softcap only)."""
+    n = h.shape[0]
+    z, low = bufs.z[:n], ChunkBuffers.view(bufs.low, n)
+    if low is None:
+        torch.mm(h, w.t(), out=z)
+    else:
+        z.copy_(torch.mm(h, w.t(), out=low))
     if b is not None:
-        z.add_(b.to(acc))
+        z.add_(b)
+    d = None
     if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    return z
+        z.div_(softcap).tanh_()
+        if want_deriv:
+            d = torch.square(z, out=bufs.deriv[:n]).neg_().add_(1.0)
+        z.mul_(softcap)
+    return z, d
 
 
 class _VocabParallelCE(torch.autograd.Function):
@@ -38,14 +50,18 @@ class _VocabParallelCE(torch.autograd.Function):
         local = (y >= start) & (y < start + Vr)
         y_loc = torch.where(local, y - start, torch.zeros_like(y))
         stats = torch.empty(3, N, dtype=acc, device=h.device)  # local lse, target logit, sum of logits
+        b32 = None if b is None else b.to(acc)
         with torch.autocast(h.device.type, enabled=False), torch.no_grad():
+            bufs = ChunkBuffers(min(chunk, N), h, w, False)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
-                z = _local_logits(h[s:e], w, b, softcap, acc)
-                stats[0, s:e] = torch.logsumexp(z, dim=1)
+                z, _ = _local_logits(h[s:e], w, b32, softcap, bufs, False)
                 stats[1, s:e] = torch.where(local[s:e], z.gather(1, y_loc[s:e, None]).squeeze(1), 0.0)
-                stats[2, s:e] = z.sum(dim=1)
-                del z
+                if eps > 0:
+                    stats[2, s:e] = z.sum(dim=1)
+                m = z.amax(dim=1)
+                stats[0, s:e] = m + z.sub_(m[:, None]).exp_().sum(dim=1).log_()  # local logsumexp, in place
+            del bufs
         world = dist.get_world_size(group)
         parts = [torch.empty_like(stats) for _ in range(world)]
         dist.all_gather(parts, stats, group=group)  # the one collective of the forward
@@ -70,38 +86,31 @@ class _VocabParallelCE(torch.autograd.Function):
         if gathered_tokens:  # each rank's loss covers its own tokens: combine the per-token gradients
             g = g.contiguous()
             dist.all_reduce(g, group=group)
-        dh = torch.zeros(h.shape, dtype=acc, device=h.device) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros(w.shape, dtype=acc, device=w.device) if ctx.needs_input_grad[1] else None
-        db = torch.zeros(w.shape[0], dtype=acc, device=w.device) if b is not None and ctx.needs_input_grad[2] else None
-        with torch.autocast(h.device.type, enabled=False):
-            for s in range(0, h.shape[0], chunk):
-                e = min(s + chunk, h.shape[0])
-                with torch.no_grad():
-                    zr = torch.mm(h[s:e], w.t()).to(acc)
-                    if b is not None:
-                        zr.add_(b.to(acc))
-                    deriv = None
-                    if softcap is not None:
-                        t = torch.tanh(zr / softcap)
-                        deriv = 1 - t.square()
-                        zr = softcap * t
-                    p = torch.exp(zr - lse[s:e, None])  # (n, V_r): this rank's share of the softmax
-                    coef = g[s:e] * (1 + 2 * z_loss * lse[s:e])
-                    dz = p * coef[:, None]
-                    rows = local[s:e].nonzero().squeeze(1)
-                    dz[rows, y_loc[s:e][rows]] -= (1 - eps) * g[s:e][rows]
-                    if eps > 0:
-                        dz -= (eps / V) * g[s:e, None]
-                    if deriv is not None:
-                        dz *= deriv
-                    dzc = dz.to(w.dtype)
-                    if dh is not None:
-                        dh[s:e] = torch.mm(dzc, w).to(acc)
-                    if dw is not None:
-                        dw += torch.mm(dzc.t(), h[s:e]).to(acc)
-                    if db is not None:
-                        db += dz.sum(0)
-                    del zr, p, dz, dzc
+        N = h.shape[0]
+        dh = torch.empty(h.shape, dtype=acc, device=h.device) if ctx.needs_input_grad[0] else None
+        dw = torch.empty(w.shape, dtype=acc, device=w.device) if ctx.needs_input_grad[1] else None
+        db = torch.empty(w.shape[0], dtype=acc, device=w.device) if b is not None and ctx.needs_input_grad[2] else None
+        b32 = None if b is None else b.to(acc)
+        coef = g * (1 + 2 * z_loss * lse) if z_loss > 0 else g  # (N,)
+        with torch.autocast(h.device.type, enabled=False), torch.no_grad():
+            bufs = ChunkBuffers(min(chunk, max(N, 1)), h, w, softcap is not None)
+            for s in range(0, N, chunk):
+                e = min(s + chunk, N)
+                z, d = _local_logits(h[s:e], w, b32, softcap, bufs, True)
+                p = z.sub_(lse[s:e, None]).exp_().mul_(coef[s:e, None])  # this rank's share of the softmax
+                rows = local[s:e].nonzero().squeeze(1)
+                p.index_put_((rows, y_loc[s:e][rows]), -(1 - eps) * g[s:e][rows], accumulate=True)
+                if eps > 0:
+                    p.sub_((eps / V) * g[s:e, None])
+                if d is not None:
+                    p.mul_(d)
+                grads_chunk(p, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
+                             ChunkBuffers.view(bufs.low, e - s))
+            del bufs
+        if N == 0:
+            for t in (dh, dw, db):
+                if t is not None:
+                    t.zero_()
         if dh is not None:
             dist.all_reduce(dh, group=group)  # dE = sum over ranks of the local contributions
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
