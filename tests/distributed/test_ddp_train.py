@@ -35,9 +35,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(nproc: int, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, args: list[str], timeout: float = 300, entry_point: bool = False,
+              **kw) -> subprocess.CompletedProcess:
+    """torchrun ... -m headway ARGS, or with entry_point=True torchrun --no-python headway ARGS."""
+    launch = ["--no-python", str(Path(sys.executable).parent / "headway")] if entry_point else ["-m", "headway"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(_free_port()), "-m", "headway", *args]
+           str(_free_port()), *launch, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", HEADWAY_DIST_TIMEOUT="30")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 

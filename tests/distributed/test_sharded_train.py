@@ -56,7 +56,7 @@ def test_fsdp_with_vocab_parallel_head_resumes_exactly(corpus, tmp_path):  # noq
     straight = _losses(out)
     (out / "latest").write_text("step-0000003")
     (out / "metrics.jsonl").write_text("")
-    r = _torchrun(2, args + ["--resume"])
+    r = _torchrun(2, args + ["--resume"], entry_point=True)  # the `headway` console script under torchrun
     assert r.returncode == 0, r.stderr[-3000:]
     assert _losses(out) == pytest.approx(straight[3:], rel=1e-5)
 

@@ -248,3 +248,25 @@ def test_targets_whose_probability_underflows(dtype, scale):
         tol = 2e-3 if dtype == torch.float32 else 1e-9  # float32 logits of size ~500 carry ~3e-5 of rounding
         for a_, b_ in zip(ga, gr):
             torch.testing.assert_close(a_, b_, rtol=tol, atol=tol)
+
+
+def test_onednn_products_equal_torch_mm_in_float32():
+    """float32 CPU products go through oneDNN (headway.loss.matmul); the loss and every gradient
+    match the torch.mm path to float32 rounding, and the switch really changes the path."""
+    from headway.loss import matmul
+
+    h, w, b, y = make(dtype=torch.float32, bias=True, lead=(5, 41))
+    a, bt = torch.randn(37, 19), torch.randn(1031, 19)
+    torch.testing.assert_close(matmul.mm_nt(a, bt), a @ bt.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matmul.mm_nt(a, bt.t().contiguous().t()), a @ bt.t(), rtol=1e-5, atol=1e-5)
+    results = []
+    for enabled in (True, False):
+        old = matmul.set_onednn(enabled)
+        try:
+            assert matmul.use_onednn(h) == (enabled and torch.backends.mkldnn.is_available())
+            loss = hw.linear_cross_entropy(h, w, y, bias=b, z_loss=1e-3, softcap=5.0, chunk_size=16)
+            results.append((loss, *torch.autograd.grad(loss, (h, w, b))))
+        finally:
+            matmul.set_onednn(old)
+    for x, z in zip(*results):
+        torch.testing.assert_close(x, z, rtol=1e-5, atol=1e-6)

@@ -72,6 +72,19 @@ def _headway(h, w, y):
     return hw.linear_cross_entropy(h, w, y, impl="chunked")
 
 
+def _headway_mm(h, w, y):
+    """headway with every product through torch.mm (what the peers and the floor use)."""
+    from headway.loss.matmul import set_onednn
+
+    old = set_onednn(False)
+    try:
+        loss = hw.linear_cross_entropy(h, w, y, impl="chunked")
+        loss.backward()  # fwd+bwd both run here (the grads are computed in forward); keep the switch on
+    finally:
+        set_onednn(old)
+    return loss.detach()
+
+
 def methods(device: str) -> dict[str, Fn]:
     m: dict[str, Fn] = {"floor (3 matmuls)": _floor, "naive": _naive}
     if importlib.util.find_spec("transformers"):
@@ -84,6 +97,8 @@ def methods(device: str) -> dict[str, Fn]:
             m["cce"] = _cce("cce")
     if device == "cuda" and importlib.util.find_spec("liger_kernel"):
         m["liger"] = _liger
+    if device == "cpu":
+        m["headway, torch.mm products"] = _headway_mm
     m["headway"] = _headway
     return m
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from headway.loss.matmul import mm_nt, use_onednn
+
 DEFAULT_BUDGET_BYTES = 64 * 2**20
 
 
@@ -56,7 +58,8 @@ class ChunkBuffers:
 
     def __init__(self, rows: int, h: Tensor, w: Tensor, softcap: bool) -> None:
         acc, V = acc_dtype(h.dtype), w.shape[0]
-        self.z = torch.empty((rows, V), dtype=acc, device=h.device)
+        # with oneDNN the logits product allocates its own output: that becomes the chunk's buffer
+        self.z = None if use_onednn(h) else torch.empty((rows, V), dtype=acc, device=h.device)
         self.low = None if h.dtype == acc else torch.empty((rows, V), dtype=h.dtype, device=h.device)
         self.deriv = torch.empty((rows, V), dtype=acc, device=h.device) if softcap else None
 
@@ -72,12 +75,13 @@ def _chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor | None, o: ChunkOpts,
     dlogits already includes `row_scale` (n,) (or scalar); it overwrites the chunk's logits buffer.
     """
     n = h.shape[0]
-    z = bufs.z[:n]  # (n, V)
     low = ChunkBuffers.view(bufs.low, n)
-    if low is None:
-        torch.mm(h, w.t(), out=z)
+    if bufs.z is None:
+        z = mm_nt(h, w)  # (n, V)
+    elif low is None:
+        z = torch.mm(h, w.t(), out=bufs.z[:n])
     else:
-        z.copy_(torch.mm(h, w.t(), out=low))
+        z = bufs.z[:n].copy_(torch.mm(h, w.t(), out=low))
     if b is not None:
         z.add_(b)
     deriv = None
@@ -123,7 +127,9 @@ def grads_chunk(dz: Tensor, h: Tensor, w: Tensor, dh_out: Tensor | None, dw: Ten
     """
     dzc = dz if low is None else low.copy_(dz)  # dlogits in the input dtype for the two products
     if dh_out is not None:
-        if dh_out.dtype == w.dtype:
+        if use_onednn(dzc):
+            dh_out.copy_(mm_nt(dzc, w.t()))
+        elif dh_out.dtype == w.dtype:
             torch.mm(dzc, w, out=dh_out)
         else:
             dh_out.copy_(torch.mm(dzc, w))
@@ -178,7 +184,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse[s:e] = lse_c
             if dz is not None:
                 grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
-                             ChunkBuffers.view(bufs.low, e - s))
+                            ChunkBuffers.view(bufs.low, e - s))
+            del dz  # free this chunk's logits before the next chunk allocates its own
         del bufs
         if N == 0:  # no valid token: no chunk wrote the gradients
             for t in (dh, dw, db):
@@ -227,7 +234,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             e = min(s + o.chunk_size, h.shape[0])
             _, _, dz = _chunk(h[s:e], y[s:e], w, b32, o, row_g[s:e], True, bufs)
             grads_chunk(dz, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
-                         ChunkBuffers.view(bufs.low, e - s))
+                        ChunkBuffers.view(bufs.low, e - s))
+            del dz  # free this chunk's logits before the next chunk allocates its own
         del bufs
         if h.shape[0] == 0:
             for t in (dw, db):

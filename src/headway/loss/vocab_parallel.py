@@ -17,6 +17,7 @@ from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
 from headway.loss.chunked import ChunkBuffers, acc_dtype, default_chunk_size, grads_chunk
+from headway.loss.matmul import mm_nt
 from headway.loss.validate import shift_labels
 
 
@@ -25,11 +26,13 @@ def _local_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None,
     """(z, d): this rank's (n, V_r) logits softcap(h @ w.T + b) in the reused float32/64 buffer,
     and 1 - tanh^2 when asked (softcap only)."""
     n = h.shape[0]
-    z, low = bufs.z[:n], ChunkBuffers.view(bufs.low, n)
-    if low is None:
-        torch.mm(h, w.t(), out=z)
+    low = ChunkBuffers.view(bufs.low, n)
+    if bufs.z is None:
+        z = mm_nt(h, w)
+    elif low is None:
+        z = torch.mm(h, w.t(), out=bufs.z[:n])
     else:
-        z.copy_(torch.mm(h, w.t(), out=low))
+        z = bufs.z[:n].copy_(torch.mm(h, w.t(), out=low))
     if b is not None:
         z.add_(b)
     d = None
@@ -61,6 +64,7 @@ class _VocabParallelCE(torch.autograd.Function):
                     stats[2, s:e] = z.sum(dim=1)
                 m = z.amax(dim=1)
                 stats[0, s:e] = m + z.sub_(m[:, None]).exp_().sum(dim=1).log_()  # local logsumexp, in place
+                del z
             del bufs
         world = dist.get_world_size(group)
         parts = [torch.empty_like(stats) for _ in range(world)]
@@ -105,7 +109,8 @@ class _VocabParallelCE(torch.autograd.Function):
                 if d is not None:
                     p.mul_(d)
                 grads_chunk(p, h[s:e], w, None if dh is None else dh[s:e], dw, db, s == 0,
-                             ChunkBuffers.view(bufs.low, e - s))
+                            ChunkBuffers.view(bufs.low, e - s))
+                del z, p
             del bufs
         if N == 0:
             for t in (dh, dw, db):
