@@ -12,17 +12,12 @@ everywhere.
 from __future__ import annotations
 
 import os
-from functools import cache
 
 import torch
 from torch import Tensor
 
 _ENABLED = os.environ.get("HEADWAY_ONEDNN", "1") != "0"
-
-
-@cache
-def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def set_onednn(enabled: bool) -> bool:
@@ -34,11 +29,13 @@ def set_onednn(enabled: bool) -> bool:
 
 def use_onednn(a: Tensor) -> bool:
     """Whether products with `a` go through oneDNN: float32 CPU tensors when it is available."""
-    return _ENABLED and a.dtype == torch.float32 and a.device.type == "cpu" and _onednn_available()
+    if not (_ENABLED and _AVAILABLE) or torch.compiler.is_compiling():  # compiled graphs keep torch.mm
+        return False
+    return a.dtype == torch.float32 and a.device.type == "cpu"
 
 
 def mm_nt(a: Tensor, b: Tensor) -> Tensor:
     """a (n, K) @ b (M, K).T -> a new (n, M) tensor; `b` may be any strided view (e.g. w.t())."""
-    if use_onednn(a) and not torch.compiler.is_compiling():
+    if use_onednn(a):
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return torch.mm(a, b.t())
