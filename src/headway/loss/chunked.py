@@ -68,28 +68,36 @@ class ChunkBuffers:
         return None if buf is None else buf[:n]
 
 
-def _chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor | None, o: ChunkOpts,
-           row_scale: Tensor | None, want_grad: bool, bufs: ChunkBuffers) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One chunk: (loss (n,), lse (n,), dlogits (n, V) float32 or None).
-
-    dlogits already includes `row_scale` (n,) (or scalar); it overwrites the chunk's logits buffer.
-    """
+def chunk_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, bufs: ChunkBuffers,
+                 want_deriv: bool) -> tuple[Tensor, Tensor | None]:
+    """(z, d): the chunk's (n, V) logits softcap(h @ w.T + b) in float32 (float64 for float64
+    inputs), in the reused buffer (or oneDNN's own output); d = 1 - tanh^2 when asked (softcap only)."""
     n = h.shape[0]
     low = ChunkBuffers.view(bufs.low, n)
     if bufs.z is None:
-        z = mm_nt(h, w)  # (n, V)
+        z = mm_nt(h, w)
     elif low is None:
         z = torch.mm(h, w.t(), out=bufs.z[:n])
     else:
         z = bufs.z[:n].copy_(torch.mm(h, w.t(), out=low))
     if b is not None:
         z.add_(b)
-    deriv = None
-    if o.softcap is not None:
-        z.div_(o.softcap).tanh_()
-        if want_grad:
-            deriv = torch.square(z, out=bufs.deriv[:n]).neg_().add_(1.0)  # 1 - tanh^2
-        z.mul_(o.softcap)
+    d = None
+    if softcap is not None:
+        z.div_(softcap).tanh_()
+        if want_deriv:
+            d = torch.square(z, out=bufs.deriv[:n]).neg_().add_(1.0)
+        z.mul_(softcap)
+    return z, d
+
+
+def _chunk(h: Tensor, y: Tensor, w: Tensor, b: Tensor | None, o: ChunkOpts,
+           row_scale: Tensor | None, want_grad: bool, bufs: ChunkBuffers) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One chunk: (loss (n,), lse (n,), dlogits (n, V) float32 or None).
+
+    dlogits already includes `row_scale` (n,) (or scalar); it overwrites the chunk's logits buffer.
+    """
+    z, deriv = chunk_logits(h, w, b, o.softcap, bufs, want_grad)  # (n, V)
     zy = z.gather(1, y[:, None]).squeeze(1)  # (n,)
     zmean = z.mean(dim=1) if o.label_smoothing > 0 else None
     m = z.amax(dim=1)  # (n,)

@@ -16,32 +16,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
-from headway.loss.chunked import ChunkBuffers, acc_dtype, default_chunk_size, grads_chunk
-from headway.loss.matmul import mm_nt
+from headway.loss.chunked import ChunkBuffers, acc_dtype, chunk_logits, default_chunk_size, grads_chunk
 from headway.loss.validate import shift_labels
-
-
-def _local_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, bufs: ChunkBuffers,
-                  want_deriv: bool) -> tuple[Tensor, Tensor | None]:
-    """(z, d): this rank's (n, V_r) logits softcap(h @ w.T + b) in the reused float32/64 buffer,
-    and 1 - tanh^2 when asked (softcap only)."""
-    n = h.shape[0]
-    low = ChunkBuffers.view(bufs.low, n)
-    if bufs.z is None:
-        z = mm_nt(h, w)
-    elif low is None:
-        z = torch.mm(h, w.t(), out=bufs.z[:n])
-    else:
-        z = bufs.z[:n].copy_(torch.mm(h, w.t(), out=low))
-    if b is not None:
-        z.add_(b)
-    d = None
-    if softcap is not None:
-        z.div_(softcap).tanh_()
-        if want_deriv:
-            d = torch.square(z, out=bufs.deriv[:n]).neg_().add_(1.0)
-        z.mul_(softcap)
-    return z, d
 
 
 class _VocabParallelCE(torch.autograd.Function):
@@ -58,7 +34,7 @@ class _VocabParallelCE(torch.autograd.Function):
             bufs = ChunkBuffers(min(chunk, N), h, w, False)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
-                z, _ = _local_logits(h[s:e], w, b32, softcap, bufs, False)
+                z, _ = chunk_logits(h[s:e], w, b32, softcap, bufs, False)
                 stats[1, s:e] = torch.where(local[s:e], z.gather(1, y_loc[s:e, None]).squeeze(1), 0.0)
                 if eps > 0:
                     stats[2, s:e] = z.sum(dim=1)
@@ -100,7 +76,7 @@ class _VocabParallelCE(torch.autograd.Function):
             bufs = ChunkBuffers(min(chunk, max(N, 1)), h, w, softcap is not None)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
-                z, d = _local_logits(h[s:e], w, b32, softcap, bufs, True)
+                z, d = chunk_logits(h[s:e], w, b32, softcap, bufs, True)
                 p = z.sub_(lse[s:e, None]).exp_().mul_(coef[s:e, None])  # this rank's share of the softmax
                 rows = local[s:e].nonzero().squeeze(1)
                 p.index_put_((rows, y_loc[s:e][rows]), -(1 - eps) * g[s:e][rows], accumulate=True)
