@@ -36,9 +36,9 @@ def _worker(rank: int, world: int, sizes: list[int], init: str, out: str) -> Non
         hh = h.clone().requires_grad_()
         ws = w[start : start + sizes[rank]].clone().requires_grad_()
         bs = b[start : start + sizes[rank]].clone().requires_grad_()
-        loss = vocab_parallel_linear_cross_entropy(hh, ws, y, bias=bs, chunk_size=7, **opts)
+        loss, lse = vocab_parallel_linear_cross_entropy(hh, ws, y, bias=bs, chunk_size=7, return_lse=True, **opts)
         gout = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
-        (loss * gout).sum().backward()
+        ((loss * gout).sum() + 0.3 * lse.square().sum()).backward()  # the lse is an output: its gradient too
         results.append((loss.detach(), hh.grad, ws.grad, bs.grad))
     torch.save(results, Path(out) / f"{rank}.pt")
     dist.destroy_process_group()
@@ -54,9 +54,9 @@ def test_vocab_parallel_equals_single_process(sizes):
     h, w, b, y = _inputs()
     for i, opts in enumerate(OPTS):
         hh, ww, bb = (t.clone().requires_grad_() for t in (h, w, b))
-        ref = hw.linear_cross_entropy(hh, ww, y, bias=bb, **opts)
+        ref, ref_lse = hw.linear_cross_entropy(hh, ww, y, bias=bb, return_lse=True, **opts)
         gout = torch.linspace(0.5, 1.5, ref.numel(), dtype=ref.dtype).reshape(ref.shape)
-        (ref * gout).sum().backward()
+        ((ref * gout).sum() + 0.3 * ref_lse.square().sum()).backward()
         for r in range(world):
             loss, gh, gw, gb = per_rank[r][i]
             torch.testing.assert_close(loss, ref.detach(), rtol=1e-10, atol=1e-10)
@@ -128,3 +128,31 @@ def test_gathered_tokens_and_dtensor_weight_equal_the_sum_of_per_rank_losses(wor
             torch.testing.assert_close(gw, ww.grad[start : start + rows], rtol=1e-9, atol=1e-11)
             start += rows
         assert start == V
+
+
+@pytest.fixture
+def one_rank_group():
+    with tempfile.TemporaryDirectory() as d:
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(d, 'rdv')}", rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+
+def test_vocab_parallel_rejects_exactly_what_linear_cross_entropy_rejects(one_rank_group):
+    """One argument check serves both losses: every bad input of the single-process tests is refused
+    by the vocab-parallel loss too, with the same argument named."""
+    from tests.loss.test_linear_ce import BAD, make
+
+    for override, match in BAD:
+        if override.get("impl") is not None:
+            continue  # the vocab-parallel loss has one implementation
+        h, w, _, y = make()
+        kw = dict(hidden=h, weight=w, labels=y)
+        kw.update(override)
+        args = (kw.pop("hidden"), kw.pop("weight"), kw.pop("labels"))
+        with pytest.raises(ValueError, match=match):
+            hw.linear_cross_entropy(*args, **kw)
+        with pytest.raises(ValueError, match="vocab_parallel_linear_cross_entropy.*" + match):
+            vocab_parallel_linear_cross_entropy(*args, **kw)

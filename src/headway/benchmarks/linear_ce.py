@@ -74,14 +74,11 @@ def _headway(h, w, y):
 
 def _headway_mm(h, w, y):
     """headway with every product through torch.mm (what the peers and the floor use)."""
-    from headway.loss.matmul import set_onednn
+    from headway.loss.matmul import onednn
 
-    old = set_onednn(False)
-    try:
+    with onednn(False):
         loss = hw.linear_cross_entropy(h, w, y, impl="chunked")
         loss.backward()  # fwd+bwd both run here (the grads are computed in forward); keep the switch on
-    finally:
-        set_onednn(old)
     return loss.detach()
 
 

@@ -7,7 +7,8 @@ from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
 from headway.loss import backends
-from headway.loss.chunked import ChunkedLinearCrossEntropy, ChunkOpts, acc_dtype, default_chunk_size
+from headway.loss.chunked import ChunkedLinearCrossEntropy
+from headway.loss.core import ChunkOpts, acc_dtype, default_chunk_size, mean_scale
 from headway.loss.reference import reference_token_losses
 from headway.loss.validate import LossArgs, check_args
 
@@ -19,14 +20,7 @@ def _reduce(per_token: Tensor, n_valid: Tensor, a: LossArgs) -> Tensor:
     total = per_token.sum()
     if a.reduction == "sum":
         return total
-    return total * _mean_scale(n_valid, a)
-
-
-def _mean_scale(n_valid: Tensor, a: LossArgs) -> Tensor:
-    dt = acc_dtype(a.hidden.dtype)
-    if a.num_items_in_batch is not None:
-        return 1.0 / torch.as_tensor(a.num_items_in_batch, device=n_valid.device).to(dt)
-    return 1.0 / n_valid.clamp(min=1).to(dt)  # no valid token -> loss 0, grads 0
+    return total * mean_scale(n_valid, a.num_items_in_batch, acc_dtype(a.hidden.dtype))
 
 
 def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
@@ -45,8 +39,10 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     if a.reduction == "sum" or per_token:
         scale = torch.ones((), dtype=acc_dtype(h.dtype), device=h.device)
     else:
-        scale = _mean_scale(n_valid, a)
-    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token)
+        scale = mean_scale(n_valid, a.num_items_in_batch, acc_dtype(h.dtype))
+    # gradients only when autograd records this call (never under no_grad / inference_mode)
+    grad_now = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, a.weight, a.bias))
+    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token, grad_now)
     if idx is not None:
         lse = torch.zeros(N, dtype=lse.dtype, device=lse.device).index_copy(0, idx, lse)
         if per_token:
@@ -72,7 +68,8 @@ def _dispatch(a: LossArgs) -> tuple[Tensor, Tensor | None]:
             raise ValueError("linear_cross_entropy: impl='liger' needs CUDA inputs and reduction 'mean' or 'sum'")
         total = backends.liger_sum(a)
         n_valid = (a.labels != a.ignore_index).sum()
-        return (total if a.reduction == "sum" else total * _mean_scale(n_valid, a)), None
+        return (total if a.reduction == "sum" else total * mean_scale(n_valid, a.num_items_in_batch,
+                                                                       acc_dtype(a.hidden.dtype))), None
     return _chunked(a)
 
 
@@ -109,8 +106,9 @@ def linear_cross_entropy(
         chunk_size: tokens per chunk; default keeps the chunk's float32 logits within 64 MiB.
         impl: "auto" (chunked; on CUDA Cut-Cross-Entropy or Liger when installed and the options
             allow), "chunked", "reference" (materializing oracle), "cce", "liger".
-        return_lse: also return the float32 log-sum-exp of shape (...) (0 where ignored for the
-            fused paths; not available from the cce/liger backends).
+        return_lse: also return the float32 log-sum-exp of shape (...) (0 where ignored on
+            every path; not available from the cce/liger backends). It is differentiable, so
+            ``loss + c * (lse**2).mean()`` trains with the z-loss gradient.
 
     A batch without a valid label gives loss 0 and zero gradients.
     """

@@ -5,31 +5,39 @@ use AVX-512 on any CPU that has it; on the 2-core AMD EPYC our benchmarks run on
 float32 matmul (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own compiler emits for CPU
 linear layers) computes the logits (n x H @ H x V) and dE (n x V @ V x H) products 1.7-1.9x faster
 than MKL, in the same float32 arithmetic (no reduced-precision modes). dW (V x n @ n x H, accumulated
-in place) stays with MKL's addmm, which is as fast there. Set HEADWAY_ONEDNN=0 to use `torch.mm`
-everywhere.
+in place) stays with MKL's addmm, which is as fast there.
+
+The choice is scoped, not global: ``with onednn(False): ...`` uses `torch.mm` inside the block (in
+this thread / task only); the environment variable HEADWAY_ONEDNN=0 sets the default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
 
-_ENABLED = os.environ.get("HEADWAY_ONEDNN", "1") != "0"
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ENABLED: ContextVar[bool] = ContextVar("headway_onednn", default=os.environ.get("HEADWAY_ONEDNN", "1") != "0")
 
 
-def set_onednn(enabled: bool) -> bool:
-    """Turn the oneDNN path on or off (e.g. to benchmark against `torch.mm`); returns the old setting."""
-    global _ENABLED
-    old, _ENABLED = _ENABLED, enabled
-    return old
+@contextlib.contextmanager
+def onednn(enabled: bool) -> Iterator[None]:
+    """Within the block, float32 CPU loss products go through oneDNN (True) or `torch.mm` (False)."""
+    token = _ENABLED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
 
 
 def use_onednn(a: Tensor) -> bool:
     """Whether products with `a` go through oneDNN: float32 CPU tensors when it is available."""
-    if not (_ENABLED and _AVAILABLE) or torch.compiler.is_compiling():  # compiled graphs keep torch.mm
+    if torch.compiler.is_compiling() or not (_AVAILABLE and _ENABLED.get()):  # compiled graphs keep torch.mm
         return False
     return a.dtype == torch.float32 and a.device.type == "cpu"
 

@@ -23,7 +23,7 @@ from headway.loss.validate import LossArgs
 
 
 def reference_token_losses(args: LossArgs) -> tuple[Tensor, Tensor]:
-    """Per-token loss (N,) (0 where ignored) and log-sum-exp (N,) from materialized logits."""
+    """Per-token loss (N,) and log-sum-exp (N,) from materialized logits, both 0 where ignored."""
     h, w, y = args.hidden, args.weight, args.labels  # (N, H), (V, H), (N,)
     acc = acc_dtype(h.dtype)
     z = (h @ w.t()).to(acc)  # (N, V)
@@ -42,4 +42,4 @@ def reference_token_losses(args: LossArgs) -> tuple[Tensor, Tensor]:
     if args.z_loss > 0:
         loss = loss + args.z_loss * lse.square()
     zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
-    return torch.where(valid, loss, zero), lse
+    return torch.where(valid, loss, zero), torch.where(valid, lse, zero)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,15 +56,42 @@ def check_args(
     num_items_in_batch: Tensor | float | None,
     chunk_size: int | None,
     impl: str,
+    vocab_size: int | None = None,
+    fn: str = "linear_cross_entropy",
 ) -> LossArgs:
-    """Validate every argument and return them flattened to (N, H) / (N,)."""
+    """Validate every argument and return them flattened to (N, H) / (N,).
+
+    `vocab_size`: the whole vocabulary when `weight` is one rank's slice of it (vocab-parallel);
+    labels are checked against it. `fn` names the caller in the messages."""
+    try:
+        return _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_smoothing, z_loss, softcap,
+                      num_items_in_batch, chunk_size, impl, vocab_size)
+    except ValueError as e:
+        raise ValueError(str(e).replace("linear_cross_entropy:", f"{fn}:", 1)) from None
+
+
+def _finite(x: object) -> bool:
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_smoothing, z_loss,  # noqa: ANN001, C901
+           softcap, num_items_in_batch, chunk_size, impl, vocab_size) -> LossArgs:  # noqa: ANN001
     for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels)):
         if not isinstance(t, Tensor):
             raise _fail(name, "a torch.Tensor", type(t).__name__)
     if not hidden.is_floating_point():
         raise _fail("hidden", "a floating-point tensor", hidden.dtype)
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if t.is_meta:
+            raise _fail(name, "a tensor with data (not on the meta device; materialize the model first, e.g. "
+                        "after FSDP/ZeRO-3 initialization)", "a meta tensor")
     if weight.dim() != 2:
         raise _fail("weight", "2-D (V, H)", tuple(weight.shape))
+    if weight.shape[0] == 0:
+        raise _fail("weight", "at least one row (V >= 1)", tuple(weight.shape))
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
         raise _fail("hidden", f"shape (..., {weight.shape[1]}) to match weight (V, H)={tuple(weight.shape)}",
                     tuple(hidden.shape))
@@ -74,30 +102,33 @@ def check_args(
     if tuple(labels.shape) != tuple(hidden.shape[:-1]):
         raise _fail("labels", f"shape {tuple(hidden.shape[:-1])} (hidden without its last dim)",
                     tuple(labels.shape))
-    V = weight.shape[0]
+    V = weight.shape[0] if vocab_size is None else vocab_size
     if bias is not None:
-        if not isinstance(bias, Tensor) or tuple(bias.shape) != (V,):
-            raise _fail("bias", f"a tensor of shape ({V},)", getattr(bias, "shape", type(bias).__name__))
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],):
+            raise _fail("bias", f"a tensor of shape ({weight.shape[0]},)", getattr(bias, "shape", type(bias).__name__))
         if bias.dtype != hidden.dtype:
             raise _fail("bias", f"dtype {hidden.dtype} (same as hidden)", bias.dtype)
     if reduction not in REDUCTIONS:
         raise _fail("reduction", f"one of {REDUCTIONS}", repr(reduction))
     if impl not in IMPLS:
         raise _fail("impl", f"one of {IMPLS}", repr(impl))
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise _fail("label_smoothing", "in [0, 1]", label_smoothing)
-    if z_loss < 0:
-        raise _fail("z_loss", ">= 0", z_loss)
-    if softcap is not None and not softcap > 0:
-        raise _fail("softcap", "None or > 0", softcap)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+    if not (_finite(label_smoothing) and 0.0 <= float(label_smoothing) <= 1.0):
+        raise _fail("label_smoothing", "a number in [0, 1]", label_smoothing)
+    if not (_finite(z_loss) and float(z_loss) >= 0):
+        raise _fail("z_loss", "a finite number >= 0", z_loss)
+    if softcap is not None and not (_finite(softcap) and float(softcap) > 0):
+        raise _fail("softcap", "None (no capping) or a finite number > 0", softcap)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0):
         raise _fail("chunk_size", "None or a positive int", chunk_size)
     if num_items_in_batch is not None:
         if reduction != "mean":
             raise _fail("num_items_in_batch", 'None unless reduction="mean"', num_items_in_batch)
-        n = float(num_items_in_batch)
-        if not n > 0:
-            raise _fail("num_items_in_batch", "> 0", n)
+        if isinstance(num_items_in_batch, Tensor) and num_items_in_batch.numel() != 1:
+            raise _fail("num_items_in_batch", "a number or a one-element tensor", tuple(num_items_in_batch.shape))
+        if not torch.compiler.is_compiling():
+            n = float(num_items_in_batch)
+            if not (math.isfinite(n) and n > 0):
+                raise _fail("num_items_in_batch", "a finite number > 0", n)
     if shift:
         if labels.dim() < 1:
             raise _fail("labels", "at least 1-D when shift=True", tuple(labels.shape))

@@ -1,0 +1,237 @@
+"""The one loss core: a chunk driver shared by the chunked and the vocab-parallel loss.
+
+Tokens are processed in chunks of `chunk_size` rows; each chunk's float32 logits (n, V) live in
+one buffer reused by every chunk and never all at once. For hidden h (N, H), a weight slice
+W (V_r, H) (the whole head, or one rank's rows), bias b and per-token target columns y:
+
+    z = softcap(h @ W.T + b)                    (n, V_r) float32 (float64 for float64 inputs)
+    stats per token: lse_r = logsumexp(z), zy = z[y] (0 when the target is not in this slice),
+                     zsum = sum(z) (label smoothing only)
+    lse = combine(lse_r) over slices            (identity in one process)
+    loss_t = (1 - eps) * (lse - zy) + eps * (lse - zsum / V) + z_loss * lse**2
+
+and the gradient of ``sum_t g_t * loss_t + sum_t gl_t * lse_t`` with respect to the logits,
+
+    dz_t = (g_t * (1 + 2 * z_loss * lse_t) + gl_t) * softmax(z)_t - g_t * ((1 - eps) onehot(y_t) + eps / V)
+           (times 1 - (z / c)**2 through a softcap c)
+
+from which each chunk adds dE = dz @ W, dW += dz.T @ h, db += sum(dz). `run_chunks` does all of
+this in one pass when the lse needs no combining (one process: stats and gradients together, the
+three-product floor); the vocab-parallel loss calls it once for statistics, combines, and once
+more in backward for gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from headway.loss.matmul import mm_nt, use_onednn
+
+DEFAULT_BUDGET_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class ChunkOpts:
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    chunk_size: int
+
+
+@dataclass
+class Stats:
+    """Per-token statistics of one slice of the vocabulary: each (N,)."""
+
+    lse: Tensor
+    zy: Tensor
+    zsum: Tensor | None
+
+
+@dataclass
+class Grads:
+    """What to differentiate and where to write it. `g` (N,) or scalar: the weight of each token's
+    loss; `gl` (N,) or None: the weight of each token's lse; dh (N, H), dw (V_r, H), db (V_r,)
+    outputs (None: not needed). `lse` (N,): the global lse when already known (vocab-parallel)."""
+
+    g: Tensor
+    gl: Tensor | None = None
+    dh: Tensor | None = None
+    dw: Tensor | None = None
+    db: Tensor | None = None
+    lse: Tensor | None = None
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation / softmax dtype: float32 for 16-bit and float32 inputs, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_chunk_size(V: int, softcap: bool, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+    """Rows per chunk so the float32 chunk logits (plus the softcap buffer) fit the budget."""
+    per_row = 4 * max(V, 1) * (2 if softcap else 1)
+    return max(1, budget_bytes // per_row)
+
+
+def token_losses(st: Stats, o: ChunkOpts, V: int) -> Tensor:
+    """loss_t (N,) from the (combined) statistics: the one formula both losses use."""
+    loss = st.lse - st.zy
+    if o.label_smoothing > 0:
+        assert st.zsum is not None
+        loss = (1 - o.label_smoothing) * loss + o.label_smoothing * (st.lse - st.zsum / V)
+    if o.z_loss > 0:
+        loss = loss + o.z_loss * st.lse.square()
+    return loss
+
+
+def mean_scale(n_valid: Tensor, num_items_in_batch: Tensor | float | None, dtype: torch.dtype) -> Tensor:
+    """The one normalization of reduction="mean": 1 / num_items_in_batch, else 1 / max(n_valid, 1)
+    (no valid token: loss 0 and zero gradients, never NaN)."""
+    if num_items_in_batch is not None:
+        return 1.0 / torch.as_tensor(num_items_in_batch, device=n_valid.device).to(dtype)
+    return 1.0 / n_valid.clamp(min=1).to(dtype)
+
+
+class ChunkBuffers:
+    """The chunk's logits buffers, allocated once per call and reused by every chunk.
+
+    A fresh 64 MiB tensor per chunk costs a page fault per 4 KiB page on CPU (about 15 ms per
+    chunk here, ~7% of the whole loss at V=128256), so the chunks share one float32 buffer
+    (rows, V), plus one in the input dtype for 16-bit inputs (their matmul output and the dlogits
+    cast back for dE and dW), plus one for the softcap derivative when used.
+    """
+
+    def __init__(self, rows: int, h: Tensor, w: Tensor, softcap: bool) -> None:
+        acc, V = acc_dtype(h.dtype), w.shape[0]
+        # with oneDNN the logits product allocates its own output: that becomes the chunk's buffer
+        self.z = None if use_onednn(h) else torch.empty((rows, V), dtype=acc, device=h.device)
+        self.low = None if h.dtype == acc else torch.empty((rows, V), dtype=h.dtype, device=h.device)
+        self.deriv = torch.empty((rows, V), dtype=acc, device=h.device) if softcap else None
+
+    @staticmethod
+    def view(buf: Tensor | None, n: int) -> Tensor | None:
+        return None if buf is None else buf[:n]
+
+
+def chunk_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, bufs: ChunkBuffers,
+                 want_deriv: bool) -> tuple[Tensor, Tensor | None]:
+    """(z, d): the chunk's (n, V) logits softcap(h @ w.T + b) in float32 (float64 for float64
+    inputs), in the reused buffer (or oneDNN's own output); d = 1 - tanh^2 when asked (softcap only)."""
+    n = h.shape[0]
+    low = ChunkBuffers.view(bufs.low, n)
+    if bufs.z is None:
+        z = mm_nt(h, w)
+    elif low is None:
+        z = torch.mm(h, w.t(), out=bufs.z[:n])
+    else:
+        z = bufs.z[:n].copy_(torch.mm(h, w.t(), out=low))
+    if b is not None:
+        z.add_(b)
+    d = None
+    if softcap is not None:
+        z.div_(softcap).tanh_()
+        if want_deriv:
+            assert bufs.deriv is not None
+            d = torch.square(z, out=bufs.deriv[:n]).neg_().add_(1.0)
+        z.mul_(softcap)
+    return z, d
+
+
+def _accumulate(dz: Tensor, h: Tensor, w: Tensor, dh: Tensor | None, dw: Tensor | None, db: Tensor | None,
+                first: bool, low: Tensor | None) -> None:
+    """Add one chunk's dE (written to dh, its rows), dW and db from its dlogits dz (n, V).
+
+    The first chunk writes dW and db instead of adding to them, so they need no zero-filling
+    (at V=128256, H=1024 that saves a 512 MiB write and read).
+    """
+    dzc = dz if low is None else low.copy_(dz)  # dlogits in the input dtype for the two products
+    if dh is not None:
+        if use_onednn(dzc):
+            dh.copy_(mm_nt(dzc, w.t()))
+        elif dh.dtype == w.dtype:
+            torch.mm(dzc, w, out=dh)
+        else:
+            dh.copy_(torch.mm(dzc, w))
+    if dw is not None:
+        if dw.dtype == h.dtype:
+            if first:
+                torch.mm(dzc.t(), h, out=dw)
+            else:
+                dw.addmm_(dzc.t(), h)
+        elif first:
+            dw.copy_(torch.mm(dzc.t(), h))
+        else:
+            dw.add_(torch.mm(dzc.t(), h))
+    if db is not None:
+        if first:
+            torch.sum(dz, dim=0, out=db)
+        else:
+            db.add_(dz.sum(dim=0))
+
+
+def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, V: int,
+               on_slice: Tensor | None = None, grads: Grads | None = None) -> Stats:
+    """The chunk driver: statistics of every token against this weight slice, and (with `grads`)
+    the gradients, accumulated into `grads.dh/dw/db`.
+
+    h (N, H); w (V_r, H); b (V_r,) or None, in the accumulation dtype; y (N,) target columns in
+    this slice; `on_slice` (N,) bool: whether token t's target lies in this slice (None: all do);
+    V: the whole vocabulary's size. Without `grads.lse` the slice's own lse is used for the
+    softmax, which is right only when the slice is the whole vocabulary.
+    """
+    N, acc = h.shape[0], acc_dtype(h.dtype)
+    lse = torch.empty(N, dtype=acc, device=h.device)
+    zy = torch.empty(N, dtype=acc, device=h.device)
+    zsum = torch.empty(N, dtype=acc, device=h.device) if o.label_smoothing > 0 else None
+    eps = o.label_smoothing
+    bufs = ChunkBuffers(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
+    for s in range(0, N, o.chunk_size):
+        e = min(s + o.chunk_size, N)
+        z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)
+        yc = y[s:e, None]
+        zyc = z.gather(1, yc).squeeze(1)
+        zy[s:e] = zyc if on_slice is None else torch.where(on_slice[s:e], zyc, 0.0)
+        if zsum is not None:
+            zsum[s:e] = z.sum(dim=1)
+        m = z.amax(dim=1)  # (n,)
+        p = z.sub_(m[:, None]).exp_()  # in place: the logits buffer becomes exp(z - m)
+        ssum = p.sum(dim=1)
+        lse[s:e] = m + torch.log(ssum)
+        if grads is None:
+            continue
+        lse_c = lse[s:e] if grads.lse is None else grads.lse[s:e]
+        g = grads.g.expand(N)[s:e]
+        # softmax = exp(z - m) * exp(m - lse); exactly 1 / sum when the slice is the vocabulary
+        norm = 1.0 / ssum if grads.lse is None else torch.exp(m - lse_c)
+        coef = g * (1.0 + 2.0 * o.z_loss * lse_c) if o.z_loss > 0 else g
+        if grads.gl is not None:
+            coef = coef + grads.gl[s:e]
+        p.mul_((coef * norm)[:, None])
+        tgt = -(1.0 - eps) * g
+        if on_slice is not None:
+            tgt = torch.where(on_slice[s:e], tgt, 0.0)
+        p.scatter_add_(1, yc, tgt[:, None].to(p.dtype))
+        if eps > 0:
+            p.sub_((eps / V) * g[:, None])
+        if deriv is not None:
+            p.mul_(deriv)
+        _accumulate(p, h[s:e], w, None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0,
+                    ChunkBuffers.view(bufs.low, e - s))
+    if N == 0 and grads is not None:  # no chunk ran: nothing wrote the gradients
+        for t in (grads.dh, grads.dw, grads.db):
+            if t is not None:
+                t.zero_()
+    return Stats(lse, zy, zsum)
+
+
+def new_grads(h: Tensor, w: Tensor, b: Tensor | None, need: tuple[bool, bool, bool], g: Tensor,
+              gl: Tensor | None = None, lse: Tensor | None = None) -> Grads:
+    """Output buffers for the gradients asked for by `need` = (hidden, weight, bias): dE in the
+    hidden dtype (float32 for 16-bit hidden when several slices add up), dW and db in float32."""
+    acc = acc_dtype(h.dtype)
+    return Grads(g=g, gl=gl, lse=lse,
+                 dh=torch.empty(h.shape, dtype=h.dtype if lse is None else acc, device=h.device) if need[0] else None,
+                 dw=torch.empty(w.shape, dtype=acc, device=w.device) if need[1] else None,
+                 db=torch.empty(w.shape[0], dtype=acc, device=w.device) if need[2] and b is not None else None)
