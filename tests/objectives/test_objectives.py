@@ -126,13 +126,77 @@ def test_span_noise_density_and_single_span_not_always_at_the_end():
     assert 0 < ends < 150  # lands at the end sometimes, not always
 
 
-@pytest.mark.parametrize("row", [64, 512, 2048])
-def test_span_length_arithmetic_fills_a_row_exactly(row):
-    span = SpanCorruption(V, 0.15, 3.0)
-    n = span.max_tokens(row)
-    assert span.example_length(n) == row or span.example_length(n + 1) > row
-    ex = span(np.arange(n) % 97, np.random.default_rng(0))
-    assert len(ex) <= row
+@pytest.mark.parametrize("mode", [None, "[NLU]"])
+@pytest.mark.parametrize("params", [(0.15, 3.0), (0.5, 3.0), (0.15, 8.0), (0.5, 64.0)])
+def test_span_max_tokens_fills_a_row_within_two_positions_for_every_row_length(params, mode):
+    """What the docstring promises: every row length from 8 to 600 is filled exactly or with at
+    most 2 positions free, unless the sentinels bound the chunk; the example really has that length."""
+    span = SpanCorruption(V, *params, mode_token=mode)
+    for row in range(8, 601):
+        n = span.max_tokens(row)
+        length = span.example_length(n)
+        sentinel_bound = span.counts(n + 1)[1] > V.num_sentinels
+        assert length <= row and (row - length <= 2 or sentinel_bound)
+        assert len(span(np.arange(n) % 97, np.random.default_rng(row))) == length
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_span_example_length_of_short_documents_is_the_real_length(n):
+    for span in (SpanCorruption(V), SpanCorruption(V, mode_token="[NLG]")):
+        assert span.example_length(n) == len(span(np.arange(n), np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("row", [1024, 2048])
+def test_ul2_denoisers_keep_their_span_statistics_on_long_rows(row):
+    """The sentinel cap never bends a denoiser's mean span length: chunks get shorter instead."""
+    from headway.data.packing import examples_from_documents
+
+    vocab = Vocab(97)  # 100 sentinels, as the UL2 presets use
+    for member in ul2(vocab).members:
+        if not isinstance(member, SpanCorruption):
+            continue
+        noise = spans = 0
+        doc = np.arange(20000) % 97
+        for ex in examples_from_documents([doc], member, row, np.random.default_rng(0)):
+            t = ex.input_ids[ex.prefix_length:]
+            k = int((t >= vocab.base_size).sum())
+            spans += k
+            noise += len(t) - k
+            assert len(ex) <= row
+        mu = member.mean_span_length  # integer span counts round: 2 or 3 spans of ~64 in a 1k chunk
+        assert abs(noise / spans - mu) < (0.1 if mu <= 8 else 0.25) * mu, member.name
+
+
+def test_span_direct_call_that_needs_too_many_sentinels_raises():
+    span = SpanCorruption(Vocab(97, num_sentinels=4), 0.5, 3.0)
+    with pytest.raises(ValueError, match="sentinels"):
+        span(np.arange(200) % 97, np.random.default_rng(0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(0.01, 0.95), st.floats(1.0, 80.0), st.integers(0, 80), seeds)
+def test_every_setting_the_constructor_accepts_works_on_every_document(density, mu, n, seed):
+    try:
+        span = SpanCorruption(V, density, mu)
+    except ValueError as e:
+        assert "mean_span_length" in str(e)
+        return
+    doc = np.arange(n) % 97
+    if span.counts(n)[1] > V.num_sentinels:
+        return
+    ex = span(doc, np.random.default_rng(seed))
+    assert len(ex) == span.example_length(n)
+    if n >= 2:
+        P = ex.prefix_length
+        np.testing.assert_array_equal(reconstruct(ex.input_ids[:P], ex.input_ids[P:], V), doc)
+
+
+def test_span_settings_that_cannot_keep_their_statistics_are_refused():
+    with pytest.raises(ValueError, match="mean_span_length >= 1.5"):
+        SpanCorruption(V, 0.6, 1.0)
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise_density"):
+            SpanCorruption(V, bad, 3.0)
 
 
 def test_mlm_statistics_and_no_special_token(vocab):

@@ -33,19 +33,39 @@ class PackStats:
         return self.tokens / total if total else 0.0
 
 
+def chunks(doc: np.ndarray, limit: int, starts_char: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Consecutive pieces of `doc` of at most `limit` tokens that together are the whole document.
+
+    With `starts_char` (a tokenizer's table: does token i begin a UTF-8 character?) every cut falls
+    on a character boundary, so each piece decodes to exactly its own text: a cut inside a
+    multi-byte character would decode to U+FFFD on both sides, and an objective that works on
+    characters (FIM) would then alter the text. A piece is only shortened for this, never lengthened.
+    """
+    s, n = 0, len(doc)
+    while s < n:
+        e = min(s + limit, n)
+        if starts_char is not None and e < n:
+            c = e
+            while c > s and not starts_char[doc[c]]:
+                c -= 1
+            e = c if c > s else e  # no boundary within the piece (not valid UTF-8 anyway): cut by length
+        yield doc[s:e]
+        s = e
+
+
 def examples_from_documents(docs: Iterable[np.ndarray], objective: Objective, row_length: int,
-                            rng: np.random.Generator) -> Iterator[Example]:
-    """Cut each document into chunks of at most `objective.max_tokens(row_length)` tokens and
-    apply the objective to each chunk (context-level FIM, T5-style chunking)."""
+                            rng: np.random.Generator, starts_char: np.ndarray | None = None) -> Iterator[Example]:
+    """Cut each document into chunks of at most `objective.max_tokens(row_length)` tokens (at
+    character boundaries when `starts_char` is given, see `chunks`) and apply the objective to each
+    chunk (context-level FIM, T5-style chunking)."""
     if row_length < 2:
         raise ValueError(f"row_length must be >= 2, got {row_length}")
     limit = objective.max_tokens(row_length)
     if limit < 1:
         raise ValueError(f"objective {objective.name!r} cannot fit any document in rows of {row_length} tokens")
     for doc in docs:
-        doc = np.asarray(doc, dtype=np.int64)
-        for s in range(0, len(doc), limit):
-            yield objective(doc[s : s + limit], rng)
+        for piece in chunks(np.asarray(doc, dtype=np.int64), limit, starts_char):
+            yield objective(piece, rng)
 
 
 def _piece(ex: Example, start: int, stop: int) -> Example:

@@ -12,11 +12,34 @@ from pathlib import Path
 import numpy as np
 
 
+def _is_continuation(first_bytes: np.ndarray) -> np.ndarray:
+    """UTF-8 continuation bytes (0b10xxxxxx) never start a character."""
+    return (first_bytes & 0xC0) == 0x80
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level mapping, inverted: the printable character standing for each byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
 class ByteTokenizer:
     """UTF-8 bytes: base vocabulary of 256, lossless on any text."""
 
     kind = "bytes"
     base_size = 256
+
+    def starts_char(self) -> np.ndarray:
+        """(base_size,) bool: whether a token begins at a UTF-8 character boundary (a cut before it
+        never splits a character)."""
+        return ~_is_continuation(np.arange(256))
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -54,6 +77,16 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
+
+    def starts_char(self) -> np.ndarray:
+        """(base_size,) bool: whether a token's first byte begins a UTF-8 character (byte-level
+        BPE tokens may end or begin inside a multi-byte character)."""
+        alphabet = _byte_level_alphabet()
+        first = np.zeros(self.base_size, dtype=np.int64)
+        for token, i in self.tok.get_vocab().items():
+            if 0 <= i < self.base_size and token:
+                first[i] = alphabet.get(token[0], ord("a"))
+        return ~_is_continuation(first)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, dtype=np.int64) for e in self.tok.encode_batch(texts)]

@@ -25,6 +25,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 
 from headway.constants import IGNORE_INDEX
+from headway.data.packing import chunks
 from headway.data.vocab import Vocab
 from headway.loss import linear_cross_entropy
 from headway.models import build_model
@@ -167,8 +168,9 @@ class ObjectiveCollator:
     HF causal LMs; an example with a bidirectional prefix is refused unless `allow_prefix`."""
 
     def __init__(self, objective: Objective, pad_id: int, max_length: int | None = None, seed: int = 0,
-                 allow_prefix: bool = False) -> None:
+                 allow_prefix: bool = False, starts_char: np.ndarray | None = None) -> None:
         self.objective, self.pad_id, self.max_length = objective, pad_id, max_length
+        self.starts_char = starts_char  # a tokenizer's `starts_char()`: truncate at character boundaries
         self.rng = np.random.default_rng(seed)
         self.allow_prefix = allow_prefix
 
@@ -177,7 +179,7 @@ class ObjectiveCollator:
         for f in features:
             toks = np.asarray(f["input_ids"], dtype=np.int64)
             if self.max_length is not None:
-                toks = toks[: self.objective.max_tokens(self.max_length)]
+                toks = next(chunks(toks, self.objective.max_tokens(self.max_length), self.starts_char), toks)
             ex = self.objective(toks, self.rng)
             if ex.prefix_length > 1 and not self.allow_prefix:
                 raise ValueError(f"ObjectiveCollator: objective {self.objective.name!r} made a bidirectional prefix, "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from headway.data.vocab import Vocab
-from headway.objectives.base import Example, check_rate, decoder_only
+from headway.objectives.base import Example, decoder_only
 
 
 def _segments(rng: np.random.Generator, total: int, parts: int, allow_empty_ends: bool) -> np.ndarray:
@@ -33,6 +34,15 @@ class SpanCorruption:
     targets = <extra_id_0> span_0 <extra_id_1> span_1 ... ; then EOS is predicted last.
     The example is `[mode] inputs targets` with a bidirectional prefix over `[mode] inputs` and
     loss on the targets only. Spans may fall anywhere, including at the very start or end.
+
+    The statistics are kept exactly as configured: noise = round(L * noise_density) tokens (at
+    least 1, at most L - 1) in spans = round(noise / mean_span_length) spans (at least 1), spans
+    separated by at least one kept token. They are never bent to fit the vocabulary's sentinels:
+    `max_tokens(S)` shortens the chunks instead, and a direct call on a document that would need
+    more sentinels than the vocabulary has raises. An example is `L + 2 * spans + (mode token)`
+    tokens long (`L + 1` when L < 2: nothing to corrupt); since that length grows by 1 or 3 from one
+    L to the next, the longest example that fits a row of S tokens fills it exactly or leaves 1 or 2
+    positions free.
     """
 
     vocab: Vocab
@@ -42,34 +52,46 @@ class SpanCorruption:
     name: str = "span"
 
     def __post_init__(self) -> None:
-        check_rate("SpanCorruption: `noise_density`", self.noise_density)
-        if not self.mean_span_length >= 1:
-            raise ValueError(f"SpanCorruption: `mean_span_length` must be >= 1, got {self.mean_span_length}")
+        d, mu = self.noise_density, self.mean_span_length
+        if not (isinstance(d, (int, float)) and 0 < d < 1):
+            raise ValueError(f"SpanCorruption: `noise_density` must be in (0, 1), got {d}")
+        if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu >= 1):
+            raise ValueError(f"SpanCorruption: `mean_span_length` must be a finite number >= 1, got {mu}")
+        # spans need a kept token between them: (1 - d) * L >= d * L / mu - 1 for long documents
+        if (1 - d) * mu < d:
+            raise ValueError(f"SpanCorruption: noise_density={d} with mean_span_length={mu} leaves fewer kept "
+                             f"tokens than spans need to stay apart; use mean_span_length >= {d / (1 - d):.3g} "
+                             f"or noise_density <= {mu / (1 + mu):.3g}")
         self.mode_id = None if self.mode_token is None else self.vocab.id(self.mode_token)
         self.vocab.sentinel_id(0)  # fails clearly when the vocabulary has no sentinels
 
     def counts(self, length: int) -> tuple[int, int]:
-        """(noise tokens, spans) for a document of `length` tokens."""
+        """(noise tokens, spans) for a document of `length` tokens (not capped by the sentinels)."""
         if length < 2:
             return 0, 0
         noise = min(max(int(round(length * self.noise_density)), 1), length - 1)
-        spans = min(max(int(round(noise / self.mean_span_length)), 1), noise, self.vocab.num_sentinels)
+        spans = min(max(int(round(noise / self.mean_span_length)), 1), noise, length - noise + 1)
         return noise, spans
 
     def example_length(self, length: int) -> int:
+        """Tokens in the example made from a `length`-token document."""
         noise, spans = self.counts(length)
+        if spans == 0:
+            return length + 1  # [mode or eos] + the document
         return length + 2 * spans + (self.mode_id is not None)
 
     def max_tokens(self, row_length: int) -> int:
-        """Largest raw length whose example fills at most `row_length` (exactly, when one exists)."""
-        lo, hi = 1, row_length
-        while lo < hi:  # example_length is non-decreasing in length
+        """Largest document length whose example fits `row_length` tokens and whose spans fit the
+        vocabulary's sentinels (the example then fills the row or leaves at most 2 positions)."""
+        ok = lambda n: self.example_length(n) <= row_length and self.counts(n)[1] <= self.vocab.num_sentinels  # noqa: E731
+        lo, hi = 0, row_length
+        while lo < hi:  # both lengths are non-decreasing in n
             mid = (lo + hi + 1) // 2
-            if self.example_length(mid) <= row_length:
+            if ok(mid):
                 lo = mid
             else:
                 hi = mid - 1
-        if self.example_length(lo) > row_length:
+        if lo < 1:
             raise ValueError(f"SpanCorruption: a row of {row_length} tokens cannot hold any example")
         return lo
 
@@ -77,6 +99,10 @@ class SpanCorruption:
         tokens = np.asarray(tokens, dtype=np.int64)
         L = len(tokens)
         noise, spans = self.counts(L)
+        if spans > self.vocab.num_sentinels:
+            raise ValueError(f"SpanCorruption {self.name!r}: a {L}-token document needs {spans} sentinels, the "
+                             f"vocabulary has {self.vocab.num_sentinels}; cut documents to at most "
+                             f"max_tokens(row_length) tokens or give the Vocab more sentinels")
         prefix = [] if self.mode_id is None else [self.mode_id]
         if spans == 0:  # too short to corrupt: predict the document from the mode token
             return decoder_only(np.array(prefix or [self.vocab.eos]), tokens, self.vocab.eos, True)

@@ -76,7 +76,7 @@ def prepare(cfg: TrainConfig, out: Path, log=print) -> RunData:  # noqa: ANN001
 
 
 def batches(docs: list[np.ndarray], objective: Objective, cfg: TrainConfig, pad: int, skip: int = 0,
-            rank: int = 0, world: int = 1) -> Iterator[Batch]:
+            rank: int = 0, world: int = 1, starts_char: np.ndarray | None = None) -> Iterator[Batch]:
     """Endless batches: each epoch shuffles the documents with `default_rng([seed, epoch])`, applies
     the objective, packs rows and groups them `batch_size` at a time. Row r goes to rank r % world.
     The first `skip` batches (of this rank) are generated and dropped (exact resume)."""
@@ -87,7 +87,7 @@ def batches(docs: list[np.ndarray], objective: Objective, cfg: TrainConfig, pad:
         rng = np.random.default_rng([cfg.seed, epoch])
         order = rng.permutation(len(docs))
         packer = Packer(cfg.seq_len, cfg.packing)
-        stream = examples_from_documents((docs[i] for i in order), objective, cfg.seq_len, rng)
+        stream = examples_from_documents((docs[i] for i in order), objective, cfg.seq_len, rng, starts_char)
         for r, row in enumerate(packer.pack(stream)):
             if r % world != rank:
                 continue

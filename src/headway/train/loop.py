@@ -179,7 +179,7 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
     log(f"data: {data.corpus_name}: {len(data.train)} train / {len(data.val)} validation documents, "
         f"{sum(len(t) for t in data.train) / 1e6:.2f}M train tokens, objective {cfg.objective}")
     stream = batches(data.train, objective, cfg, data.vocab.pad, skip=start_step * cfg.grad_accum, rank=rank,
-                     world=world)
+                     world=world, starts_char=data.tokenizer.starts_char())
     metrics = (out / "metrics.jsonl").open("a") if rank == 0 else open(os.devnull, "w")
     summary = Summary(params=n_params, steps=start_step, tokens=state.get("tokens", 0))
     bar = _progress(total, start_step) if rank == 0 else None
