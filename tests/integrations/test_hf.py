@@ -134,3 +134,77 @@ def test_headway_model_round_trips_through_auto_classes(tmp_path, backbone):
     logits = loaded(input_ids=ids).logits
     ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
+def test_masked_lm_sees_right_context_and_never_padding(backbone):
+    from headway.integrations.hf import HeadwayForMaskedLM
+
+    torch.manual_seed(0)
+    model = HeadwayForMaskedLM(HeadwayConfig(base_vocab_size=61, num_sentinels=4, backbone=backbone,
+                                             size="tiny")).eval()
+    ids = torch.randint(0, 60, (2, 10))
+    base = model(input_ids=ids).logits
+    later = ids.clone()
+    later[:, 7] = (later[:, 7] + 1) % 60
+    # position 0 depends on a later token: bidirectional, as MLM needs
+    assert (model(input_ids=later).logits[:, 0] - base[:, 0]).abs().max() > 1e-4
+    # with the last 3 positions padded, changing them changes nothing before them
+    mask = torch.ones_like(ids)
+    mask[:, 7:] = 0
+    a = model(input_ids=ids, attention_mask=mask).logits
+    b = model(input_ids=later, attention_mask=mask).logits
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
+
+
+def tiny_bert(kind):
+    from transformers import BertConfig, BertForMaskedLM, BertLMHeadModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                     is_decoder=kind == "lmhead")
+    return (BertForMaskedLM if kind == "mlm" else BertLMHeadModel)(cfg)
+
+
+def tiny_t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(T5Config(vocab_size=97, d_model=32, d_ff=64, num_layers=1, num_heads=4,
+                                               d_kv=8))
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_bert("mlm"), lambda: tiny_bert("lmhead"), tiny_t5],
+                         ids=["BertForMaskedLM", "BertLMHeadModel", "T5"])
+def test_use_fused_loss_refuses_models_whose_loss_it_would_change(make):
+    with pytest.raises(ValueError, match="supported"):
+        use_fused_loss(make())
+
+
+def tiny_scaled(kind):
+    """Models whose logits are lm_head(h) times (or divided by) a config factor."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2)
+    if kind == "granite":
+        from transformers import GraniteConfig, GraniteForCausalLM
+
+        return GraniteForCausalLM(GraniteConfig(logits_scaling=4.0, **common))
+    if kind == "cohere":
+        from transformers import CohereConfig, CohereForCausalLM
+
+        return CohereForCausalLM(CohereConfig(logit_scale=0.25, **common))
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    return FalconH1ForCausalLM(FalconH1Config(lm_head_multiplier=3.0, mamba_d_ssm=32, mamba_n_heads=4,
+                                              mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=4, **common))
+
+
+@pytest.mark.parametrize("kind", ["granite", "cohere", "falcon_h1"])
+def test_fused_loss_applies_output_scales(kind):
+    ref, fused = tiny_scaled(kind).eval(), tiny_scaled(kind).eval()
+    fused.load_state_dict(ref.state_dict())
+    use_fused_loss(fused)
+    ids = torch.randint(0, 128, (2, 9))
+    a, b = ref(input_ids=ids, labels=ids).loss, fused(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

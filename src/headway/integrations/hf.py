@@ -25,32 +25,59 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 
 from headway.constants import IGNORE_INDEX
+from headway.data.collate import Batch
 from headway.data.packing import chunks
 from headway.data.vocab import Vocab
 from headway.loss import linear_cross_entropy
 from headway.models import build_model
 from headway.objectives.base import Objective
 
-UNSUPPORTED_SCALING = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+# logits = lm_head(h) * factor: (config attribute, whether the model divides by it)
+LOGIT_SCALES = (("logit_scale", False), ("lm_head_multiplier", False), ("logits_scaling", True))
+SUPPORTED = ("decoder-only causal LMs whose logits are `lm_head(final hidden states)` (nn.Linear, with or without "
+             "bias), optionally times config.logit_scale / config.lm_head_multiplier, divided by "
+             "config.logits_scaling, or soft-capped by config.final_logit_softcapping")
+
+
+def _logit_scale(cfg: Any) -> float:
+    scale = 1.0
+    for attr, divide in LOGIT_SCALES:
+        v = getattr(cfg, attr, None)
+        if v is not None and not isinstance(v, bool) and isinstance(v, (int, float)):
+            scale = scale / v if divide else scale * v
+    return scale
 
 
 def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: int | None = None) -> PreTrainedModel:
     """Make a HF causal LM compute its training loss with `linear_cross_entropy` from the final
     hidden states, never building the logits. Honours `num_items_in_batch` (as `Trainer` passes it)
     and aligned `shift_labels`; `labels` keep HF's meaning (shifted inside). Calls without labels
-    (evaluation of logits, `generate`) run the original forward unchanged. Gemma-2/3's final-logit
-    soft-capping is applied. Returns the same model object."""
+    (evaluation of logits, `generate`) run the original forward unchanged. Output scales
+    (`logit_scale`, `lm_head_multiplier`, `logits_scaling`) and Gemma-2/3's final-logit soft-capping
+    are applied.
+
+    Supported: """ + SUPPORTED + """. Before wrapping, the reconstruction is verified on a short
+    random input against the model's own logits; any model where they differ (a transform between the
+    hidden states and the head as in BERT's MLM heads, an encoder-decoder, another output scaling)
+    is refused with a ValueError instead of training on a different loss. Returns the same model."""
+    name = type(model).__name__
     cfg = model.config
-    for attr in UNSUPPORTED_SCALING:
-        if getattr(cfg, attr, None) not in (None, 1, 1.0):
-            raise ValueError(f"use_fused_loss: {type(model).__name__} scales its logits by config.{attr}; "
-                             "not supported")
-    base = getattr(model, model.base_model_prefix)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ValueError(f"use_fused_loss: {name} is an encoder-decoder model; supported: {SUPPORTED}")
+    base = getattr(model, model.base_model_prefix, None)
     head = model.get_output_embeddings()
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"use_fused_loss: expected an nn.Linear output head, got {type(head).__name__}")
+    if base is None or not isinstance(head, nn.Linear):
+        raise ValueError(f"use_fused_loss: {name} has no base model + nn.Linear output head "
+                         f"(got {type(head).__name__}); supported: {SUPPORTED}")
     softcap = getattr(cfg, "final_logit_softcapping", None)
+    scale = _logit_scale(cfg)
     original = model.forward
+
+    def hidden_states(input_ids: Tensor | None, attention_mask: Tensor | None, kw: dict) -> Any:
+        out = base(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        return out, (out[0] if scale == 1.0 else out[0] * scale)  # (B, S, H); a logit scale scales h
+
+    _verify(model, original, head, lambda ids: hidden_states(ids, None, {})[1], softcap)
 
     def forward(input_ids: Tensor | None = None, attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 shift_labels: Tensor | None = None, num_items_in_batch: Tensor | int | None = None,
@@ -59,8 +86,7 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
             return original(input_ids=input_ids, attention_mask=attention_mask, **kw)
         kw.pop("logits_to_keep", None)
         kw.pop("return_dict", None)
-        out = base(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        h = out[0]  # (B, S, H)
+        out, h = hidden_states(input_ids, attention_mask, kw)
         aligned = shift_labels is not None
         y = shift_labels if aligned else labels
         loss = linear_cross_entropy(h, head.weight, y.to(h.device), bias=head.bias, shift=not aligned,
@@ -70,8 +96,33 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
                                       hidden_states=getattr(out, "hidden_states", None))
 
     model.forward = forward  # type: ignore[method-assign]
-    model._headway_fused_loss = True
     return model
+
+
+@torch.no_grad()
+def _verify(model: PreTrainedModel, original: Any, head: nn.Linear, hidden: Any, softcap: float | None) -> None:
+    """Refuse the fused loss unless `head(hidden) (+ softcap)` reproduces the model's own logits."""
+    name = type(model).__name__
+    was_training = model.training
+    model.eval()
+    try:
+        V = head.weight.shape[0]
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, V, (1, 7), generator=g).to(head.weight.device)
+        try:
+            want = original(input_ids=ids).logits
+            z = head(hidden(ids))
+        except Exception as e:  # noqa: BLE001 - any failure means the structure is not the supported one
+            raise ValueError(f"use_fused_loss: {name} does not fit ({type(e).__name__}: {e}); "
+                             f"supported: {SUPPORTED}") from None
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        if want is None or want.shape != z.shape or not torch.allclose(z.float(), want.float(), rtol=1e-3, atol=1e-4):
+            diff = float("nan") if want is None or want.shape != z.shape else float((z - want).abs().max())
+            raise ValueError(f"use_fused_loss: {name}'s logits are not lm_head(final hidden states) (max difference "
+                             f"{diff:.3g}), so the fused loss would differ from its own; supported: {SUPPORTED}")
+    finally:
+        model.train(was_training)
 
 
 class HeadwayConfig(PretrainedConfig):
@@ -106,8 +157,8 @@ class _HeadwayPreTrained(PreTrainedModel):
         return self.lm.embedding
 
     def _loss_and_hidden(self, input_ids: Tensor, labels: Tensor | None, shift_labels: Tensor | None,
-                         num_items_in_batch: Any, shift: bool) -> tuple[Tensor | None, Tensor]:
-        h = self.lm.hidden(input_ids)
+                         num_items_in_batch: Any, shift: bool, batch: Batch | None = None) -> tuple[Tensor | None, Tensor]:
+        h = self.lm.hidden(input_ids, batch)
         loss = None
         if labels is not None or shift_labels is not None:
             y = shift_labels if shift_labels is not None else labels
@@ -137,12 +188,32 @@ class HeadwayForCausalLM(_HeadwayPreTrained, GenerationMixin):
         return {"input_ids": input_ids}
 
 
+def bidirectional_batch(input_ids: Tensor, attention_mask: Tensor | None) -> Batch:
+    """A `Batch` whose one document per row (the positions where `attention_mask` is 1) attends
+    bidirectionally and never to padding: prefix = the whole document (the mask spec of MLM)."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device).long()
+    if tuple(mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"`attention_mask` must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(mask.shape)}")
+    doc = torch.where(mask > 0, 0, -1)
+    pos = (mask.cumsum(1) - 1).clamp(min=0) * (mask > 0)
+    return Batch(input_ids, torch.full_like(input_ids, IGNORE_INDEX), pos, doc, mask.sum(1, keepdim=True))
+
+
 class HeadwayForMaskedLM(_HeadwayPreTrained):
-    """A bidirectional headway model for MLM (labels aligned, not shifted)."""
+    """A bidirectional headway model for MLM (labels aligned, not shifted): every position sees the
+    whole row except padding (`attention_mask` 0); a gated-SSM backbone is built with its backward
+    branch."""
+
+    def __init__(self, config: HeadwayConfig) -> None:
+        if config.backbone == "gated_ssm":
+            config.bidirectional = True  # the SSM's direction is part of its weights
+        super().__init__(config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 num_items_in_batch: Any = None, **kw: Any) -> MaskedLMOutput:
-        loss, h = self._loss_and_hidden(input_ids, labels, None, num_items_in_batch, shift=False)
+        batch = bidirectional_batch(input_ids, attention_mask)
+        loss, h = self._loss_and_hidden(input_ids, labels, None, num_items_in_batch, shift=False, batch=batch)
         return MaskedLMOutput(loss=loss, logits=None if loss is not None else self.lm.head.logits(h))
 
 
