@@ -1,4 +1,10 @@
-"""The LM head: hidden states -> loss through the fused linear cross-entropy (or -> logits)."""
+"""LM heads: hidden states -> loss through the fused linear cross-entropy (or -> logits).
+
+`HeadBase` holds what every LM head shares — the loss options, autocast handling, `forward` and
+`logits` — over a (V, H) weight that each subclass provides: `LMHead` owns a parameter (or ties an
+embedding's), `SplitLMHead` concatenates vocabulary splits, `VocabParallelLMHead` shards the rows
+over ranks.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,72 @@ from headway.constants import IGNORE_INDEX
 from headway.loss import linear_cross_entropy
 
 
-class LMHead(nn.Module):
-    """Projects (B, S, H) hidden states onto a V-word vocabulary.
+class HeadBase(nn.Module):
+    """The shared LM-head logic. Subclasses provide `weight` (V, H) (`loss_weight` / `full_weight`
+    when the loss and the logits need different views of it) and may override `_loss`.
 
     `forward(h, labels)` returns ``linear_cross_entropy(h, W, labels, ...)`` — equal to
     ``F.cross_entropy((h @ W.T + b).float(), labels)`` plus the optional z-loss / softcap /
     smoothing — without materializing the (B·S, V) logits. `logits(h, keep_last=k)` materializes
-    logits for the last k positions only (generation). `tie_to` shares an `nn.Embedding`'s weight.
+    logits for the last k positions only (generation).
     """
+
+    weight: Tensor
+    bias: nn.Parameter | None
+
+    def __init__(self, *, softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.softcap, self.z_loss, self.label_smoothing = softcap, z_loss, label_smoothing
+        self.tied = False
+
+    def loss_weight(self) -> Tensor:
+        """The weight the loss multiplies by (this rank's rows for a sharded head)."""
+        return self.weight
+
+    def full_weight(self) -> Tensor:
+        """The whole (V, H) weight (logits for generation)."""
+        return self.weight
+
+    def _loss(self, hidden: Tensor, weight: Tensor, labels: Tensor, **kw: object) -> Tensor:
+        out = linear_cross_entropy(hidden, weight, labels, bias=self.bias, ignore_index=IGNORE_INDEX,
+                                   label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+                                   **kw)  # type: ignore[arg-type]
+        assert isinstance(out, Tensor)
+        return out
+
+    def forward(self, hidden: Tensor, labels: Tensor, *, num_items_in_batch: Tensor | int | None = None,
+                reduction: str = "mean", shift: bool = False) -> Tensor:
+        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H).
+
+        Under autocast, hidden and weight are cast to the autocast dtype so the three matrix
+        products run in it; softmax and dW accumulation stay float32 inside the loss."""
+        weight = self.loss_weight()
+        dev = hidden.device.type
+        if torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+            hidden, weight = hidden.to(dt), weight.to(dt)
+        return self._loss(hidden, weight, labels, reduction=reduction, shift=shift,
+                          num_items_in_batch=num_items_in_batch)
+
+    def logits(self, hidden: Tensor, keep_last: int = 0) -> Tensor:
+        """(B, k, V) float32 logits of the last `keep_last` positions (all when 0)."""
+        if keep_last:
+            hidden = hidden[..., -keep_last:, :]
+        z = (hidden @ self.full_weight().t()).float()
+        if self.bias is not None:
+            z = z + self.bias.float()
+        if self.softcap is not None:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z
+
+
+class LMHead(HeadBase):
+    """Projects (B, S, H) hidden states onto a V-word vocabulary with its own (V, H) weight, or the
+    weight of `tie_to` (an `nn.Embedding`), plus an optional bias."""
 
     def __init__(self, hidden_size: int, vocab_size: int, *, bias: bool = False, tie_to: nn.Embedding | None = None,
                  softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
         if tie_to is not None:
             if tuple(tie_to.weight.shape) != (vocab_size, hidden_size):
                 raise ValueError(f"LMHead: `tie_to` weight must be ({vocab_size}, {hidden_size}), "
@@ -30,32 +90,3 @@ class LMHead(nn.Module):
             self.weight = nn.Parameter(torch.randn(vocab_size, hidden_size) * hidden_size**-0.5)
         self.tied = tie_to is not None
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
-        self.softcap, self.z_loss, self.label_smoothing = softcap, z_loss, label_smoothing
-
-    def forward(self, hidden: Tensor, labels: Tensor, *, num_items_in_batch: Tensor | int | None = None,
-                reduction: str = "mean", shift: bool = False) -> Tensor:
-        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H).
-
-        Under autocast, hidden and weight are cast to the autocast dtype so the three matrix
-        products run in it; softmax and dW accumulation stay float32 inside the loss."""
-        weight = self.weight
-        dev = hidden.device.type
-        if torch.is_autocast_enabled(dev):
-            dt = torch.get_autocast_dtype(dev)
-            hidden, weight = hidden.to(dt), weight.to(dt)
-        out = linear_cross_entropy(hidden, weight, labels, bias=self.bias, ignore_index=IGNORE_INDEX,
-                                   reduction=reduction, shift=shift, label_smoothing=self.label_smoothing,
-                                   z_loss=self.z_loss, softcap=self.softcap, num_items_in_batch=num_items_in_batch)
-        assert isinstance(out, Tensor)
-        return out
-
-    def logits(self, hidden: Tensor, keep_last: int = 0) -> Tensor:
-        """(B, k, V) float32 logits of the last `keep_last` positions (all when 0)."""
-        if keep_last:
-            hidden = hidden[..., -keep_last:, :]
-        z = (hidden @ self.weight.t()).float()
-        if self.bias is not None:
-            z = z + self.bias.float()
-        if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
-        return z

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headway.heads.lm_head import LMHead
+from headway.heads.lm_head import HeadBase
 
 
 class _Joined(torch.autograd.Function):
@@ -121,7 +121,7 @@ class SplitEmbedding(nn.Module):
         self.pack_()
 
 
-class SplitLMHead(LMHead):
+class SplitLMHead(HeadBase):
     """LM head over the concatenated splits; tied split by split to a `SplitEmbedding` or its own.
 
     The loss equals an `LMHead` whose weight is the concatenation of the splits; a frozen split
@@ -130,13 +130,12 @@ class SplitLMHead(LMHead):
 
     def __init__(self, split_sizes: dict[str, int], hidden_size: int, *, tie_to: SplitEmbedding | None = None,
                  softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
-        nn.Module.__init__(self)
+        super().__init__(softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
         if tie_to is not None and tie_to.split_sizes != dict(split_sizes):
             raise ValueError(f"SplitLMHead: tied embedding has splits {tie_to.split_sizes}, expected {split_sizes}")
         self.table = tie_to if tie_to is not None else SplitEmbedding(split_sizes, hidden_size, hidden_size**-0.5)
         self.tied = tie_to is not None
         self.bias = None
-        self.softcap, self.z_loss, self.label_smoothing = softcap, z_loss, label_smoothing
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]

@@ -157,7 +157,8 @@ class _HeadwayPreTrained(PreTrainedModel):
         return self.lm.embedding
 
     def _loss_and_hidden(self, input_ids: Tensor, labels: Tensor | None, shift_labels: Tensor | None,
-                         num_items_in_batch: Any, shift: bool, batch: Batch | None = None) -> tuple[Tensor | None, Tensor]:
+                         num_items_in_batch: Any, shift: bool,
+                         batch: Batch | None = None) -> tuple[Tensor | None, Tensor]:
         h = self.lm.hidden(input_ids, batch)
         loss = None
         if labels is not None or shift_labels is not None:

@@ -7,14 +7,14 @@ from torch import Tensor, nn
 
 from headway.data.collate import Batch
 from headway.data.vocab import Vocab
-from headway.heads.lm_head import LMHead
+from headway.heads.lm_head import HeadBase
 
 
 class LanguageModel(nn.Module):
     """`forward(batch)` -> the mean loss over the batch's targets (fused head, no logits);
     `logits(ids)` for generation; `generate` and `infill` sample with the backbone's cache."""
 
-    def __init__(self, embedding: nn.Module, backbone: nn.Module, head: LMHead) -> None:
+    def __init__(self, embedding: nn.Module, backbone: nn.Module, head: HeadBase) -> None:
         super().__init__()
         self.embedding, self.backbone, self.head = embedding, backbone, head
 

@@ -13,9 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from headway.constants import IGNORE_INDEX
-from headway.heads.lm_head import LMHead
-from headway.loss.vocab_parallel import vocab_parallel_linear_cross_entropy
+from headway.heads.vocab_parallel import VocabParallelLMHead
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -23,46 +21,6 @@ PARALLEL = ("ddp", "fsdp")
 def _is_dtensor(t: Tensor) -> bool:
     return hasattr(t, "to_local") and hasattr(t, "placements")
 
-
-class VocabParallelLMHead(LMHead):
-    """An `LMHead` whose (V, H) weight is a DTensor sharded by vocabulary rows over all ranks.
-
-    forward: each rank's own tokens are scored against the whole vocabulary with
-    `vocab_parallel_linear_cross_entropy(..., gather_tokens=True)` and the rank gets its tokens'
-    loss — the same number a replicated `LMHead` gives — while no rank holds more than V / world
-    rows of the weight, its gradient and its optimizer state, or of a chunk's logits.
-    logits: gathers the full weight (generation; a collective, so every rank must call it).
-    """
-
-    def __init__(self, head: LMHead, mesh) -> None:  # noqa: ANN001
-        from torch.distributed.tensor import Shard, distribute_tensor
-
-        nn.Module.__init__(self)
-        if head.bias is not None or head.tied:
-            raise ValueError("VocabParallelLMHead: needs an untied head without bias")
-        self.weight = nn.Parameter(distribute_tensor(head.weight.detach(), mesh, [Shard(0)]))
-        self.bias, self.tied = None, False
-        self.softcap, self.z_loss, self.label_smoothing = head.softcap, head.z_loss, head.label_smoothing
-
-    def forward(self, hidden: Tensor, labels: Tensor, *, num_items_in_batch: Tensor | int | None = None,
-                reduction: str = "mean", shift: bool = False) -> Tensor:
-        weight = self.weight.to_local()
-        dev = hidden.device.type
-        if torch.is_autocast_enabled(dev):
-            dt = torch.get_autocast_dtype(dev)
-            hidden, weight = hidden.to(dt), weight.to(dt)
-        return vocab_parallel_linear_cross_entropy(
-            hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction=reduction, shift=shift,
-            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
-            num_items_in_batch=num_items_in_batch, group=self.weight.device_mesh.get_group(), gather_tokens=True)
-
-    def logits(self, hidden: Tensor, keep_last: int = 0) -> Tensor:
-        if keep_last:
-            hidden = hidden[..., -keep_last:, :]
-        z = (hidden @ self.weight.full_tensor().t()).float()
-        if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
-        return z
 
 
 def parallelize(model: nn.Module, parallel: str, tensor_parallel_head: bool, world: int,
