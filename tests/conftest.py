@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from headway.data.vocab import Vocab
+from headway.types import Vocab
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from headway.data.collate import Batch
+from headway.types import Batch
 
 REL_TOL = 1e-7  # of the largest legitimate dependence; float64 FFT round-off is ~1e-15
 

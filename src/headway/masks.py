@@ -33,16 +33,22 @@ def sdpa_mask(batch) -> Tensor:  # noqa: ANN001 (a Batch)
     return dense_mask(batch.document_ids, batch.position_ids, batch.prefix_lengths)[:, None]
 
 
+def segment_starts(document_ids: Tensor) -> Tensor:
+    """(B*S,) bool over the flattened batch: True where a segment starts (a new row, a new document,
+    or a padding run, which counts as its own segment). The one definition of a segment."""
+    B, S = document_ids.shape
+    row = torch.arange(B, device=document_ids.device)[:, None]
+    key = (row * (document_ids.amax() + 2) + document_ids + 1).reshape(-1)
+    new = torch.ones_like(key, dtype=torch.bool)
+    new[1:] = key[1:] != key[:-1]
+    return new
+
+
 def cu_seqlens(document_ids: Tensor) -> Tensor:
     """int32 cumulative segment lengths over the flattened batch (varlen / flash-attn style),
     padding runs included as their own segments so the offsets cover every position."""
-    flat = document_ids.reshape(-1)
-    row = torch.arange(document_ids.shape[0], device=flat.device).repeat_interleave(document_ids.shape[1])
-    key = row * (document_ids.amax() + 2) + flat + 1
-    change = torch.ones_like(flat, dtype=torch.bool)
-    change[1:] = key[1:] != key[:-1]
-    starts = change.nonzero().squeeze(1)
-    return torch.cat([starts, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
+    starts = segment_starts(document_ids).nonzero().squeeze(1)
+    return torch.cat([starts, torch.tensor([document_ids.numel()], device=starts.device)]).to(torch.int32)
 
 
 def flex_block_mask(batch, block_size: int = 128):  # noqa: ANN001, ANN201

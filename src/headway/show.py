@@ -7,8 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from headway.constants import IGNORE_INDEX
-from headway.data.vocab import Vocab
-from headway.objectives.base import Example
+from headway.types import Example, Vocab
 
 COLORS = {"target": "\033[32m", "ignored": "\033[90m", "prefix": "\033[36m", "reset": "\033[0m"}
 

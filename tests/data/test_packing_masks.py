@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from headway.constants import IGNORE_INDEX
 from headway.data.collate import collate
 from headway.data.packing import Packer, examples_from_documents
-from headway.data.vocab import Vocab
 from headway.masks import cu_seqlens, dense_mask, flex_block_mask, sdpa_mask
 from headway.objectives import CLM, build_objective
+from headway.types import Vocab
 
 V = Vocab(base_size=97, num_sentinels=40)
 doc_lists = st.lists(st.lists(st.integers(0, 96), min_size=1, max_size=80), min_size=1, max_size=25)

@@ -7,10 +7,10 @@ import torch
 from headway.check import check_causal
 from headway.data.collate import collate
 from headway.data.packing import Packer, examples_from_documents
-from headway.data.vocab import Vocab
 from headway.masks import sdpa_mask
 from headway.models import GatedSSM, GatedSSMConfig, Transformer, TransformerConfig, build_model, sample
 from headway.objectives import build_objective
+from headway.types import Vocab
 
 V = Vocab(base_size=61, num_sentinels=8)
 
@@ -88,12 +88,18 @@ def test_transformer_prefix_lm_mask_is_used():
     net = Transformer(TransformerConfig(32, 1, 2)).double()
     x = torch.randn(*b.input_ids.shape, 32, dtype=torch.float64, requires_grad=True)
     y = net(x, b)
-    # inside a prefix, position 0 depends on position 1 (bidirectional)
-    r, d = 0, 0
+    # a document with a prefix of >= 2 and a suffix: its first position depends on the second
+    # (bidirectional prefix), its first suffix position does not depend on the next one (causal)
+    docs = [(r, d) for r in range(b.input_ids.shape[0]) for d in range(int(b.document_ids[r].max()) + 1)
+            if 2 <= int(b.prefix_lengths[r, d]) < int((b.document_ids[r] == d).sum()) - 1]
+    assert docs, "the batch must hold a document with a bidirectional prefix and causal targets"
+    r, d = docs[0]
     start = int((b.document_ids[r] == d).nonzero()[0])
-    if int(b.prefix_lengths[r, d]) >= 2:
-        (g,) = torch.autograd.grad(y[r, start].sum(), x)
-        assert g[r, start + 1].abs().sum() > 0
+    P = int(b.prefix_lengths[r, d])
+    (g,) = torch.autograd.grad(y[r, start].sum(), x, retain_graph=True)
+    assert g[r, start + 1].abs().sum() > 0
+    (g,) = torch.autograd.grad(y[r, start + P].sum(), x)
+    assert g[r, start + P + 1].abs().sum() == 0 and g[r, start + P - 1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
@@ -125,11 +131,26 @@ def test_bidirectional_ssm_refuses_to_generate():
 
 
 def test_infill_prompt_layout_and_stop_at_eos():
+    """infill = greedy generation after `<fim_prefix> pre <fim_suffix> suf <fim_middle>` (PSM),
+    cut before the first EOS."""
     model = build_model(V, "transformer", "tiny").eval()
-    with torch.no_grad():
-        model.head.table.weights["special"][0].fill_(0)
-    mid = model.infill(torch.tensor([1, 2]), torch.tensor([3]), V, max_new_tokens=5, temperature=0)
-    assert mid.dim() == 1 and len(mid) <= 5 and V.eos not in mid.tolist()
+    pre, suf = torch.tensor([1, 2]), torch.tensor([3])
+    psm = torch.tensor([V.id("<fim_prefix>"), 1, 2, V.id("<fim_suffix>"), 3, V.id("<fim_middle>")])
+    mid = model.infill(pre, suf, V, max_new_tokens=5, temperature=0)
+    assert torch.equal(mid, model.generate(psm, 5, temperature=0, eos_id=V.eos)[: len(mid)])
+    # a head that predicts EOS from the third step on: the middle is the two tokens before it
+    logits, calls = model.head.logits, []
+
+    def eos_late(h, keep_last=0):
+        z = logits(h, keep_last)
+        calls.append(1)
+        if len(calls) >= 3:
+            z[..., V.eos] = z.max() + 1
+        return z
+
+    model.head.logits = eos_late
+    mid = model.infill(pre, suf, V, max_new_tokens=5, temperature=0)
+    assert len(mid) == 2 and V.eos not in mid.tolist()
 
 
 def test_build_model_errors():

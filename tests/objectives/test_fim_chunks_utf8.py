@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from headway.data.packing import chunks, examples_from_documents
 from headway.data.tokenizer import BPETokenizer, ByteTokenizer
-from headway.data.vocab import Vocab
 from headway.objectives import FIM, fim_parts
+from headway.types import Vocab
 
 
 def _non_ascii_stdlib_texts(limit: int = 12, max_chars: int = 6000) -> list[str]:

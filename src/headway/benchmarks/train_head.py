@@ -19,9 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from headway.data.collate import Batch
-from headway.data.vocab import Vocab
 from headway.models import build_model
+from headway.types import Batch, Vocab
 
 
 def _step_fn(model, head: str):  # noqa: ANN001, ANN202

@@ -1,47 +1,12 @@
-"""Rows of segments -> a `Batch` of tensors carrying the mask spec (DESIGN.md)."""
+"""Rows of segments -> a `Batch` of tensors carrying the mask spec (DESIGN.md; `Batch` is in `headway.types`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import numpy as np
 import torch
-from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
-from headway.objectives.base import Example
-
-
-@dataclass
-class Batch:
-    """B rows of S positions.
-
-    input_ids, labels, position_ids, document_ids: (B, S) int64. `document_ids` numbers the
-    segments of each row 0, 1, ... (-1 on padding); `position_ids` restart at 0 in every segment;
-    `prefix_lengths` (B, D) holds each segment's bidirectional prefix length.
-    """
-
-    input_ids: Tensor
-    labels: Tensor
-    position_ids: Tensor
-    document_ids: Tensor
-    prefix_lengths: Tensor
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
-
-    @property
-    def num_targets(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
-
-    @property
-    def is_causal(self) -> bool:
-        """True when no segment has a bidirectional prefix (a plain causal mask per document)."""
-        return bool((self.prefix_lengths <= 1).all())
-
-    @property
-    def is_single_document(self) -> bool:
-        return bool((self.document_ids.amax(dim=1) <= 0).all())
+from headway.types import Batch, Example
 
 
 def collate(rows: list[list[Example]], row_length: int, pad_id: int) -> Batch:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.objectives.base import Example, Objective
+from headway.types import Example, Objective
 
 STRATEGIES = ("bfd", "concat")
 

@@ -25,12 +25,10 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 
 from headway.constants import IGNORE_INDEX
-from headway.data.collate import Batch
 from headway.data.packing import chunks
-from headway.data.vocab import Vocab
 from headway.loss import linear_cross_entropy
 from headway.models import build_model
-from headway.objectives.base import Objective
+from headway.types import Batch, Objective, Vocab
 
 # logits = lm_head(h) * factor: (config attribute, whether the model divides by it)
 LOGIT_SCALES = (("logit_scale", False), ("lm_head_multiplier", False), ("logits_scaling", True))

@@ -1,7 +1,8 @@
 """Optional CUDA backends: Cut-Cross-Entropy and Liger Kernel, used by impl="auto" when installed.
 
-Each `try_*` returns the per-token losses (N,) or None when the backend is missing or the options
-are outside what it supports; the caller then falls back to the chunked path.
+`available(name)` says whether a backend is installed, `*_supports(args)` whether it handles the
+options; `api._dispatch` uses a backend only when both hold (impl="auto"), or raises when it was
+asked for by name and cannot serve the call. CCE returns per-token losses, Liger the summed loss.
 """
 
 from __future__ import annotations

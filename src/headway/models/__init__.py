@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from headway.data.vocab import Vocab
 from headway.heads.lm_head import LMHead
 from headway.heads.split import SplitEmbedding, SplitLMHead
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
 from headway.models.transformer import Transformer, TransformerConfig
+from headway.types import Vocab
 
 __all__ = ["Transformer", "TransformerConfig", "GatedSSM", "GatedSSMConfig", "LanguageModel", "sample",
            "build_model", "SIZES", "BACKBONES"]

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headway.data.collate import Batch
+from headway.masks import segment_starts
+from headway.types import Batch
 
 
 @dataclass
@@ -93,14 +94,11 @@ class S4D(nn.Module):
 
 def segments(batch: Batch) -> tuple[Tensor, Tensor, int, int]:
     """Map each position of a packed (B, S) batch to (segment, offset) for a (num_segments, L_max) layout."""
-    doc = batch.document_ids
-    B, S = doc.shape
-    key = (torch.arange(B, device=doc.device)[:, None] * (int(doc.max()) + 2) + doc + 1).reshape(-1)
-    new = torch.ones_like(key, dtype=torch.bool)
-    new[1:] = key[1:] != key[:-1]
+    B, S = batch.document_ids.shape
+    new = segment_starts(batch.document_ids)
     seg = torch.cumsum(new.long(), 0) - 1  # (B*S,)
     starts = new.nonzero().squeeze(1)
-    offset = torch.arange(B * S, device=doc.device) - starts[seg]
+    offset = torch.arange(B * S, device=new.device) - starts[seg]
     return seg, offset, int(seg[-1]) + 1, int(offset.max()) + 1
 
 
@@ -179,7 +177,7 @@ class GatedSSM(nn.Module):
 
     def forward(self, x: Tensor, batch: Batch | None = None, cache: SSMCache | None = None) -> Tensor:
         layout = None
-        if batch is not None and not (batch.is_single_document and bool((batch.document_ids >= 0).all())):
+        if batch is not None and not batch.is_one_document_per_row:
             layout = segments(batch)
         for i, layer in enumerate(self.layers):
             x = layer(x, layout, None if cache is None else cache.states[i])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from headway.data.collate import Batch
-from headway.data.vocab import Vocab
 from headway.heads.lm_head import HeadBase
+from headway.types import Batch, Vocab
 
 
 class LanguageModel(nn.Module):
@@ -43,13 +42,12 @@ class LanguageModel(nn.Module):
             raise ValueError("generate: this backbone is bidirectional and cannot generate left to right")
         single = prompt.dim() == 1
         ids = prompt[None] if single else prompt
-        cache = self.backbone.new_cache(ids.shape[0]) if hasattr(self.backbone, "new_cache") else None
+        cache = self.backbone.new_cache(ids.shape[0])
         out: list[Tensor] = []
         step_in = ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            h = self.backbone(self.embedding(step_in), None, cache) if cache is not None else self.hidden(
-                torch.cat([ids, *[o[:, None] for o in out]], 1))
+            h = self.backbone(self.embedding(step_in), None, cache)
             z = self.head.logits(h, keep_last=1)[:, -1]  # (B, V)
             nxt = sample(z, temperature, top_k, top_p, generator)
             if eos_id is not None:

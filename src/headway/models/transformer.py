@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headway.data.collate import Batch
 from headway.masks import sdpa_mask
+from headway.types import Batch
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Transformer(nn.Module):
         mask, causal = None, False
         if batch is not None:
             pos = batch.position_ids
-            if batch.is_causal and batch.is_single_document and bool((batch.document_ids >= 0).all()):
+            if batch.is_one_causal_document_per_row:
                 causal = S > 1  # one causal document per row: the fast built-in causal kernel
             else:
                 mask = sdpa_mask(batch)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from headway.data.vocab import Vocab
 from headway.objectives.base import Example, Objective, decoder_only
 from headway.objectives.clm import CLM
 from headway.objectives.fim import FIM, fim_parts
@@ -12,9 +11,10 @@ from headway.objectives.mlm import MLM
 from headway.objectives.prefix_lm import PrefixLM
 from headway.objectives.span import SpanCorruption, reconstruct
 from headway.objectives.ul2 import Mixture, ul2, ul2_decoder, ul2r
+from headway.types import Vocab
 
 __all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Example", "Objective", "decoder_only",
-           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "NAMES"]
+           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective"]
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None
 
@@ -35,8 +35,6 @@ def _single(name: str, vocab: Vocab, codec: Codec) -> Objective:
         raise ValueError(f"unknown objective {name!r}; choose from {sorted(makers)} or a mix like 'clm:0.5,fim:0.5'")
     return makers[name]()
 
-
-NAMES = ("clm", "mlm", "prefix_lm", "fim", "span", "ul2", "ul2r", "ul2_decoder")
 
 
 def build_objective(spec: str, vocab: Vocab, codec: Codec = None) -> Objective:

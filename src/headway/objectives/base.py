@@ -1,42 +1,13 @@
-"""What every objective returns, and the decoder-only layout they share."""
+"""The decoder-only layout objectives share (`Example` and `Objective` are in `headway.types`)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from headway.constants import IGNORE_INDEX
+from headway.types import Example, Objective
 
-
-@dataclass
-class Example:
-    """One training example: `labels[t]` is the target of position t (aligned, never shifted later).
-
-    `prefix_length` leading positions attend bidirectionally (0: causal; len: fully bidirectional).
-    """
-
-    input_ids: np.ndarray  # (L,) int64
-    labels: np.ndarray  # (L,) int64, IGNORE_INDEX where no target
-    prefix_length: int = 0
-
-    def __post_init__(self) -> None:
-        self.input_ids = np.asarray(self.input_ids, dtype=np.int64)
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        if self.input_ids.shape != self.labels.shape or self.input_ids.ndim != 1:
-            raise ValueError(f"Example: input_ids {self.input_ids.shape} and labels {self.labels.shape} "
-                             "must be 1-D of equal length")
-        if not 0 <= self.prefix_length <= len(self.input_ids):
-            raise ValueError(f"Example: prefix_length must be in [0, {len(self.input_ids)}], "
-                             f"got {self.prefix_length}")
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def num_targets(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
+__all__ = ["Example", "Objective", "decoder_only", "check_rate"]
 
 
 def decoder_only(inputs: np.ndarray, targets: np.ndarray, eos: int, bidirectional_inputs: bool) -> Example:
@@ -56,18 +27,6 @@ def decoder_only(inputs: np.ndarray, targets: np.ndarray, eos: int, bidirectiona
     labels[len(inputs) - 1 : len(ids) - 1] = targets
     labels[-1] = eos
     return Example(ids, labels, len(inputs) if bidirectional_inputs else 0)
-
-
-class Objective(Protocol):
-    """`objective(tokens, rng) -> Example` for one document's base token ids (no EOS)."""
-
-    name: str
-
-    def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example: ...
-
-    def max_tokens(self, row_length: int) -> int:
-        """The longest document chunk whose example still fits in a row of `row_length`."""
-        ...
 
 
 def check_rate(name: str, value: float, low: float = 0.0, high: float = 1.0) -> float:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.objectives.base import Example, decoder_only
+from headway.objectives.base import decoder_only
+from headway.types import Example
 
 
 @dataclass
@@ -19,6 +20,8 @@ class CLM:
 
     eos: int
     name: str = "clm"
+    needs_bidirectional = False  # (class attributes, not fields: what the objective needs of the model)
+    trains_left_to_right = True
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
         return decoder_only(np.array([self.eos]), tokens, self.eos, bidirectional_inputs=False)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.data.vocab import Vocab
-from headway.objectives.base import Example, check_rate, decoder_only
+from headway.objectives.base import check_rate, decoder_only
+from headway.types import Example, Vocab
 
 RETOKENIZE_MARGIN = 8  # tokens a character-level split may add when the parts are re-encoded
 
@@ -22,8 +22,8 @@ class FIM:
 
     as a causal example whose every token after the first, then EOS, is a target; otherwise a plain
     CLM example. With `encode`/`decode` the two split points are uniform *character* positions
-    (the parts are re-encoded; empty parts allowed); without them, token positions. `<fim_pad>`
-    never appears as a target.
+    (the parts are re-encoded; empty parts allowed); without them, token positions. No filler
+    token is ever emitted (FIM examples pack like any other; padding is never a target).
     """
 
     vocab: Vocab
@@ -32,6 +32,8 @@ class FIM:
     encode: Callable[[str], list[int]] | None = None
     decode: Callable[[list[int]], str] | None = None
     name: str = "fim"
+    needs_bidirectional = False  # (class attributes, not fields: what the objective needs of the model)
+    trains_left_to_right = True
 
     def __post_init__(self) -> None:
         check_rate("FIM: `rate`", self.rate)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from headway.constants import IGNORE_INDEX
-from headway.data.vocab import Vocab
-from headway.objectives.base import Example, check_rate
+from headway.objectives.base import check_rate
+from headway.types import Example, Vocab
 
 
 @dataclass
@@ -28,6 +28,8 @@ class MLM:
     random_rate: float = 0.1
     word_starts: Callable[[np.ndarray], np.ndarray] | None = None
     name: str = "mlm"
+    needs_bidirectional = True  # (class attributes, not fields: what the objective needs of the model)
+    trains_left_to_right = False
 
     def __post_init__(self) -> None:
         check_rate("MLM: `rate`", self.rate)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.objectives.base import Example, decoder_only
+from headway.objectives.base import decoder_only
+from headway.types import Example
 
 
 @dataclass
@@ -18,6 +19,8 @@ class PrefixLM:
     split: int | None = None
     mode_id: int | None = None  # e.g. UL2's [S2S]: prepended to the bidirectional prefix
     name: str = "prefix_lm"
+    needs_bidirectional = False  # (class attributes, not fields: what the objective needs of the model)
+    trains_left_to_right = True
 
     def __post_init__(self) -> None:
         if self.split is not None and self.split < 1:

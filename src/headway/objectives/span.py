@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.data.vocab import Vocab
-from headway.objectives.base import Example, decoder_only
+from headway.objectives.base import decoder_only
+from headway.types import Example, Vocab
 
 
 def _segments(rng: np.random.Generator, total: int, parts: int, allow_empty_ends: bool) -> np.ndarray:
@@ -50,6 +50,8 @@ class SpanCorruption:
     mean_span_length: float = 3.0
     mode_token: str | None = None
     name: str = "span"
+    needs_bidirectional = False  # (class attributes, not fields: what the objective needs of the model)
+    trains_left_to_right = True
 
     def __post_init__(self) -> None:
         d, mu = self.noise_density, self.mean_span_length

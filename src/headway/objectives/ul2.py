@@ -6,11 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headway.data.vocab import Vocab
-from headway.objectives.base import Example, Objective
 from headway.objectives.clm import CLM
 from headway.objectives.prefix_lm import PrefixLM
 from headway.objectives.span import SpanCorruption
+from headway.types import Example, Objective, Vocab
 
 
 class Mixture:
@@ -25,6 +24,9 @@ class Mixture:
         self.members = [m for m, _ in members]
         self.probs = weights / weights.sum()
         self.name = name
+        live = [m for m, p in zip(self.members, self.probs) if p > 0]
+        self.needs_bidirectional = any(m.needs_bidirectional for m in live)
+        self.trains_left_to_right = any(m.trains_left_to_right for m in live)
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
         i = int(rng.choice(len(self.members), p=self.probs))

@@ -13,9 +13,8 @@ from headway.data.collate import Batch, collate
 from headway.data.corpus import Document, load_paths, split, stdlib_corpus
 from headway.data.packing import Packer, examples_from_documents
 from headway.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
-from headway.data.vocab import Vocab
-from headway.objectives.base import Objective
 from headway.train.config import TrainConfig
+from headway.types import Objective, Vocab
 
 
 @dataclass

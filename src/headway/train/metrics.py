@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from headway.constants import IGNORE_INDEX
-from headway.data.collate import Batch
 from headway.models.lm import LanguageModel
+from headway.types import Batch
 
 
 @dataclass
