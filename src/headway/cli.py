@@ -43,7 +43,10 @@ TRAIN_HELP = {
     "eval_stride": "validation windows start every N tokens and score only tokens not scored before, so each "
                    "has at least seq_len - N tokens of context (0: seq_len // 2; seq_len: non-overlapping)",
     "eval_tokens": "cap on validation tokens for the periodic evaluations (the final one uses all)",
-    "checkpoint_every": "save a checkpoint every N steps (0: only at the end and on Ctrl-C)",
+    "checkpoint_every": "save a checkpoint every N steps (0: only at the end, on Ctrl-C / SIGTERM and on divergence)",
+    "keep_checkpoints": "keep only the newest N checkpoints (0: keep all)",
+    "on_nan": "what a non-finite loss or gradient norm does: stop (save the last good weights, exit 3) | skip "
+              "(drop that batch; 20 in a row stop the run)",
     "log_every": "write a metrics.jsonl line every N steps",
     "threads": "torch CPU threads (0: every core)",
     "allow_leak": "train a causal objective even when the causality check finds a leak (experts only)",
@@ -57,22 +60,30 @@ TRAIN_HELP = {
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from headway.train.config import TrainConfig
+    """One flag per TrainConfig field. Defaults are not filled in by argparse (SUPPRESS), so a
+    resumed run can tell the flags the user gave from the ones it should take from the run."""
+    from headway.train.config import RESUMABLE, TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         h = TRAIN_HELP[f.name] + (f" (default: {default})" if default not in (None, [], False) else "")
+        h += "" if f.name in RESUMABLE else " [fixed for the run: --resume refuses a new value]"
         if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", help=h)
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=h)
         elif f.name == "data":
-            p.add_argument(flag, nargs="+", default=[], metavar="PATH", help=h)
+            p.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="PATH", help=h)
         else:
             typ = {"int | None": int, "float | None": float}.get(str(f.type), type(default) if default is not None
                                                                    else str)
-            p.add_argument(flag, type=typ, default=default, help=h)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
-                   "(same data order, optimizer state and step)")
+            p.add_argument(flag, type=typ, default=argparse.SUPPRESS, help=h)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue the run in --out from its latest checkpoint, or from CHECKPOINT (a step-* folder): "
+                   "same data order, optimizer state and step. Flags left out keep the run's values; the schedule "
+                   "length (--steps/--tokens/--time-budget), logging, evaluation, checkpointing and hardware flags "
+                   "may change, the others are refused when they differ")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds an earlier run, "
+                   "replacing its checkpoints and metrics (without it such a folder is refused)")
 
 
 def _print_summary(s, cfg) -> None:  # noqa: ANN001
@@ -82,7 +93,9 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
             ("parameters", f"{s.params / 1e6:.2f}M"),
             ("peak memory (RSS)", f"{s.peak_rss_mib:.0f} MiB"),
             ("final train loss", f"{s.final_loss:.4f}")]
-    if s.val:
+    if s.val and not s.val.get("tokens"):
+        rows += [("validation", s.val.get("note", "no validation tokens"))]
+    elif s.val:
         rows += [("validation loss", f"{s.val['loss']:.4f} nats/token (ppl {s.val['perplexity']:.2f})"),
                  ("validation bits/byte", f"{s.val['bits_per_byte']:.4f}")]
         rows += [(k, f"{v:.4f} bits/byte") for k, v in s.compressors.items()]
@@ -92,7 +105,7 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
     print("-" * 60)
     for k, v in rows:
         print(f"{k:<{w}}  {v}")
-    if s.val and s.compressors:
+    if s.val.get("tokens") and s.compressors:
         xz = s.compressors["xz -9e (per file)"]
         verdict = "beats" if s.val["bits_per_byte"] < xz else "does not beat"
         print(f"-> the model {verdict} xz -9e per file ({s.val['bits_per_byte']:.3f} vs {xz:.3f} bits/byte)")
@@ -106,33 +119,52 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
 def cmd_train(a: argparse.Namespace) -> int:
     from headway.train.config import TrainConfig
     from headway.train.loop import run
+    from headway.train.signals import Interrupted
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k for k in vars(a) if k in fields}
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
-    s = run(cfg, resume=a.resume)
-    if s.interrupted:
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun one process reports
+    try:
+        s = run(cfg, resume=a.resume, given=given, overwrite=a.overwrite)
+    except Interrupted as e:
+        print(f"headway train: stopped by {e} before training started; nothing to save", file=sys.stderr)
+        return e.exit_code
+    if s.exit_code == 0 and int(os.environ.get("RANK", "0")) == 0:  # under torchrun one process reports
         _print_summary(s, TrainConfig.load(Path(cfg.out) / "config.json"))
-    return 0
+    elif s.ended not in ("done", "SIGINT", "SIGTERM"):
+        print(f"headway train: {s.ended}: {s.message}", file=sys.stderr)
+    return s.exit_code
 
 
-def load_run(ckpt: str, device: str = "cpu"):  # noqa: ANN201
-    """(model, tokenizer, vocab, config) from a checkpoint or run folder."""
+def load_run(ckpt: str, device: str = "cpu", generating: bool = False):  # noqa: ANN201
+    """(model, tokenizer, vocab, config) from a checkpoint or run folder. `generating`: refuse a
+    model that was never trained to predict left to right (MLM), whose samples would be noise."""
     from headway.data.tokenizer import load_tokenizer
-    from headway.data.vocab import Vocab
-    from headway.models import build_model
+    from headway.objectives import build_objective
     from headway.train.checkpoint import load_checkpoint, resolve
     from headway.train.config import TrainConfig
+    from headway.train.loop import make_model
+    from headway.types import Vocab
 
     folder = resolve(Path(ckpt))
     cfg = TrainConfig.load(folder / "config.json")
     tok = load_tokenizer(folder)
     vocab = Vocab(tok.base_size)
-    model = build_model(vocab, cfg.backbone, cfg.size, bidirectional=cfg.objective.strip() == "mlm"
-                        and cfg.backbone == "gated_ssm", z_loss=cfg.z_loss, tie_head=not cfg.tensor_parallel_head)
+    objective = build_objective(cfg.objective, vocab, (tok.encode, tok.decode))
+    if generating and not objective.trains_left_to_right:
+        raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "
+                         "right; it cannot sample or infill (use `headway eval`, or train with clm / fim / ul2)")
+    model = make_model(cfg, objective, vocab)
     load_checkpoint(folder, model, None, device)
     return model.to(device).eval(), tok, vocab, cfg
+
+
+def _encode_arg(tok, text: str, flag: str) -> list[int]:  # noqa: ANN001
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{flag} is not valid UTF-8 text") from None
+    return tok.encode(text)
 
 
 def _sampling(p: argparse.ArgumentParser) -> None:
@@ -146,9 +178,9 @@ def _sampling(p: argparse.ArgumentParser) -> None:
 def cmd_sample(a: argparse.Namespace) -> int:
     import torch
 
-    model, tok, vocab, _ = load_run(a.checkpoint)
+    model, tok, vocab, _ = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
-    ids = tok.encode(a.prompt)
+    ids = _encode_arg(tok, a.prompt, "--prompt")
     if not ids:
         ids = [vocab.eos]
     new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
@@ -160,10 +192,10 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_infill(a: argparse.Namespace) -> int:
     import torch
 
-    model, tok, vocab, _ = load_run(a.checkpoint)
+    model, tok, vocab, _ = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
-    mid = model.infill(torch.tensor(tok.encode(a.prefix), dtype=torch.long),
-                       torch.tensor(tok.encode(a.suffix), dtype=torch.long), vocab, a.max_new_tokens,
+    mid = model.infill(torch.tensor(_encode_arg(tok, a.prefix, "--prefix"), dtype=torch.long),
+                       torch.tensor(_encode_arg(tok, a.suffix, "--suffix"), dtype=torch.long), vocab, a.max_new_tokens,
                        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=g)
     color = sys.stdout.isatty()
     print(a.prefix + ("\033[32m" if color else "") + tok.decode(mid.tolist()) + ("\033[0m" if color else "")
@@ -207,16 +239,24 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from headway.data.corpus import load_paths
     from headway.train.metrics import compressor_bits_per_byte, evaluate
 
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.seq_len is not None and a.seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 2, got {a.seq_len}")
+    if a.stride is not None and not 1 <= a.stride <= (a.seq_len or 10**9):
+        raise ValueError(f"--stride must be in [1, --seq-len], got {a.stride}")
     model, tok, vocab, cfg = load_run(a.checkpoint)
     docs = load_paths(a.data, a.text_field)
     ids = [x for x in tok.encode_batch([d.text for d in docs]) if len(x)]
+    if not ids:
+        raise ValueError(f"--data: the {len(docs)} documents hold no text; nothing to evaluate")
     n_bytes = sum(d.num_bytes for d in docs)
     S = a.seq_len or cfg.seq_len
     r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
                  stride=a.stride or S // 2)
     print(f"{len(docs)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
     print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
-    for k, v in compressor_bits_per_byte([d.text for d in docs]).items():
+    for k, v in compressor_bits_per_byte([d.text for d in docs if d.text]).items():
         print(f"{k}: {v:.4f} bits/byte")
     return 0
 

@@ -59,25 +59,40 @@ def stdlib_corpus() -> list[Document]:
 
 
 def _jsonl(path: Path, field: str, name: str) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
-            if field not in row or not isinstance(row[field], str):
-                raise ValueError(f"{path}:{i + 1}: no string field {field!r} (have {sorted(row)[:8]})")
-            yield Document(f"{name}:{i + 1}", row[field])
+    """One document per line from the string `field` of each JSON object; a clear error naming the
+    file and line for anything else (bad JSON, a bare string/number/null, a missing field)."""
+    try:
+        f = path.open(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--data: cannot read {path}: {e.strerror or e}") from None
+    with f:
+        i = 0
+        try:
+            for i, line in enumerate(f):  # noqa: B007
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{i + 1}: expected a JSON object with a string field {field!r}, got "
+                                     f"{type(row).__name__} {str(row)[:40]!r}")
+                if field not in row or not isinstance(row[field], str):
+                    raise ValueError(f"{path}:{i + 1}: no string field {field!r} (have {sorted(row)[:8]}); "
+                                     "choose it with --text-field")
+                yield Document(f"{name}:{i + 1}", row[field])
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{i + 2}: not UTF-8 text ({e.reason})") from None
 
 
-def load_paths(paths: list[str], text_field: str = "text") -> list[Document]:
+def load_paths(paths: list[str], text_field: str = "text", log=print) -> list[Document]:  # noqa: ANN001
     """Text files, folders (recursively, files with a text suffix) and `.jsonl` files (one document
     per line, from `text_field`); a HuggingFace `datasets` name saved locally (`load_from_disk`).
     Documents are named by their path relative to the folder given (prefixed with its name), so the
     train/validation split does not depend on where the data lies."""
     docs: list[Document] = []
+    skipped: list[str] = []
     for spec in paths:
         p = Path(spec)
         if p.is_dir() and (p / "dataset_info.json").exists():
@@ -85,18 +100,26 @@ def load_paths(paths: list[str], text_field: str = "text") -> list[Document]:
         elif p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in TEXT_SUFFIXES):
                 name = f"{p.name}/{f.relative_to(p).as_posix()}"
-                docs.extend(_jsonl(f, text_field, name) if f.suffix == ".jsonl" else _one(f, name))
+                docs.extend(_jsonl(f, text_field, name) if f.suffix == ".jsonl" else _one(f, name, skipped))
         elif p.is_file():
-            docs.extend(_jsonl(p, text_field, p.name) if p.suffix == ".jsonl" else _one(p, p.name))
+            docs.extend(_jsonl(p, text_field, p.name) if p.suffix == ".jsonl" else _one(p, p.name, skipped))
         else:
             raise FileNotFoundError(f"--data: {spec!r} is neither a file nor a folder")
+    why = ""
+    if skipped:
+        why = (f"{len(skipped)} file(s) skipped as unreadable or not UTF-8 text, e.g. "
+               + ", ".join(skipped[:3]) + ("..." if len(skipped) > 3 else ""))
     if not docs:
-        raise ValueError(f"--data: no documents found in {paths}")
+        raise ValueError(f"--data: no documents found in {paths}" + (f" ({why})" if why else ""))
+    if why:
+        log(f"warning: --data: {why}")
     return docs
 
 
-def _one(path: Path, name: str) -> list[Document]:
+def _one(path: Path, name: str, skipped: list[str]) -> list[Document]:
     text = _read(path)
+    if text is None:
+        skipped.append(str(path))
     return [Document(name, text)] if text else []
 
 

@@ -14,7 +14,7 @@ from headway.objectives.ul2 import Mixture, ul2, ul2_decoder, ul2r
 from headway.types import Vocab
 
 __all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Example", "Objective", "decoder_only",
-           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective"]
+           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec"]
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None
 
@@ -37,20 +37,40 @@ def _single(name: str, vocab: Vocab, codec: Codec) -> Objective:
 
 
 
+SINGLE = ("clm", "mlm", "prefix_lm", "fim", "span", "ul2", "ul2r", "ul2_decoder")
+
+
+def check_spec(spec: str) -> list[tuple[str, float]]:
+    """Parse an objective spec without a vocabulary: [(name, weight)], or a ValueError naming the
+    bad part (unknown name, a weight that is not a finite number >= 0, no positive weight)."""
+    import math
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"objective spec is empty; choose from {list(SINGLE)} or a mix like 'clm:0.5,fim:0.5'")
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    out = []
+    for p in parts:
+        name, colon, w = p.partition(":")
+        name = name.strip()
+        if name not in SINGLE:
+            raise ValueError(f"unknown objective {name!r} in {spec!r}; choose from {list(SINGLE)} or a mix like "
+                             "'clm:0.5,fim:0.5'")
+        try:
+            weight = float(w) if colon else 1.0
+        except ValueError:
+            raise ValueError(f"objective spec {spec!r}: weight {w!r} of {name!r} is not a number") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"objective spec {spec!r}: weight of {name!r} must be a finite number >= 0, got {w!r}")
+        out.append((name, weight))
+    if sum(w for _, w in out) <= 0:
+        raise ValueError(f"objective spec {spec!r}: the weights must have a positive sum")
+    return out
+
+
 def build_objective(spec: str, vocab: Vocab, codec: Codec = None) -> Objective:
     """'clm' -> CLM; 'clm:0.5,fim:0.5' -> a 50/50 Mixture. `fim` alone always transforms (rate 1);
     mix it with clm for the usual FIM rate. `codec` = (encode, decode) for character-level FIM."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if not parts:
-        raise ValueError("objective spec is empty")
-    if len(parts) == 1 and ":" not in parts[0]:
-        return _single(parts[0], vocab, codec)
-    members = []
-    for p in parts:
-        name, _, w = p.partition(":")
-        try:
-            weight = float(w) if w else 1.0
-        except ValueError:
-            raise ValueError(f"objective spec {spec!r}: weight {w!r} of {name!r} is not a number") from None
-        members.append((_single(name.strip(), vocab, codec), weight))
-    return Mixture(members, name=spec)
+    parsed = check_spec(spec)
+    if len(parsed) == 1 and ":" not in spec:
+        return _single(parsed[0][0], vocab, codec)
+    return Mixture([(_single(name, vocab, codec), weight) for name, weight in parsed], name=spec)

@@ -2,11 +2,14 @@
 
 A checkpoint is written to a temporary folder and renamed into place, and `latest` is updated by
 an atomic rename too, so an interrupted or failed write never replaces the last good checkpoint.
-`state.json` records the SHA-256 of the weights; a file that does not match is refused.
+`state.json` records the SHA-256 of every file in the folder; a missing or altered file is refused
+by name, and `newest_intact` finds the newest checkpoint that still verifies. Weights that are
+not finite are never written. A full disk is reported as such, naming the folder.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,8 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 class CheckpointError(RuntimeError):
+    pass
+
+
+class DiskFullError(CheckpointError):
     pass
 
 
@@ -27,6 +36,10 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "state.json")
 
 
 def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
@@ -59,21 +72,56 @@ def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu
     model.load_state_dict(sd, strict=True)
 
 
+def non_finite(model: nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity (a diverged model)."""
+    bad = []
+    for n, p in model.named_parameters():
+        t = p.to_local() if hasattr(p, "to_local") else p
+        if not bool(torch.isfinite(t.detach()).all()):
+            bad.append(n)
+    return bad
+
+
+def disk_full_message(e: BaseException, folder: Path) -> str | None:
+    """A clear message when `e` is a write failure for lack of space, else None."""
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+        reason = os.strerror(e.errno)
+    elif isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "No space left", "File too large",
+                                                                      "PytorchStreamWriter failed")):
+        reason = str(e).splitlines()[0]
+    else:
+        return None
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"the disk holding {folder} is full ({reason}; {free}): the checkpoint was not written and the last "
+            "good one is kept; free some space (or use --keep-checkpoints N) and resume with --resume")
+
+
 def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict, extra_files: dict[str, Path] | None = None) -> Path:
-    """Write `out/step-{step}` atomically and point `out/latest` at it. Returns the folder."""
+                    state: dict, extra_files: dict[str, Path] | None = None, keep: int = 0) -> Path:
+    """Write `out/step-{step}` atomically and point `out/latest` at it; keep the newest `keep`
+    checkpoints (0: all). Refuses non-finite weights. Returns the folder."""
+    bad = non_finite(model)
+    if bad:
+        raise CheckpointError(f"refusing to save step {step}: parameters {bad[:3]} are not finite (the run "
+                              "diverged); the last good checkpoint is kept")
     tmp, final = checkpoint_folders(out, step)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         save_weights(model, tmp / "model.safetensors")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        finish_checkpoint(out, tmp, final, state, step)
-    except BaseException:
+        finish_checkpoint(out, tmp, final, state, step, keep)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        msg = disk_full_message(e, out)
+        if msg:
+            raise DiskFullError(msg) from None
         raise
     return final
 
@@ -83,17 +131,35 @@ def checkpoint_folders(out: Path, step: int) -> tuple[Path, Path]:
     return out / f".tmp-step-{step:07d}", out / f"step-{step:07d}"
 
 
-def finish_checkpoint(out: Path, tmp: Path, final: Path, state: dict, step: int) -> None:
-    """Write state.json (with the weights' checksum) into `tmp`, rename it to `final`, then
-    point `out/latest` at it by an atomic rename."""
-    meta = dict(state, step=step, weights_sha256=_sha256(tmp / "model.safetensors"))
+def finish_checkpoint(out: Path, tmp: Path, final: Path, state: dict, step: int, keep: int = 0) -> None:
+    """Write state.json (the SHA-256 of every file) into `tmp`, rename it to `final`, point
+    `out/latest` at it by an atomic rename, then prune to the newest `keep` checkpoints.
+
+    An older folder of the same step is renamed away first and deleted only after `latest` points
+    at the new one, so no crash leaves `latest` pointing at nothing."""
+    files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in _files(tmp)}
+    meta = dict(state, step=step, files=files, weights_sha256=files.get("model.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    old = None
     if final.exists():
-        shutil.rmtree(final)
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
     link = out / ".latest.tmp"
     link.write_text(final.name)
     os.replace(link, out / "latest")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if keep:
+        for folder in checkpoints(out)[:-keep]:
+            if folder != final:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first."""
+    return sorted(p for p in out.glob("step-*") if p.is_dir() and not p.name.endswith(".old"))
 
 
 def resolve(path: Path) -> Path:
@@ -105,26 +171,59 @@ def resolve(path: Path) -> Path:
     raise CheckpointError(f"{path} is neither a checkpoint folder (no state.json) nor a run folder (no latest)")
 
 
+def verify(ck: Path, need_optimizer: bool = False) -> dict:
+    """state.json of checkpoint `ck` after checking every file it lists; CheckpointError naming the
+    first missing or altered file."""
+    try:
+        state = json.loads((ck / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ck}: state.json is missing or unreadable ({e})") from None
+    files = state.get("files") or {"model.safetensors": state.get("weights_sha256")}  # older checkpoints: weights
+    required = ["model.safetensors"] + (["optimizer.pt"] if need_optimizer and not state.get("sharded") else [])
+    for name in required:
+        if name not in files:
+            raise CheckpointError(f"checkpoint {ck}: {name} is not part of it")
+    for name, digest in files.items():
+        p = ck / name
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {ck}: {name} is missing")
+        if _sha256(p) != digest:
+            raise CheckpointError(f"checkpoint {ck}: {name} is corrupt (checksum mismatch); refusing to load it")
+    return state
+
+
+def newest_intact(out: Path, need_optimizer: bool = True) -> Path | None:
+    for ck in reversed(checkpoints(out)):
+        try:
+            verify(ck, need_optimizer)
+            return ck
+        except CheckpointError:
+            continue
+    return None
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     device: str | torch.device = "cpu") -> dict:
-    """Load weights (and optimizer) into the given objects; returns state.json. Refuses corrupt files."""
+    """Load weights (and optimizer) into the given objects after verifying every file; returns
+    state.json. A bad checkpoint is refused naming the file and the newest intact one."""
     from safetensors import SafetensorError
 
     ck = resolve(path)
     try:
-        state = json.loads((ck / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {ck}: state.json is unreadable ({e})") from None
-    weights = ck / "model.safetensors"
-    if not weights.exists() or _sha256(weights) != state.get("weights_sha256"):
-        raise CheckpointError(f"checkpoint {ck}: model.safetensors is missing or corrupt (checksum mismatch); "
-                              "refusing to load it")
+        state = verify(ck, need_optimizer=optimizer is not None)
+    except CheckpointError as e:
+        alt = newest_intact(ck.parent, optimizer is not None) if ck.parent.is_dir() else None
+        hint = f"; the newest intact checkpoint is {alt}: resume from it with --resume {alt}" if alt else ""
+        raise CheckpointError(f"{e}{hint}") from None
     try:
-        load_weights(model, weights, device)
+        load_weights(model, ck / "model.safetensors", device)
     except (SafetensorError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {ck}: weights do not fit this model ({e})") from None
     if optimizer is not None and (ck / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+        try:
+            optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+        except (RuntimeError, ValueError, KeyError, EOFError) as e:
+            raise CheckpointError(f"checkpoint {ck}: optimizer.pt does not fit this optimizer ({e})") from None
     return state
 
 

@@ -1,9 +1,11 @@
-"""Training configuration: one dataclass, saved as JSON beside every checkpoint."""
+"""Training configuration: one dataclass, validated whole before any work, saved as JSON beside
+every checkpoint; which fields a resumed run may change."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,15 +41,19 @@ class TrainConfig:
     eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
     eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals (final eval uses all)
     checkpoint_every: int = 0
+    keep_checkpoints: int = 0  # 0: keep every checkpoint
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0: all cores
+    on_nan: str = "stop"  # a non-finite loss or gradient norm: stop | skip (the batch)
     allow_leak: bool = False
     compile: bool = False
     parallel: str = "ddp"  # under torchrun: ddp | fsdp
     tensor_parallel_head: bool = False
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -56,23 +62,101 @@ class TrainConfig:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def check(self) -> None:
-        """Clear errors for values no run can use."""
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
+        """Clear errors, naming the flag, for every value no run can use — before any work."""
+        from headway.models import BACKBONES, parse_size
+        from headway.objectives import check_spec
 
-        need(self.seq_len >= 8, f"--seq-len must be >= 8, got {self.seq_len}")
-        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        need(self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}")
-        need(self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
-        need(self.tokens is None or self.tokens >= 1, f"--tokens must be >= 1, got {self.tokens}")
-        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
-        need(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        need(self.precision in ("auto", "fp32", "bf16", "fp16"),
-             f"--precision must be auto|fp32|bf16|fp16, got {self.precision}")
-        need(self.device in ("auto", "cpu", "cuda"), f"--device must be auto|cpu|cuda, got {self.device}")
-        need(self.tokenizer in ("bpe", "bytes"), f"--tokenizer must be bpe|bytes, got {self.tokenizer}")
-        need(self.vocab_size >= 260, f"--vocab-size must be >= 260, got {self.vocab_size}")
-        need(0 <= self.eval_stride <= self.seq_len, f"--eval-stride must be in [0, seq_len], got {self.eval_stride}")
-        need(self.packing in ("bfd", "concat"), f"--packing must be bfd|concat, got {self.packing}")
-        need(self.parallel in ("ddp", "fsdp"), f"--parallel must be ddp|fsdp, got {self.parallel}")
+        def need(ok: bool, flag: str, expected: str, got: object) -> None:
+            if not ok:
+                raise ValueError(f"--{flag.replace('_', '-')} must be {expected}, got {got!r}")
+
+        def integer(name: str, low: int, high: int | None = None, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+            need(ok, name, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""), v)
+
+        def number(name: str, low: float, high: float | None = None, low_open: bool = False,
+                   optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > low if low_open else v >= low) and (high is None or v <= high)
+            rng = f"> {low}" if low_open else f">= {low}"
+            need(ok, name, f"a finite number {rng}" + (f" and <= {high}" if high is not None else ""), v)
+
+        integer("seq_len", 8, 1 << 20)
+        integer("batch_size", 1)
+        integer("grad_accum", 1)
+        integer("steps", 1, optional=True)
+        integer("tokens", 1, optional=True)
+        need(self.steps is None or self.tokens is None, "tokens", "left out when --steps is given (one budget)",
+             self.tokens)
+        number("time_budget", 0, low_open=True, optional=True)
+        need(self.steps is not None or self.tokens is not None or self.time_budget is not None, "time_budget",
+             "given when neither --steps nor --tokens is", self.time_budget)
+        number("lr", 0, low_open=True)
+        number("min_lr_ratio", 0, 1)
+        integer("warmup", 0)
+        number("weight_decay", 0)
+        number("grad_clip", 0)
+        number("z_loss", 0)
+        integer("seed", 0)
+        number("val_fraction", 0, 1, low_open=True)
+        need(self.val_fraction < 1, "val_fraction", "< 1", self.val_fraction)
+        integer("vocab_size", 260, 1 << 24)
+        integer("eval_every", 0)
+        integer("eval_stride", 0, self.seq_len)
+        integer("eval_tokens", 1, optional=True)
+        integer("checkpoint_every", 0)
+        integer("keep_checkpoints", 0)
+        integer("log_every", 1)
+        integer("threads", 0, 4096)
+        for name, choices in (("precision", ("auto", "fp32", "bf16", "fp16")), ("device", ("auto", "cpu", "cuda")),
+                              ("tokenizer", ("bpe", "bytes")), ("packing", ("bfd", "concat")),
+                              ("parallel", ("ddp", "fsdp")), ("on_nan", ("stop", "skip")),
+                              ("backbone", BACKBONES)):
+            need(getattr(self, name) in choices, name, "one of " + " | ".join(choices), getattr(self, name))
+        need(isinstance(self.data, list) and all(isinstance(p, str) and p for p in self.data), "data",
+             "a list of paths", self.data)
+        try:
+            parse_size(self.size)
+            check_spec(self.objective)
+        except ValueError as e:
+            raise ValueError(f"--{'size' if 'size' in str(e) else 'objective'}: {e}") from None
+
+
+# What a resumed run may change: the schedule's length, logging, evaluation, checkpointing and the
+# hardware it runs on. Everything else defines the model, its data or its optimization.
+RESUMABLE = frozenset({"steps", "tokens", "time_budget", "eval_every", "eval_stride", "eval_tokens",
+                       "checkpoint_every", "keep_checkpoints", "log_every", "threads", "device", "precision",
+                       "compile", "on_nan", "out"})
+
+
+def merge_for_resume(saved: TrainConfig, given: TrainConfig, names: set[str]) -> tuple[TrainConfig, dict]:
+    """The resumed run's config: the saved one, with the flags in `names` taken from `given`.
+    Refuses (ValueError naming them) flags outside RESUMABLE whose value differs; returns the
+    config and {flag: [old, new]} of what changed."""
+    changed, refused = {}, []
+    merged = dataclasses.replace(saved)
+    for n in sorted(names):
+        old, new = getattr(saved, n), getattr(given, n)
+        if old == new:
+            continue
+        if n not in RESUMABLE:
+            refused.append(f"--{n.replace('_', '-')} (run: {old!r}, given: {new!r})")
+            continue
+        setattr(merged, n, new)
+        if n != "out":
+            changed[n] = [old, new]
+    if refused:
+        raise ValueError("--resume: these flags define the model, its data or its optimization and cannot change "
+                         "in a resumed run: " + "; ".join(refused) + ". Leave them out (the run's values are "
+                         "used) or start a new run.")
+    if changed.get("steps") or changed.get("tokens"):  # one budget: the given one replaces the saved ones
+        for n in ("steps", "tokens"):
+            if n not in names:
+                setattr(merged, n, None)
+    return merged, changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,21 +44,40 @@ def _load_tokens(path: Path) -> list[np.ndarray]:
     return [flat[off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
 
-def prepare(cfg: TrainConfig, out: Path, log=print) -> RunData:  # noqa: ANN001
-    """Load and split the corpus; train (or reuse) the tokenizer in `out`; tokenize (cached)."""
-    docs: list[Document] = load_paths(cfg.data, cfg.text_field) if cfg.data else stdlib_corpus()
+def _content_key(cfg: TrainConfig, docs: list[Document], tok_hash: str | None) -> str:
+    """What the token cache depends on: every document's name and text (an edited file of equal
+    size changes it), the split, the tokenizer settings and, when reused, the tokenizer itself."""
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.name.encode("utf-8", "surrogatepass") + b"\0" + d.text.encode("utf-8", "surrogatepass") + b"\0")
+    return json.dumps({"data": cfg.data, "val": cfg.val_fraction, "tok": cfg.tokenizer, "vocab": cfg.vocab_size,
+                       "text_field": cfg.text_field, "sha256": h.hexdigest(), "tokenizer": tok_hash})
+
+
+def prepare(cfg: TrainConfig, out: Path, log=print, tokenizer_from: Path | None = None) -> RunData:  # noqa: ANN001
+    """Load and split the corpus; train the tokenizer (or keep the one in `tokenizer_from`, a
+    resumed run's checkpoint); tokenize (cached in `out`, keyed by content). Refuses a corpus with
+    no training tokens."""
+    docs: list[Document] = load_paths(cfg.data, cfg.text_field, log) if cfg.data else stdlib_corpus()
     name = ", ".join(cfg.data) if cfg.data else "Python standard library (.py sources)"
     train_docs, val_docs = split(docs, cfg.val_fraction)
-    key = json.dumps({"data": cfg.data, "val": cfg.val_fraction, "tok": cfg.tokenizer, "vocab": cfg.vocab_size,
-                      "n": len(docs), "bytes": sum(d.num_bytes for d in train_docs)})
+    tok: Tokenizer | None = None
+    tok_hash = None
+    if tokenizer_from is not None:  # a resumed run keeps its tokenizer, whatever the data now holds
+        tok = load_tokenizer(tokenizer_from)
+        tok_hash = hashlib.sha256((tokenizer_from / "tokenizer.json").read_bytes()).hexdigest()
+    key = _content_key(cfg, docs, tok_hash)
     stamp = out / "data.key"
     cached = stamp.exists() and stamp.read_text() == key and (out / "tokens-train.npz").exists()
     if cached:
-        tok = load_tokenizer(out)
+        tok = tok or load_tokenizer(out)
         train, val = _load_tokens(out / "tokens-train.npz"), _load_tokens(out / "tokens-val.npz")
         log(f"data: reusing the tokenizer and tokens cached in {out}")
     else:
-        if cfg.tokenizer == "bytes":
+        if tok is not None:
+            log(f"data: the data changed since the checkpoint; tokenizing with the run's own tokenizer "
+                f"({len(train_docs)} train documents now)")
+        elif cfg.tokenizer == "bytes":
             tok = ByteTokenizer()
         else:
             log(f"data: training a byte-level BPE of {cfg.vocab_size} tokens on {len(train_docs)} documents")
@@ -65,12 +85,16 @@ def prepare(cfg: TrainConfig, out: Path, log=print) -> RunData:  # noqa: ANN001
         log("data: tokenizing")
         train = tok.encode_batch([d.text for d in train_docs])
         val = tok.encode_batch([d.text for d in val_docs])
-        tok.save(out)
         _save_tokens(out / "tokens-train.npz", train)
         _save_tokens(out / "tokens-val.npz", val)
         stamp.write_text(key)
+    tok.save(out)
+    train = [t for t in train if len(t)]
+    if not train:
+        raise ValueError(f"--data: the {len(train_docs)} training documents hold no text (all empty); "
+                         "nothing to train on")
     vocab = Vocab(tok.base_size)
-    return RunData(tok, vocab, [t for t in train if len(t)], [t for t in val if len(t)], [d.text for d in val_docs],
+    return RunData(tok, vocab, train, [t for t in val if len(t)], [d.text for d in val_docs],
                    sum(d.num_bytes for d in val_docs), sum(d.num_bytes for d in train_docs), name)
 
 
@@ -79,6 +103,8 @@ def batches(docs: list[np.ndarray], objective: Objective, cfg: TrainConfig, pad:
     """Endless batches: each epoch shuffles the documents with `default_rng([seed, epoch])`, applies
     the objective, packs rows and groups them `batch_size` at a time. Row r goes to rank r % world.
     The first `skip` batches (of this rank) are generated and dropped (exact resume)."""
+    if not any(len(d) for d in docs):
+        raise ValueError("batches: no document holds a token")
     n = 0
     epoch = 0
     rows: list = []

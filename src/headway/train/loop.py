@@ -1,4 +1,11 @@
-"""The training loop behind `headway train`."""
+"""The training run behind `headway train`, in stages: build, train (steps), evaluate, finish.
+
+Every way a run can end goes through `finish`: it writes a checkpoint of the last good weights
+(never non-finite ones), `summary.json` with how the run ended, and the exit code:
+
+    0 done · 2 bad input · 3 diverged (non-finite loss or gradient) · 4 disk full
+    130 SIGINT · 143 SIGTERM
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,15 +25,28 @@ from headway.check import check_causal
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
-from headway.train.checkpoint import check_writable, load_checkpoint, resolve, save_checkpoint
-from headway.train.config import TrainConfig
+from headway.train.checkpoint import (
+    CheckpointError,
+    DiskFullError,
+    check_writable,
+    load_checkpoint,
+    resolve,
+    save_checkpoint,
+    verify,
+)
+from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.data import RunData, batches, prepare
 from headway.train.distributed import all_sum, barrier, broadcast_int, setup, teardown
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
+from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from headway.train.signals import Interrupted, Stopper
+from headway.types import Objective
 
 CALIBRATE_AT = 30  # with a time budget, the total step count is fixed from the speed of steps 10..30
+MAX_SKIPPED_IN_A_ROW = 20  # --on-nan skip: this many bad batches in a row stop the run anyway
+EXIT = {"done": 0, "diverged": 3, "disk full": 4}
 
 
 @dataclass
@@ -40,7 +61,14 @@ class Summary:
     peak_rss_mib: float = 0.0
     params: int = 0
     infill: dict = field(default_factory=dict)
-    interrupted: bool = False
+    ended: str = "done"  # done | SIGINT | SIGTERM | diverged | disk full
+    message: str = ""
+    exit_code: int = 0
+    skipped_batches: int = 0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ended in ("SIGINT", "SIGTERM")
 
     @property
     def tokens_per_second(self) -> float:
@@ -74,14 +102,21 @@ def _planned_steps(cfg: TrainConfig) -> int | None:
     return None
 
 
-def _make_model(cfg: TrainConfig, data: RunData) -> LanguageModel:
-    bidirectional = cfg.objective.strip() == "mlm" and cfg.backbone == "gated_ssm"
-    return build_model(data.vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss,
+def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel:  # noqa: ANN001
+    """The model an objective needs: a gated SSM gets its backward branch when the objective needs
+    bidirectional context (its direction is in its weights); the transformer follows each batch's
+    mask spec. An objective that needs both directions at once on the SSM is refused."""
+    bidirectional = objective.needs_bidirectional and cfg.backbone == "gated_ssm"
+    if bidirectional and objective.trains_left_to_right:
+        raise ValueError(f"--objective {cfg.objective}: mixes MLM (bidirectional) with left-to-right objectives; the "
+                         "gated SSM's direction is fixed in its weights, so it cannot do both. Use --backbone "
+                         "transformer (its mask follows each example) or train them separately")
+    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss,
                        tie_head=not cfg.tensor_parallel_head)
 
 
-def _guard_causality(model: LanguageModel, cfg: TrainConfig, log) -> None:  # noqa: ANN001
-    if cfg.objective.strip() == "mlm":
+def _guard_causality(model: LanguageModel, cfg: TrainConfig, log, objective: Objective | None = None) -> None:  # noqa: ANN001
+    if objective is not None and not objective.trains_left_to_right:
         return
     rep = check_causal(model, seq_len=16)
     if not rep.ok:
@@ -123,34 +158,71 @@ def _progress(total: int | None, initial: int):  # noqa: ANN202
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
-def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: ANN001, C901
-    """Train as configured; returns the summary (also written to `out/summary.json`)."""
-    t_wall = time.perf_counter()
+@dataclass
+class Run:
+    """Everything the stages share."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    precision: str
+    rank: int
+    world: int
+    log: Any
+    data: RunData
+    objective: Objective
+    model: LanguageModel
+    fwd: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sharded: bool
+    start_step: int
+    total: int | None
+    summary: Summary
+    stopper: Stopper
+    metrics: Any = None
+    step: int = 0
+    saved_step: int = -1
+    spent_before: float = 0.0  # training seconds of the earlier parts of a resumed run
+
+
+def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrite: bool, log, stopper: Stopper,
+          t_wall: float) -> Run:  # noqa: ANN001
+    """Validate everything, then data, model, optimizer and (on resume) their saved state."""
     cfg.check()
-    out = Path(cfg.out)
     device = pick_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    out = Path(cfg.out)
     rank, world = setup(device)
     if rank != 0:
         log = _quiet  # one process logs
+    ck, state, changed = None, {}, {}
+    if resume is not None:
+        ck = resolve(Path(resume) if resume != "latest" else out)
+        try:
+            verify(ck, need_optimizer=True)
+        except CheckpointError as e:
+            from headway.train.checkpoint import newest_intact
+
+            alt = newest_intact(ck.parent)
+            hint = f"; the newest intact checkpoint is {alt}: resume from it with --resume {alt}" if alt else ""
+            raise CheckpointError(f"{e}{hint}") from None
+        saved = TrainConfig.load(ck / "config.json")
+        cfg, changed = merge_for_resume(saved, cfg, set(vars(cfg)) if given is None else given)
+        cfg.check()
+    check_writable(out, need_bytes=64 * 2**20)
+    if rank == 0:
+        claim_output_folder(out, resume is not None, overwrite)
+    precision = resolve_precision(cfg.precision, device)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
-    start_step, state = 0, {}
-    if resume:
-        ck = resolve(out)
-        saved = TrainConfig.load(ck / "config.json")
-        saved.out, saved.steps, saved.tokens, saved.time_budget = cfg.out, cfg.steps, cfg.tokens, cfg.time_budget
-        cfg = saved
-    check_writable(out, need_bytes=64 * 2**20)
     if rank == 0:  # rank 0 trains the tokenizer and fills the cache; the others then read it
-        data = prepare(cfg, out, log)
+        data = prepare(cfg, out, log, tokenizer_from=ck)
     barrier()
     if rank != 0:
-        data = prepare(cfg, out, log)
-    model = _make_model(cfg, data).to(device)
-    _guard_causality(model, cfg, log)
-    n_params = sum(p.numel() for p in model.parameters())
+        data = prepare(cfg, out, log, tokenizer_from=ck)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
+    model = make_model(cfg, objective, data.vocab).to(device)
+    _guard_causality(model, cfg, log, objective)
     sharded = is_sharded(cfg.parallel, cfg.tensor_parallel_head, world)
     fwd: torch.nn.Module = parallelize(model, cfg.parallel, cfg.tensor_parallel_head, world, device)
     if world > 1:
@@ -159,142 +231,286 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Summary:  # noqa: 
             "threads")
     if cfg.compile:
         fwd = torch.compile(fwd)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     total = _planned_steps(cfg)
-    if resume:
-        if (resolve(out) / "dcp").is_dir():
-            state = load_sharded_checkpoint(out, model, opt)
-        else:
-            state = load_checkpoint(out, model, opt, device)
+    start_step = 0
+    if ck is not None:
+        state = load_sharded_checkpoint(ck, model, opt) if (ck / "dcp").is_dir() else load_checkpoint(
+            ck, model, opt, device)
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         start_step = state["step"]
-        total = state.get("total_steps") or total
-        log(f"resumed from step {start_step} of {total}")
-    cfg.save(out / "config.json")
-    log(f"model: {cfg.backbone}/{cfg.size}, {n_params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
+        if total is None and not ({"time_budget"} & set(changed)):
+            total = state.get("total_steps")
+        if total is not None and total <= start_step:
+            raise ValueError(f"--resume: the checkpoint is at step {start_step} and the run's budget is {total} "
+                             "steps: nothing to train; pass a larger --steps (or --tokens / --time-budget)")
+        log(f"resumed from step {start_step}" + (f" of {total}" if total else "") + (
+            f"; changed: {', '.join(f'--{k.replace(chr(95), chr(45))} {v[0]} -> {v[1]}' for k, v in changed.items())}"
+            if changed else ""))
+    if rank == 0:
+        cfg.save(out / "config.json")
+    summary = Summary(params=sum(p.numel() for p in model.parameters()), steps=start_step,
+                      tokens=state.get("tokens", 0))
+    run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
+              start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
+              spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)
+    if rank == 0:
+        trim_metrics(out / "metrics.jsonl", start_step)
+        run.metrics = (out / "metrics.jsonl").open("a")
+        if ck is not None:
+            _write(run, {"step": start_step, "resumed_from": str(ck), "changed": changed})
+    log(f"model: {cfg.backbone}/{cfg.size}, {summary.params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
         f"({data.vocab.base_size} base + {data.vocab.special_size} special), device {device}, "
         f"{precision}, {torch.get_num_threads()} threads")
     log(f"data: {data.corpus_name}: {len(data.train)} train / {len(data.val)} validation documents, "
         f"{sum(len(t) for t in data.train) / 1e6:.2f}M train tokens, objective {cfg.objective}")
-    stream = batches(data.train, objective, cfg, data.vocab.pad, skip=start_step * cfg.grad_accum, rank=rank,
-                     world=world, starts_char=data.tokenizer.starts_char())
-    metrics = (out / "metrics.jsonl").open("a") if rank == 0 else open(os.devnull, "w")
-    summary = Summary(params=n_params, steps=start_step, tokens=state.get("tokens", 0))
-    bar = _progress(total, start_step) if rank == 0 else None
-    extras = {"config.json": out / "config.json", "tokenizer.json": out / "tokenizer.json"}
+    return run
 
-    def ckpt(step: int) -> None:
-        st = {"total_steps": total, "tokens": summary.tokens, "seed": cfg.seed, "world_size": world}
-        if sharded:
-            save_sharded_checkpoint(out, step, model, opt, st, extras, rank)
-            return
-        if rank == 0:
-            save_checkpoint(out, step, model, opt, st, extras)
+
+def _write(run: Run, rec: dict) -> None:
+    if run.metrics is not None:
+        run.metrics.write(json.dumps(rec) + "\n")
+        run.metrics.flush()
+
+
+def save(run: Run) -> None:
+    """Checkpoint the current step (once per step) with everything needed to resume exactly."""
+    if run.saved_step == run.step:
+        return
+    cfg, s = run.cfg, run.summary
+    st = {"total_steps": run.total, "tokens": s.tokens, "seed": cfg.seed, "world_size": run.world,
+          "train_seconds": run.spent_before + s.train_seconds}
+    if run.scaler.is_enabled():
+        st["scaler"] = run.scaler.state_dict()
+    extras = {"config.json": run.out / "config.json", "tokenizer.json": run.out / "tokenizer.json"}
+    if run.sharded:
+        save_sharded_checkpoint(run.out, run.step, run.model, run.opt, st, extras, run.rank, cfg.keep_checkpoints)
+    else:
+        if run.rank == 0:
+            save_checkpoint(run.out, run.step, run.model, run.opt, st, extras, cfg.keep_checkpoints)
         barrier()
+    run.saved_step = run.step
 
-    def val(max_tokens: int | None) -> EvalResult:
-        with _autocast(precision, device):
-                return evaluate(model, data.val, data.val_bytes, data.vocab.eos, data.vocab.pad, cfg.seq_len,
-                            cfg.batch_size, device, max_tokens, cfg.eval_stride or cfg.seq_len // 2, rank, world)
 
-    step = start_step
+def validate(run: Run, max_tokens: int | None) -> EvalResult:
+    cfg = run.cfg
+    with _autocast(run.precision, run.device):
+        return evaluate(run.model, run.data.val, run.data.val_bytes, run.data.vocab.eos, run.data.vocab.pad,
+                        cfg.seq_len, cfg.batch_size, run.device, max_tokens, cfg.eval_stride or cfg.seq_len // 2,
+                        run.rank, run.world, should_stop=run.stopper.raise_if_requested)
+
+
+class Diverged(Exception):
+    pass
+
+
+def train_step(run: Run, stream, lr: float) -> tuple[float, bool]:  # noqa: ANN001
+    """One optimizer step over `grad_accum` micro-batches: (global loss, whether it was applied).
+    A non-finite loss or gradient norm is caught before the optimizer touches the weights."""
+    cfg = run.cfg
+    micro = [next(stream).to(run.device) for _ in range(cfg.grad_accum)]
+    n_items = all_sum(sum(b.num_targets for b in micro), run.device)  # global count: ranks x micro-batches
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    loss_sum = 0.0
+    for b in micro:
+        with _autocast(run.precision, run.device):
+            loss = run.fwd(b, num_items_in_batch=max(n_items, 1))
+        run.scaler.scale(loss * run.world).backward()  # DDP averages over ranks; the loss is already global
+        loss_sum += float(loss.detach())
+    run.scaler.unscale_(run.opt)
+    params = list(run.model.parameters())
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    if run.world > 1:
+        norm = clip_grad_norm_(params, clip)  # norm of the full, unsharded gradient
+    else:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    loss_val = all_sum(loss_sum, run.device)
+    run.summary.tokens += int(all_sum(sum(int((b.document_ids >= 0).sum()) for b in micro), run.device))
+    finite = math.isfinite(loss_val) and math.isfinite(norm)
+    if not finite and run.scaler.is_enabled() and math.isfinite(loss_val):
+        run.scaler.step(run.opt)  # fp16 overflow: the scaler skips this step and lowers the scale (by design)
+        run.scaler.update()
+        run.opt.zero_grad(set_to_none=True)
+        return loss_val, False
+    if not finite:
+        run.opt.zero_grad(set_to_none=True)
+        if cfg.on_nan == "stop":
+            raise Diverged(f"step {run.step + 1}: the loss ({loss_val}) or gradient norm ({norm}) is not finite")
+        return loss_val, False
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+    return loss_val, True
+
+
+def train(run: Run) -> None:
+    """Steps until the budget is spent; raises Interrupted (signal), Diverged or DiskFullError."""
+    cfg, s = run.cfg, run.summary
+    stream = batches(run.data.train, run.objective, cfg, run.data.vocab.pad, skip=run.start_step * cfg.grad_accum,
+                     rank=run.rank, world=run.world, starts_char=run.data.tokenizer.starts_char())
+    bar = _progress(run.total, run.start_step) if run.rank == 0 else None
     t_train = time.perf_counter()
     step_times: list[float] = []
-    loss_val = float("nan")
+    skipped_in_a_row = 0
+    per_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * run.world
     try:
-        while total is None or step < total:
+        run.stopper.deferred = True  # from here a signal stops at the next step boundary
+        while run.total is None or run.step < run.total:
+            if all_sum(1.0 if run.stopper.requested else 0.0, run.device) > 0:  # every rank stops together
+                raise Interrupted(run.stopper.signum or 15)
             t0 = time.perf_counter()
-            micro = [next(stream).to(device) for _ in range(cfg.grad_accum)]
-            n_items = all_sum(sum(b.num_targets for b in micro), device)  # global count: ranks x micro-batches
-            lr = lr_at(step, total or 10**9, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum = 0.0
-            for b in micro:
-                with _autocast(precision, device):
-                    loss = fwd(b, num_items_in_batch=max(n_items, 1))
-                (loss * world).backward()  # DDP averages gradients over ranks; the loss is already global
-                loss_sum += float(loss.detach())
-            if cfg.grad_clip > 0 and world > 1:
-                clip_grad_norm_(list(model.parameters()), cfg.grad_clip)  # norm of the full, unsharded gradient
-            elif cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            loss_val = all_sum(loss_sum, device)
-            summary.tokens += int(all_sum(sum(int((b.document_ids >= 0).sum()) for b in micro), device))
+            lr = lr_at(run.step, run.total or 10**9, cfg)
+            loss_val, applied = train_step(run, stream, lr)
+            if not applied:
+                s.skipped_batches += 1
+                skipped_in_a_row += 1
+                run.log(f"step {run.step + 1}: non-finite loss or gradient, batch skipped (--on-nan skip)")
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW and not run.scaler.is_enabled():
+                    raise Diverged(f"{skipped_in_a_row} batches in a row had a non-finite loss or gradient")
+            else:
+                skipped_in_a_row = 0
+            run.step += 1
+            s.final_loss = loss_val
             dt = time.perf_counter() - t0
             step_times.append(dt)
-            if total is None and step - start_step == CALIBRATE_AT:
+            s.train_seconds = time.perf_counter() - t_train
+            if run.total is None and run.step - run.start_step == CALIBRATE_AT:
                 per = float(np.median(step_times[10:]))
-                left = cfg.time_budget - (time.perf_counter() - t_train)  # type: ignore[operator]
-                total = broadcast_int(step + max(1, int(left / per)), device)  # every rank stops together
+                left = cfg.time_budget - run.spent_before - s.train_seconds  # type: ignore[operator]
+                run.total = broadcast_int(run.step + max(1, int(left / per)), run.device)  # every rank stops together
                 if bar is not None:
-                    bar.total = total
+                    bar.total = run.total
                     bar.refresh()
-                log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for {total} steps "
-                    f"({total * cfg.batch_size * cfg.seq_len * cfg.grad_accum / 1e6:.1f}M tokens)")
-            elapsed = time.perf_counter() - t_train
-            if rank == 0 and (step % cfg.log_every == 0 or step == total):
-                rec = {"step": step, "loss": loss_val, "lr": lr, "tokens": summary.tokens,
-                       "tok_per_s": summary.tokens / elapsed if start_step == 0 else None, "elapsed": elapsed}
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
+                run.log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for {run.total} "
+                        f"steps ({run.total * per_step_tokens / 1e6:.1f}M tokens)")
+            if run.rank == 0 and (run.step % cfg.log_every == 0 or run.step == run.total):
+                _write(run, {"step": run.step, "loss": loss_val, "lr": lr, "tokens": s.tokens,
+                             "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
+                             "elapsed": s.train_seconds})
             if bar is not None:
-                tok_s = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world / dt
-                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:.0f}")
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{per_step_tokens / dt:.0f}")
                 bar.update(1)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-                r = val(cfg.eval_tokens)
-                if rank == 0:
-                    metrics.write(json.dumps({"step": step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
-                                              "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None}) + "\n")
-                log(f"step {step}: val loss {r.loss:.4f}, {r.bits_per_byte:.4f} bits/byte")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                ckpt(step)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step != run.total:
+                r = validate(run, cfg.eval_tokens)
+                if run.rank == 0:
+                    _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
+                                 "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None})
+                run.log(f"step {run.step}: val loss {r.loss:.4f}, {r.bits_per_byte:.4f} bits/byte")
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
+                save(run)
+    finally:
+        s.train_seconds = time.perf_counter() - t_train
+        s.steps = run.step
         if bar is not None:
             bar.close()
-        ckpt(step)
-        log(f"\ninterrupted at step {step}: checkpoint saved in {out}; continue with --resume")
-        metrics.close()
-        summary.steps = step
-        return summary
-    if bar is not None:
-        bar.close()
-    summary.train_seconds = time.perf_counter() - t_train
-    summary.steps, summary.final_loss = step, loss_val
-    ckpt(step)
-    if cfg.objective.strip() != "mlm":
-        r = val(None)
-        summary.val = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte,
-                       "tokens": r.tokens, "bytes": r.bytes}
-        if rank == 0:
-            metrics.write(json.dumps({"step": step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
-                                      "val_tokens": r.tokens, "subset": False}) + "\n")
-        if rank == 0:
-            summary.compressors = compressor_bits_per_byte(data.val_texts)
-        if (rank == 0 or sharded) and model.backbone.causal:  # sharded: generating is a collective
-            summary.infill = demo_infill(model, data)
-    metrics.close()
-    summary.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary.wall_seconds = time.perf_counter() - t_wall
-    teardown()
-    if rank != 0:
-        return summary
-    (out / "summary.json").write_text(json.dumps({**summary.__dict__, "tokens_per_second": summary.tokens_per_second},
-                                                 indent=2))
+
+
+def final_evaluation(run: Run) -> None:
+    """Validation bits per byte on the whole split, the compressors, the infill demo."""
+    s = run.summary
+    if not run.objective.trains_left_to_right:
+        return  # left-to-right bits per byte mean nothing for a bidirectional (MLM) model
+    r = validate(run, None)
+    if r.tokens == 0:
+        s.val = {"tokens": 0, "note": "no validation tokens (every validation document is empty)"}
+        run.log("validation: no tokens (every validation document is empty)")
+        return
+    s.val = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens,
+             "bytes": r.bytes}
+    if run.rank == 0:
+        _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte, "val_tokens": r.tokens,
+                     "subset": False})
+        s.compressors = compressor_bits_per_byte(run.data.val_texts)
+    if (run.rank == 0 or run.sharded) and run.model.backbone.causal:  # sharded: generating is a collective
+        s.infill = demo_infill(run.model, run.data)
+
+
+def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
+    """The one ending: checkpoint (when the weights are good), final evaluation (when done),
+    summary.json, loss.png, teardown; the exit code says how the run ended."""
+    s = run.summary
+    run.stopper.deferred = True  # a signal from here on cannot interrupt the save
+    s.ended, s.message = ended, message
     try:
+        save(run)
+        if ended in ("SIGINT", "SIGTERM"):
+            run.log(f"\ninterrupted at step {run.step} by {ended}: checkpoint saved in {run.out}; continue with "
+                    "--resume")
+    except DiskFullError as e:
+        s.ended, s.message = "disk full", str(e)
+    except CheckpointError as e:  # non-finite weights: keep the last good checkpoint
+        s.message = f"{message}; {e}" if message else str(e)
+    if s.ended == "done" and not run.stopper.requested:
+        try:
+            run.stopper.deferred = False
+            final_evaluation(run)
+        except Interrupted as e:
+            s.ended = signal_name(e.signum)
+            s.message = "stopped during the final evaluation (the checkpoint was saved)"
+        finally:
+            run.stopper.deferred = True
+    s.exit_code = EXIT.get(s.ended, 0) if s.ended not in ("SIGINT", "SIGTERM") else (
+        130 if s.ended == "SIGINT" else 143)
+    if run.metrics is not None:
+        run.metrics.close()
+    s.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s.wall_seconds = time.perf_counter() - t_wall
+    teardown()
+    if run.rank != 0:
+        return s
+    try:
+        (run.out / "summary.json").write_text(json.dumps({**s.__dict__, "tokens_per_second": s.tokens_per_second},
+                                                         indent=2, default=str))
         from headway.train.plots import plot_metrics
 
-        plot_metrics(out / "metrics.jsonl", out / "loss.png")
+        plot_metrics(run.out / "metrics.jsonl", run.out / "loss.png")
     except ImportError:
-        log("matplotlib is not installed: no loss.png")
-    return summary
+        run.log("matplotlib is not installed: no loss.png")
+    except OSError as e:
+        run.log(f"could not write summary.json / loss.png in {run.out}: {e.strerror or e}")
+    return s
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given: set[str] | None = None,  # noqa: ANN001
+        overwrite: bool = False) -> Summary:
+    """Train as configured; returns the summary (also written to `out/summary.json`).
+
+    resume: None/False (a new run), True or "latest" (the run's latest checkpoint), or a
+    checkpoint folder. given: the config fields the user set (the others come from the resumed
+    run; None: every field). overwrite: a new run may replace an earlier run's results in `out`."""
+    t_wall = time.perf_counter()
+    resume = "latest" if resume is True else (resume or None)
+    with Stopper() as stopper, output_lock(Path(cfg.out)):
+        r = build(cfg, resume, given, overwrite, log, stopper, t_wall)
+        ended, message = "done", ""
+        try:
+            train(r)
+        except Interrupted as e:
+            ended = signal_name(e.signum)
+        except Diverged as e:
+            ended, message = "diverged", (f"{e}; the run stopped before the optimizer used it, so the weights of "
+                                          f"step {r.step} are intact (lower --lr, or --on-nan skip to drop such "
+                                          "batches)")
+            r.log(f"\nerror: {message}")
+        except DiskFullError as e:
+            ended, message = "disk full", str(e)
+        s = finish(r, ended, message, t_wall)
+    if s.message and s.ended not in ("diverged",):
+        log(f"{s.ended}: {s.message}")
+    return s
 
 
 DEMO = ("import os\nimport ", "\n\n\ndef main():\n    print(sys.argv[1:], os.getcwd())\n")
@@ -307,3 +523,5 @@ def demo_infill(model: LanguageModel, data: RunData, prefix: str = DEMO[0], suff
     mid = model.infill(torch.tensor(tok.encode(prefix), device=dev), torch.tensor(tok.encode(suffix), device=dev),
                        data.vocab, max_new_tokens=16, temperature=0.0)
     return {"prefix": prefix, "suffix": suffix, "middle": tok.decode(mid.tolist()).split("\n")[0]}
+
+

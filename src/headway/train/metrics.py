@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +25,11 @@ class EvalResult:
 
     @property
     def bits_per_byte(self) -> float:
-        return self.nats / math.log(2) / self.bytes
+        return self.nats / math.log(2) / self.bytes if self.tokens and self.bytes else float("nan")
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss)
+        return math.exp(self.loss) if self.tokens else float("nan")
 
 
 def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
@@ -59,9 +60,15 @@ def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
 @torch.no_grad()
 def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: int, pad: int, seq_len: int,
              batch_size: int, device: torch.device, max_tokens: int | None = None,
-             stride: int | None = None, rank: int = 0, world: int = 1) -> EvalResult:
+             stride: int | None = None, rank: int = 0, world: int = 1,
+             should_stop: Callable[[], None] | None = None) -> EvalResult:
     """Summed next-token NLL over the documents (CLM, no FIM), in nats, and bits per byte of text.
-    Under torch.distributed each rank scores every world-th window and the sums are all-reduced."""
+    Under torch.distributed each rank scores every world-th window and the sums are all-reduced.
+
+    Each forward pass is as long as its longest window, not `seq_len`: memory follows the data
+    (a short file evaluated with a huge window costs what the file costs). No tokens (empty
+    documents): tokens=0 and NaN loss, never a division by zero. `should_stop` is called between
+    batches (it raises to abandon the evaluation)."""
     was_training = model.training
     model.eval()
     windows = eval_windows(docs, eos, seq_len, stride)
@@ -72,25 +79,29 @@ def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: 
                 break
             keep.append(w)
             n += int((w[1] != IGNORE_INDEX).sum())
-        frac = n / sum(int((w[1] != IGNORE_INDEX).sum()) for w in windows)
+        total = sum(int((w[1] != IGNORE_INDEX).sum()) for w in windows)
+        frac = n / total if total else 0.0
         windows = keep
     else:
         frac = 1.0
     nats, count = 0.0, 0
     n_batches = math.ceil(math.ceil(len(windows) / world) / batch_size)  # the same on every rank
-    windows = windows[rank::world]
+    per_rank = [windows[r::world] for r in range(world)]
     for i in range(0, n_batches * batch_size, batch_size):
-        chunk = windows[i : i + batch_size]
-        # under torch.distributed every rank runs the same number of full-size forward passes (FSDP and
+        if should_stop is not None:
+            should_stop()
+        chunk = per_rank[rank][i : i + batch_size]
+        # under torch.distributed every rank runs the same number of equal-size forward passes (FSDP and
         # the vocab-parallel head communicate inside them); padding rows have no targets
+        L = max([len(x) for r in range(world) for x, _ in per_rank[r][i : i + batch_size]] or [1])
         B = batch_size if world > 1 else len(chunk)
-        ids = np.full((B, seq_len), pad, dtype=np.int64)
-        lab = np.full((B, seq_len), IGNORE_INDEX, dtype=np.int64)
-        doc = np.full((B, seq_len), -1, dtype=np.int64)
+        ids = np.full((B, L), pad, dtype=np.int64)
+        lab = np.full((B, L), IGNORE_INDEX, dtype=np.int64)
+        doc = np.full((B, L), -1, dtype=np.int64)
         doc[len(chunk) :] = 0  # a padding row is one document of pad tokens (no fully masked attention row)
         for b, (x, y) in enumerate(chunk):
             ids[b, : len(x)], lab[b, : len(y)], doc[b, : len(x)] = x, y, 0
-        pos = np.broadcast_to(np.arange(seq_len), (B, seq_len)).copy()
+        pos = np.broadcast_to(np.arange(L), (B, L)).copy()
         t = torch.from_numpy
         batch = Batch(t(ids), t(lab), t(pos), t(doc), torch.zeros(B, 1, dtype=torch.long)).to(device)
         nats += float(model(batch, reduction="sum"))
@@ -101,7 +112,7 @@ def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: 
         from headway.train.distributed import all_sum
 
         nats, count = all_sum(nats, device), int(all_sum(count, device))
-    return EvalResult(nats / max(count, 1), count, int(round(num_bytes * frac)), nats)
+    return EvalResult(nats / count if count else float("nan"), count, int(round(num_bytes * frac)), nats)
 
 
 def compressor_bits_per_byte(texts: list[str]) -> dict[str, float]:

@@ -10,19 +10,25 @@ Resuming loads the DCP shards (DCP re-shards them if the world size changed).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from headway.train.checkpoint import CheckpointError, checkpoint_folders, finish_checkpoint, resolve, save_weights
+from headway.train.checkpoint import (
+    CheckpointError,
+    checkpoint_folders,
+    finish_checkpoint,
+    resolve,
+    save_weights,
+    verify,
+)
 from headway.train.distributed import barrier
 
 
 def save_sharded_checkpoint(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                            extra_files: dict[str, Path], rank: int) -> None:
+                            extra_files: dict[str, Path], rank: int, keep: int = 0) -> None:
     """Called by every rank; writes `out/step-{step}` and points `out/latest` at it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
@@ -39,7 +45,7 @@ def save_sharded_checkpoint(out: Path, step: int, model: nn.Module, optimizer: t
         save_weights(full, tmp / "model.safetensors")
         for name, src in extra_files.items():
             shutil.copyfile(src, tmp / name)
-        finish_checkpoint(out, tmp, final, dict(state, sharded=True), step)
+        finish_checkpoint(out, tmp, final, dict(state, sharded=True), step, keep)
     barrier()
 
 
@@ -49,10 +55,7 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     ck = resolve(path)
-    try:
-        state = json.loads((ck / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {ck}: state.json is unreadable ({e})") from None
+    state = verify(ck)  # every shard file's checksum
     if not (ck / "dcp").is_dir():
         raise CheckpointError(f"checkpoint {ck} has no dcp/ shards: it was written by an unsharded run; resume it "
                               "without --parallel fsdp / --tensor-parallel-head")
