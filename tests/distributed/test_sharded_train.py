@@ -64,4 +64,4 @@ def test_fsdp_with_vocab_parallel_head_resumes_exactly(corpus, tmp_path):  # noq
 def test_unknown_parallel_mode_is_refused(corpus, tmp_path):  # noqa: F811
     r = subprocess.run([sys.executable, "-m", "headway", *_train_args(corpus, tmp_path / "x", batch=2),
                         "--parallel", "zero3"], capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and "--parallel must be ddp|fsdp, got zero3" in r.stderr
+    assert r.returncode == 2 and "--parallel must be one of ddp | fsdp, got 'zero3'" in r.stderr

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+SPACE_MESSAGES = ("No space left", "File too large", "Disk quota", "unexpected pos", "PytorchStreamWriter failed")
 
 
 class CheckpointError(RuntimeError):
@@ -86,8 +87,7 @@ def disk_full_message(e: BaseException, folder: Path) -> str | None:
     """A clear message when `e` is a write failure for lack of space, else None."""
     if isinstance(e, OSError) and e.errno in NO_SPACE:
         reason = os.strerror(e.errno)
-    elif isinstance(e, RuntimeError) and any(s in str(e) for s in ("unexpected pos", "No space left", "File too large",
-                                                                      "PytorchStreamWriter failed")):
+    elif isinstance(e, Exception) and any(s in str(e) for s in SPACE_MESSAGES):  # torch.save, safetensors
         reason = str(e).splitlines()[0]
     else:
         return None

@@ -29,6 +29,7 @@ from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
     check_writable,
+    disk_full_message,
     load_checkpoint,
     resolve,
     save_checkpoint,
@@ -275,8 +276,12 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
 
 def _write(run: Run, rec: dict) -> None:
     if run.metrics is not None:
-        run.metrics.write(json.dumps(rec) + "\n")
-        run.metrics.flush()
+        try:
+            run.metrics.write(json.dumps(rec) + "\n")
+            run.metrics.flush()
+        except OSError as e:
+            raise DiskFullError(disk_full_message(e, run.out) or f"cannot write {run.out / 'metrics.jsonl'}: "
+                                f"{e.strerror or e}") from None
 
 
 def save(run: Run) -> None:
@@ -459,7 +464,10 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
     s.exit_code = EXIT.get(s.ended, 0) if s.ended not in ("SIGINT", "SIGTERM") else (
         130 if s.ended == "SIGINT" else 143)
     if run.metrics is not None:
-        run.metrics.close()
+        try:
+            run.metrics.close()
+        except OSError:
+            pass  # a full disk: already reported
     s.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     s.wall_seconds = time.perf_counter() - t_wall
     teardown()
@@ -504,13 +512,9 @@ def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given:
             ended, message = "diverged", (f"{e}; the run stopped before the optimizer used it, so the weights of "
                                           f"step {r.step} are intact (lower --lr, or --on-nan skip to drop such "
                                           "batches)")
-            r.log(f"\nerror: {message}")
         except DiskFullError as e:
             ended, message = "disk full", str(e)
-        s = finish(r, ended, message, t_wall)
-    if s.message and s.ended not in ("diverged",):
-        log(f"{s.ended}: {s.message}")
-    return s
+        return finish(r, ended, message, t_wall)
 
 
 DEMO = ("import os\nimport ", "\n\n\ndef main():\n    print(sys.argv[1:], os.getcwd())\n")
