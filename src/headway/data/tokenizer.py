@@ -11,6 +11,40 @@ from pathlib import Path
 
 import numpy as np
 
+PIECE_CHARS = 1 << 18  # long texts are encoded in pieces of about this many characters
+GROUP_CHARS = 1 << 22  # texts are encoded this many characters at a time
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_PUNCT = frozenset("()[]{}.,:;=+-*/<>!?\"#%&|^~@$\\`_")
+
+
+def split_for_encoding(text: str, size: int = PIECE_CHARS, search: int = 4096) -> list[str]:
+    """`text` cut into pieces of about `size` characters at points where GPT-2's byte-level
+    pre-tokenizer (`'s|'t|...| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+`) cuts anyway:
+    an ASCII letter or digit followed by ASCII punctuation other than an apostrophe (the letter run
+    ends there, the punctuation run starts there without a space). BPE merges never cross
+    pre-token boundaries, so encoding the pieces gives exactly the ids of encoding the whole. Where
+    no such point lies within `search` characters after a target, the piece grows to the next one."""
+    if len(text) <= size:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > size:
+        cut = None
+        for i in range(start + size, min(len(text), start + size + search)):
+            if text[i - 1] in _ALNUM and text[i] in _PUNCT:
+                cut = i
+                break
+        if cut is None:
+            nxt = start + size + search
+            while nxt < len(text) and not (text[nxt - 1] in _ALNUM and text[nxt] in _PUNCT):
+                nxt += 1
+            if nxt >= len(text):
+                break
+            cut = nxt
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
 
 def _is_continuation(first_bytes: np.ndarray) -> np.ndarray:
     """UTF-8 continuation bytes (0b10xxxxxx) never start a character."""
@@ -76,7 +110,28 @@ class BPETokenizer:
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
+        return [int(i) for i in self.encode_batch([text])[0]]
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of each text, exactly as one `encode` of it. Long texts are encoded in pieces cut
+        where the byte-level pre-tokenizer cuts anyway, and texts in groups of a few MB, so memory
+        follows the group, not the corpus or its longest line (one 50 MB line took 12.5 GB whole)."""
+        pieces: list[str] = []
+        owner: list[int] = []
+        for i, t in enumerate(texts):
+            for p in split_for_encoding(t):
+                pieces.append(p)
+                owner.append(i)
+        parts: list[list[np.ndarray]] = [[] for _ in texts]
+        start, size = 0, 0
+        for j, p in enumerate(pieces + [None]):  # type: ignore[list-item]
+            if p is None or (size + len(p) > GROUP_CHARS and j > start):
+                for k, e in zip(range(start, j), self.tok.encode_batch(pieces[start:j])):
+                    parts[owner[k]].append(np.asarray(e.ids, dtype=np.int64))
+                start, size = j, 0
+            if p is not None:
+                size += len(p)
+        return [np.concatenate(x) if len(x) > 1 else (x[0] if x else np.zeros(0, np.int64)) for x in parts]
 
     def starts_char(self) -> np.ndarray:
         """(base_size,) bool: whether a token's first byte begins a UTF-8 character (byte-level
@@ -87,9 +142,6 @@ class BPETokenizer:
             if 0 <= i < self.base_size and token:
                 first[i] = alphabet.get(token[0], ord("a"))
         return ~_is_continuation(first)
-
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.int64) for e in self.tok.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids if 0 <= int(i) < self.base_size])
