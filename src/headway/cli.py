@@ -261,6 +261,63 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(a: argparse.Namespace) -> int:
+    """Exit 0: causal; 1: a leak was found (or, with --all-hf, in some class); 2: bad input."""
+    from headway.check import check_causal
+
+    lengths = tuple(int(x) for x in a.lengths.split(",")) if a.lengths else None
+    if a.all_hf:
+        from headway.check.hf_table import causal_lm_classes, check_class, table
+
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = lambda x, **k: x  # noqa: E731
+        import transformers
+
+        names = causal_lm_classes()
+        if a.only:
+            names = [n for n in names if any(o.lower() in n.lower() for o in a.only.split(","))]
+        rows = [check_class(n, lengths or (16, 17)) for n in tqdm(names, desc="checking", unit="class")]
+        print(f"transformers {transformers.__version__}: {len(rows)} *ForCausalLM classes")
+        print(table(rows))
+        counts = {v: sum(r.verdict == v for r in rows) for v in sorted({r.verdict for r in rows})}
+        print("; ".join(f"{v}: {n}" for v, n in counts.items()))
+        return 1 if any(r.verdict == "NOT causal" for r in rows) else 0
+    if not a.target:
+        raise ValueError("give a headway run folder, a HF checkpoint folder or a transformers class name, or --all-hf")
+    model = _load_for_check(a.target)
+    rep = check_causal(model, lengths=lengths, packed=not a.no_packed, rows=a.rows)
+    print(rep)
+    if not rep.ok and a.png:
+        try:
+            print(f"heat map: {rep.save_heatmap(a.png)}")
+        except ValueError as e:
+            print(f"(no heat map: {e})")
+    return 0 if rep.ok else 1
+
+
+def _load_for_check(target: str):  # noqa: ANN202
+    p = Path(target)
+    if p.is_dir() and ((p / "latest").exists() or (p / "state.json").exists()):
+        return load_run(target)[0]
+    if p.is_dir() and (p / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True)
+    import transformers
+
+    cls = getattr(transformers, target, None)
+    if cls is None or not hasattr(cls, "config_class"):
+        raise ValueError(f"{target!r} is not a run folder, a HF checkpoint folder or a transformers model class")
+    import torch
+
+    from headway.check.hf_table import tiny_config
+
+    torch.manual_seed(0)
+    return cls(tiny_config(cls.config_class))
+
+
 def cmd_bench(rest: list[str]) -> int:
     from headway.benchmarks.linear_ce import main as bench_main
 
@@ -298,6 +355,19 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the training seq_len)")
     e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: seq_len // 2)")
+    c = sub.add_parser("check", help="does a model's output depend on later inputs, other rows or other packed "
+                       "documents? (gradient and black-box detectors, train and eval mode)")
+    c.add_argument("target", nargs="?", help="a headway run folder, a local HF checkpoint folder, or a transformers "
+                   "class name (built from a tiny random config, offline)")
+    c.add_argument("--all-hf", action="store_true", help="check every *ForCausalLM class of the installed "
+                   "transformers and print a table (architecture, verdict, first leak, seconds)")
+    c.add_argument("--only", default=None, help="with --all-hf: only classes whose name contains one of these "
+                   "comma-separated strings")
+    c.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default 15,16,17,33; "
+                   "16,17 for --all-hf)")
+    c.add_argument("--rows", type=int, default=2, help="rows per batch; >= 2 also checks that rows stay apart")
+    c.add_argument("--no-packed", action="store_true", help="skip the check across documents packed in one row")
+    c.add_argument("--png", default=None, help="write a heat map of the first leak here")
     sub.add_parser("bench", help="the fused loss benchmark against its peers (see `headway bench --help`)",
                    add_help=False)
     return p
@@ -308,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
     a = parser().parse_args(argv)
-    cmds = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "show": cmd_show, "eval": cmd_eval}
+    cmds = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "show": cmd_show, "eval": cmd_eval,
+            "check": cmd_check}
     try:
         return cmds[a.cmd](a)
     except (ValueError, FileNotFoundError) as e:

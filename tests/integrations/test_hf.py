@@ -208,3 +208,30 @@ def test_fused_loss_applies_output_scales(kind):
     ids = torch.randint(0, 128, (2, 9))
     a, b = ref(input_ids=ids, labels=ids).loss, fused(input_ids=ids, labels=ids).loss
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("leaky", [False, True])
+def test_trainer_callback_refuses_a_leaking_model_at_train_start(tmp_path, leaky):
+    from transformers import BertConfig, BertLMHeadModel
+
+    from headway.integrations.hf import CausalityCallback
+
+    torch.manual_seed(0)
+    if leaky:  # a BERT LM head without is_decoder: bidirectional attention under a shifted-label loss
+        model = BertLMHeadModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=4, intermediate_size=64))
+    else:
+        model = use_fused_loss(tiny_llama())
+    data = [{"input_ids": list(range(i % 7, i % 7 + 12))} for i in range(16)]
+    collator = ObjectiveCollator(CLM(99), pad_id=98)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[],
+                             use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+    cb = CausalityCallback()
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[cb])
+    if leaky:
+        with pytest.raises(ValueError, match="refusing to train BertLMHeadModel.*NOT causal"):
+            trainer.train()
+        assert trainer.state.global_step == 0
+    else:
+        trainer.train()
+        assert cb.report.ok and trainer.state.global_step == 2

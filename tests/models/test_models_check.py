@@ -39,7 +39,7 @@ def test_causal_backbones_pass():
 ])
 def test_leaky_backbones_are_caught_and_located(net, first_layer):
     rep = check_causal(net, packed=False)
-    assert not rep.ok and rep.layer == first_layer
+    assert not rep.ok and rep.layer.startswith(first_layer)
     assert all(k > t for t, k in rep.leaks)
     assert "NOT causal" in str(rep)
 

@@ -21,6 +21,7 @@ from transformers import (
     GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
+    TrainerCallback,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 
@@ -214,6 +215,28 @@ class HeadwayForMaskedLM(_HeadwayPreTrained):
         batch = bidirectional_batch(input_ids, attention_mask)
         loss, h = self._loss_and_hidden(input_ids, labels, None, num_items_in_batch, shift=False, batch=batch)
         return MaskedLMOutput(loss=loss, logits=None if loss is not None else self.lm.head.logits(h))
+
+
+class CausalityCallback(TrainerCallback):
+    """A `Trainer` callback that refuses to start training a model that is not causal — the guard
+    `headway train` runs before a left-to-right objective, for HF models: a shifted-label loss on a
+    model whose outputs see later tokens teaches it to copy (the BiGS thesis bug).
+
+        Trainer(model, args, ..., callbacks=[CausalityCallback()])
+
+    Keyword arguments go to `check_causal` (lengths, detectors, modes, packed, ...)."""
+
+    def __init__(self, **check_kw: Any) -> None:
+        self.check_kw = {"lengths": (16, 17), **check_kw}
+        self.report = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        from headway.check import check_causal
+
+        self.report = check_causal(model, **self.check_kw)
+        if not self.report.ok:
+            raise ValueError(f"CausalityCallback: refusing to train {type(model).__name__} with a causal LM loss: "
+                             f"{self.report}")
 
 
 _registered = False

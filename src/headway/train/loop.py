@@ -119,7 +119,7 @@ def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel: 
 def _guard_causality(model: LanguageModel, cfg: TrainConfig, log, objective: Objective | None = None) -> None:  # noqa: ANN001
     if objective is not None and not objective.trains_left_to_right:
         return
-    rep = check_causal(model, seq_len=16)
+    rep = check_causal(model, lengths=(16, 17))  # both detectors, train and eval mode
     if not rep.ok:
         msg = (f"the {cfg.backbone} backbone is not causal ({rep}); a causal objective ({cfg.objective}) would "
                "teach it to copy the future. Pass --allow-leak to train anyway.")
