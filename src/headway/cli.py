@@ -82,6 +82,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "same data order, optimizer state and step. Flags left out keep the run's values; the schedule "
                    "length (--steps/--tokens/--time-budget), logging, evaluation, checkpointing and hardware flags "
                    "may change, the others are refused when they differ")
+    p.add_argument("--config", default=None, metavar="FILE", help="read settings from a TOML / YAML file (keys are "
+                   "these flags' names; see configs/); flags given on the command line win")
+    p.add_argument("--print-config", action="store_true", help="print the complete resolved config as TOML (a "
+                   "file --config reads back) and exit without training")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds an earlier run, "
                    "replacing its checkpoints and metrics (without it such a folder is refused)")
 
@@ -122,8 +126,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     from headway.train.signals import Interrupted
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k for k in vars(a) if k in fields}
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
+    from_file: dict = {}
+    if a.config:
+        from headway.train.config_file import load_config_file
+
+        from_file = load_config_file(a.config)
+    from_flags = {k: v for k, v in vars(a).items() if k in fields}
+    given = set(from_file) | set(from_flags)
+    cfg = TrainConfig(**{**from_file, **from_flags})
+    if a.print_config:
+        from headway.train.config_file import to_toml
+
+        cfg.check()
+        print(to_toml(cfg), end="")
+        return 0
     try:
         s = run(cfg, resume=a.resume, given=given, overwrite=a.overwrite)
     except Interrupted as e:
@@ -267,7 +283,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     lengths = tuple(int(x) for x in a.lengths.split(",")) if a.lengths else None
     if a.all_hf:
-        from headway.check.hf_table import causal_lm_classes, check_class, table
+        from headway.check.hf_table import causal_lm_classes, check_class_isolated, table
 
         try:
             from tqdm.auto import tqdm
@@ -278,7 +294,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         names = causal_lm_classes()
         if a.only:
             names = [n for n in names if any(o.lower() in n.lower() for o in a.only.split(","))]
-        rows = [check_class(n, lengths or (16, 17)) for n in tqdm(names, desc="checking", unit="class")]
+        rows = [check_class_isolated(n, lengths or (16, 17)) for n in tqdm(names, desc="checking", unit="class")]
         print(f"transformers {transformers.__version__}: {len(rows)} *ForCausalLM classes")
         print(table(rows))
         counts = {v: sum(r.verdict == v for r in rows) for v in sorted({r.verdict for r in rows})}

@@ -183,3 +183,19 @@ def test_bad_arguments():
         check_causal(RowMixer(), hidden_size=H, lengths=(1,))
     with pytest.raises(ValueError, match="detector"):
         check_causal(RowMixer(), hidden_size=H, detectors=("magic",))
+
+
+def test_headway_check_cli_on_classes_and_the_hf_table(capsys, tmp_path):
+    pytest.importorskip("transformers")
+    from headway.cli import main
+
+    assert main(["check", "LlamaForCausalLM", "--lengths", "9,16"]) == 0
+    assert "causal:" in capsys.readouterr().out
+    png = tmp_path / "bert.png"
+    assert main(["check", "BertForMaskedLM", "--lengths", "12", "--png", str(png)]) == 1
+    assert "NOT causal" in capsys.readouterr().out and png.exists()
+    # a fixed subset of the table in CI; `python bench/check_hf.py` runs every class
+    assert main(["check", "--all-hf", "--only", "LlamaForCausalLM,Qwen2ForCausalLM,BertLMHeadModel"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "| LlamaForCausalLM | causal |" in out and "| Qwen2ForCausalLM | causal |" in out
+    assert main(["check", "NoSuchModel"]) == 2

@@ -106,6 +106,39 @@ def check_class(name: str, lengths: tuple[int, ...] = (16, 17)) -> Row:
     return Row(name, verdict, leak, time.perf_counter() - t0)
 
 
+def check_class_isolated(name: str, lengths: tuple[int, ...] = (16, 17), timeout: float = 120.0,
+                         max_gib: float = 4.0) -> Row:
+    """`check_class` in a forked child with a time limit and a memory limit, so one class whose
+    tiny config is not tiny (or that hangs) is reported as such instead of stopping the table."""
+    import multiprocessing as mp
+    import resource
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def child() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (int(max_gib * 2**30), int(max_gib * 2**30)))
+        torch.set_num_threads(1)
+        try:
+            q.put(check_class(name, lengths))
+        except BaseException as e:  # noqa: BLE001 - out of memory and the like
+            q.put(Row(name, "check failed", f"{type(e).__name__}: {str(e)[:90]}", 0.0))
+
+    t0 = time.perf_counter()
+    p = ctx.Process(target=child, daemon=True)
+    p.start()
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        return Row(name, "check failed", f"no result within {timeout:.0f} s", time.perf_counter() - t0)
+    try:
+        return q.get(timeout=5)
+    except Exception:  # noqa: BLE001 - the child died (e.g. killed for memory)
+        return Row(name, "check failed", f"the check process died (exit {p.exitcode}; memory limit {max_gib} GiB)",
+                   time.perf_counter() - t0)
+
+
 def table(rows: list[Row]) -> str:
     out = ["| architecture | verdict | first leak | seconds |", "|---|---|---|---:|"]
     out += [f"| {r.architecture} | {r.verdict} | {r.first_leak.replace('|', '/')} | {r.seconds:.1f} |" for r in rows]
