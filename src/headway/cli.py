@@ -45,6 +45,9 @@ TRAIN_HELP = {
     "eval_tokens": "cap on validation tokens for the periodic evaluations (the final one uses all)",
     "checkpoint_every": "save a checkpoint every N steps (0: only at the end, on Ctrl-C / SIGTERM and on divergence)",
     "keep_checkpoints": "keep only the newest N checkpoints (0: keep all)",
+    "log": "also log to tensorboard (OUT/tensorboard) and/or wandb (offline unless WANDB_API_KEY or WANDB_MODE say "
+           "otherwise), e.g. --log tensorboard,wandb: train loss, learning rate, tokens/s, gradient norm, validation "
+           "loss and bits/byte (metrics.jsonl is always written)",
     "on_nan": "what a non-finite loss or gradient norm does: stop (save the last good weights, exit 3) | skip "
               "(drop that batch; 20 in a row stop the run)",
     "log_every": "write a metrics.jsonl line every N steps",

@@ -65,3 +65,37 @@ def test_every_shipped_config_is_a_valid_run(capsys):
     assert [f.name for f in dataclasses.fields(TrainConfig)]  # every field appears in --print-config
     out = _printed(capsys)
     assert all(f.name in out for f in dataclasses.fields(TrainConfig))
+
+
+def test_tensorboard_and_wandb_offline_receive_the_metrics(corpus, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.train.conftest import train_args
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--log", "tensorboard,wandb", "--eval-every", "2", "--eval-tokens",
+                           "200", "--steps", "4")) == 0
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/loss",
+            "val/bits_per_byte"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    records = list((out / "wandb").glob("offline-run-*/run-*.wandb"))  # the offline run's history records
+    assert records and all(k in records[0].read_bytes() for k in (b"train/loss", b"val/bits_per_byte"))
+
+
+def test_a_missing_logging_package_is_a_clear_error(corpus, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from tests.train.conftest import train_args
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
+    assert main(train_args(corpus, tmp_path / "run", "--log", "wandb")) == 2
+    assert "pip install wandb" in capsys.readouterr().err
+    assert main(train_args(corpus, tmp_path / "run", "--log", "neptune")) == 2

@@ -45,6 +45,7 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0: all cores
     on_nan: str = "stop"  # a non-finite loss or gradient norm: stop | skip (the batch)
+    log: str = ""  # besides metrics.jsonl: "tensorboard", "wandb" or both, comma-separated
     allow_leak: bool = False
     compile: bool = False
     parallel: str = "ddp"  # under torchrun: ddp | fsdp
@@ -119,6 +120,8 @@ class TrainConfig:
                               ("parallel", ("ddp", "fsdp")), ("on_nan", ("stop", "skip")),
                               ("backbone", BACKBONES)):
             need(getattr(self, name) in choices, name, "one of " + " | ".join(choices), getattr(self, name))
+        need(isinstance(self.log, str) and all(x.strip() in LOGGERS for x in self.log.split(",") if x.strip()),
+             "log", "empty or a comma-separated list of " + " | ".join(LOGGERS), self.log)
         need(isinstance(self.data, list) and all(isinstance(p, str) and p for p in self.data), "data",
              "a list of paths", self.data)
         try:
@@ -128,11 +131,13 @@ class TrainConfig:
             raise ValueError(f"--{'size' if 'size' in str(e) else 'objective'}: {e}") from None
 
 
+LOGGERS = ("tensorboard", "wandb")
+
 # What a resumed run may change: the schedule's length, logging, evaluation, checkpointing and the
 # hardware it runs on. Everything else defines the model, its data or its optimization.
 RESUMABLE = frozenset({"steps", "tokens", "time_budget", "eval_every", "eval_stride", "eval_tokens",
                        "checkpoint_every", "keep_checkpoints", "log_every", "threads", "device", "precision",
-                       "compile", "on_nan", "out"})
+                       "compile", "on_nan", "out", "log"})
 
 
 def merge_for_resume(saved: TrainConfig, given: TrainConfig, names: set[str]) -> tuple[TrainConfig, dict]:

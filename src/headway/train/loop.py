@@ -38,6 +38,7 @@ from headway.train.checkpoint import (
 from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.data import RunData, batches, prepare
 from headway.train.distributed import all_sum, barrier, broadcast_int, setup, teardown
+from headway.train.loggers import Loggers, check_installed
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
 from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
@@ -182,6 +183,7 @@ class Run:
     summary: Summary
     stopper: Stopper
     metrics: Any = None
+    loggers: Any = None
     step: int = 0
     saved_step: int = -1
     spent_before: float = 0.0  # training seconds of the earlier parts of a resumed run
@@ -191,6 +193,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
           t_wall: float) -> Run:  # noqa: ANN001
     """Validate everything, then data, model, optimizer and (on resume) their saved state."""
     cfg.check()
+    check_installed(cfg.log)
     device = pick_device(cfg.device)
     out = Path(cfg.out)
     rank, world = setup(device)
@@ -210,6 +213,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
         saved = TrainConfig.load(ck / "config.json")
         cfg, changed = merge_for_resume(saved, cfg, set(vars(cfg)) if given is None else given)
         cfg.check()
+        check_installed(cfg.log)
     check_writable(out, need_bytes=64 * 2**20)
     if rank == 0:
         claim_output_folder(out, resume is not None, overwrite)
@@ -264,6 +268,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     if rank == 0:
         trim_metrics(out / "metrics.jsonl", start_step)
         run.metrics = (out / "metrics.jsonl").open("a")
+        run.loggers = Loggers(cfg.log, out, cfg, ck is not None)
         if ck is not None:
             _write(run, {"step": start_step, "resumed_from": str(ck), "changed": changed})
     log(f"model: {cfg.backbone}/{cfg.size}, {summary.params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
@@ -275,6 +280,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
 
 
 def _write(run: Run, rec: dict) -> None:
+    if run.loggers is not None:
+        run.loggers.log(rec)
     if run.metrics is not None:
         try:
             run.metrics.write(json.dumps(rec) + "\n")
@@ -315,8 +322,9 @@ class Diverged(Exception):
     pass
 
 
-def train_step(run: Run, stream, lr: float) -> tuple[float, bool]:  # noqa: ANN001
-    """One optimizer step over `grad_accum` micro-batches: (global loss, whether it was applied).
+def train_step(run: Run, stream, lr: float) -> tuple[float, bool, float]:  # noqa: ANN001
+    """One optimizer step over `grad_accum` micro-batches: (global loss, whether it was applied,
+    gradient norm before clipping).
     A non-finite loss or gradient norm is caught before the optimizer touches the weights."""
     cfg = run.cfg
     micro = [next(stream).to(run.device) for _ in range(cfg.grad_accum)]
@@ -343,16 +351,16 @@ def train_step(run: Run, stream, lr: float) -> tuple[float, bool]:  # noqa: ANN0
         run.scaler.step(run.opt)  # fp16 overflow: the scaler skips this step and lowers the scale (by design)
         run.scaler.update()
         run.opt.zero_grad(set_to_none=True)
-        return loss_val, False
+        return loss_val, False, norm
     if not finite:
         run.opt.zero_grad(set_to_none=True)
         if cfg.on_nan == "stop":
             raise Diverged(f"step {run.step + 1}: the loss ({loss_val}) or gradient norm ({norm}) is not finite")
-        return loss_val, False
+        return loss_val, False, norm
     run.scaler.step(run.opt)
     run.scaler.update()
     run.opt.zero_grad(set_to_none=True)
-    return loss_val, True
+    return loss_val, True, norm
 
 
 def train(run: Run) -> None:
@@ -372,7 +380,7 @@ def train(run: Run) -> None:
                 raise Interrupted(run.stopper.signum or 15)
             t0 = time.perf_counter()
             lr = lr_at(run.step, run.total or 10**9, cfg)
-            loss_val, applied = train_step(run, stream, lr)
+            loss_val, applied, norm = train_step(run, stream, lr)
             if not applied:
                 s.skipped_batches += 1
                 skipped_in_a_row += 1
@@ -396,7 +404,7 @@ def train(run: Run) -> None:
                 run.log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for {run.total} "
                         f"steps ({run.total * per_step_tokens / 1e6:.1f}M tokens)")
             if run.rank == 0 and (run.step % cfg.log_every == 0 or run.step == run.total):
-                _write(run, {"step": run.step, "loss": loss_val, "lr": lr, "tokens": s.tokens,
+                _write(run, {"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
                              "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
                              "elapsed": s.train_seconds})
             if bar is not None:
@@ -468,6 +476,8 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
             run.metrics.close()
         except OSError:
             pass  # a full disk: already reported
+    if run.loggers is not None:
+        run.loggers.close()
     s.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     s.wall_seconds = time.perf_counter() - t_wall
     teardown()
