@@ -14,3 +14,11 @@ def vocab() -> Vocab:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 small real Python files (a module-scoped folder)."""
+    from tests.support import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus"))

@@ -337,6 +337,15 @@ def _load_for_check(target: str):  # noqa: ANN202
     return cls(tiny_config(cls.config_class))
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from headway.integrations.export import export
+
+    out = export(a.run, a.out_dir)
+    print(f"exported {a.run} to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True) "
+          f"and AutoTokenizer.from_pretrained({str(out)!r}) load it without headway")
+    return 0
+
+
 def cmd_bench(rest: list[str]) -> int:
     from headway.benchmarks.linear_ce import main as bench_main
 
@@ -387,6 +396,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", type=int, default=2, help="rows per batch; >= 2 also checks that rows stay apart")
     c.add_argument("--no-packed", action="store_true", help="skip the check across documents packed in one row")
     c.add_argument("--png", default=None, help="write a heat map of the first leak here")
+    x = sub.add_parser("export", help="write a HuggingFace folder (config, model.safetensors, tokenizer, remote "
+                       "code) that transformers loads without headway installed")
+    x.add_argument("run", help="a headway run folder or checkpoint folder")
+    x.add_argument("out_dir", help="the folder to write (must be empty or new)")
     sub.add_parser("bench", help="the fused loss benchmark against its peers (see `headway bench --help`)",
                    add_help=False)
     return p
@@ -398,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(argv[1:])
     a = parser().parse_args(argv)
     cmds = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "show": cmd_show, "eval": cmd_eval,
-            "check": cmd_check}
+            "check": cmd_check, "export": cmd_export}
     try:
         return cmds[a.cmd](a)
     except (ValueError, FileNotFoundError) as e:

@@ -72,7 +72,7 @@ def test_tensorboard_and_wandb_offline_receive_the_metrics(corpus, tmp_path, mon
     pytest.importorskip("wandb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tests.train.conftest import train_args
+    from tests.support import train_args
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -92,7 +92,7 @@ def test_tensorboard_and_wandb_offline_receive_the_metrics(corpus, tmp_path, mon
 def test_a_missing_logging_package_is_a_clear_error(corpus, tmp_path, capsys, monkeypatch):
     import importlib.util
 
-    from tests.train.conftest import train_args
+    from tests.support import train_args
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))

@@ -16,7 +16,7 @@ import torch
 
 from headway.cli import main
 from headway.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify
-from tests.train.conftest import CODE, _args
+from tests.support import CODE, _args
 
 
 def _steps(out: Path) -> list[int]:

@@ -14,7 +14,7 @@ import torch
 
 from headway.cli import main
 from headway.train.checkpoint import CheckpointError, load_checkpoint
-from tests.train.conftest import CODE, _args  # noqa: F401
+from tests.support import CODE, _args  # noqa: F401
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -1,8 +1,6 @@
-"""Shared by the training tests: a small real corpus of Python files and the flags of a tiny run."""
+"""Shared by the tests: a small real corpus of Python files and the flags of a tiny training run."""
 
 from pathlib import Path
-
-import pytest
 
 CODE = '''def area(width, height):
     """Area of a rectangle."""
@@ -18,9 +16,7 @@ class Stack:
 '''
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
+def write_corpus(d: Path) -> Path:
     for i in range(40):
         (d / f"mod_{i:02d}.py").write_text(CODE.replace("area", f"area{i}").replace("Stack", f"Stack{i}") * (1 + i % 3))
     return d

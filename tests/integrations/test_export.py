@@ -1,0 +1,59 @@
+"""`headway export`: a HF folder that transformers loads in a process that cannot import headway,
+with the same tokens and the same greedy generation as headway's own model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from headway.cli import load_run, main  # noqa: E402
+from tests.support import train_args  # noqa: E402
+
+PROMPT = "def area3(width, heig"
+
+LOAD = r'''
+import json, sys
+sys.modules["headway"] = None  # this process cannot import headway
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+ids = tok(sys.argv[2], return_tensors="pt").input_ids
+gen = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+specials = {n: tok.convert_tokens_to_ids(n) for n in ("<eos>", "<fim_prefix>", "<extra_id_0>")}
+print(json.dumps({"ids": ids[0].tolist(), "gen": gen[0, ids.shape[1]:].tolist(), "specials": specials,
+                  "decoded": tok.decode(ids[0])}))
+'''
+
+
+@pytest.mark.parametrize("backbone,tokenizer", [("transformer", "bytes"), ("gated_ssm", "bpe")])
+def test_exported_folder_loads_without_headway_and_generates_the_same(corpus, tmp_path, backbone, tokenizer):
+    run = tmp_path / "run"
+    extra = ["--backbone", backbone, "--tokenizer", tokenizer, "--steps", "30", "--lr", "1e-2"]
+    if tokenizer == "bpe":
+        extra += ["--vocab-size", "300"]
+    assert main(train_args(corpus, run, *extra)) == 0
+    out = tmp_path / "hf"
+    assert main(["export", str(run), str(out)]) == 0
+    model, tok, vocab, _ = load_run(str(run))
+    ids = tok.encode(PROMPT)
+    want = model.generate(torch.tensor(ids), 12, temperature=0.0).tolist()
+    r = subprocess.run([sys.executable, "-c", LOAD, str(out), PROMPT], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["ids"] == ids and got["decoded"] == PROMPT
+    assert got["gen"] == want
+    assert got["specials"] == {n: vocab.id(n) for n in ("<eos>", "<fim_prefix>", "<extra_id_0>")}
+
+
+def test_export_refuses_a_used_folder_and_an_mlm_model(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(corpus, run, "--objective", "mlm")) == 0
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 2
+    assert "mlm" in capsys.readouterr().err
