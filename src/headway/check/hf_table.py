@@ -23,7 +23,10 @@ SHRINK = {
     "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128, "n_positions": 128,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
     "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+    "rotary_dim": 8, "mamba_n_heads": 4, "mamba_d_head": 32, "mamba_d_ssm": 128, "mamba_d_state": 16,
+    "mamba_n_groups": 1, "n_mamba_heads": 4,
 }
+TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id")
 
 
 def tiny_config(config_class):  # noqa: ANN001, ANN201
@@ -43,6 +46,14 @@ def _shrink(cfg) -> None:  # noqa: ANN001
             try:
                 setattr(cfg, k, v)
             except Exception:  # noqa: BLE001,S110 - a read-only property: keep the default
+                pass
+    V = getattr(cfg, "vocab_size", None)
+    for k in TOKEN_IDS:  # special ids of the full-size vocabulary must fit the tiny one
+        v = getattr(cfg, k, None)
+        if isinstance(V, int) and isinstance(v, int) and v >= V:
+            try:
+                setattr(cfg, k, V - 1)
+            except Exception:  # noqa: BLE001,S110
                 pass
     if hasattr(cfg, "is_decoder"):
         cfg.is_decoder = True  # encoder families (BERT, RoBERTa, ...) are causal LMs only as decoders
