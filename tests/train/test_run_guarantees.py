@@ -379,3 +379,14 @@ def test_sample_and_infill_refuse_an_mlm_model(corpus, tmp_path, capsys):
     assert main(["sample", str(out)]) == 2
     assert "mlm" in capsys.readouterr().err
     assert main(["infill", str(out), "--prefix", "a", "--suffix", "b"]) == 2
+
+
+def test_library_resume_takes_the_run_config_for_fields_left_at_their_defaults(corpus, tmp_path):
+    from headway.train.config import TrainConfig
+    from headway.train.loop import run
+
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "2")) == 0
+    s = run(TrainConfig(out=str(out), steps=4), resume=True, log=lambda *a, **k: None)
+    assert s.exit_code == 0 and s.steps == 4
+    assert json.loads((out / "config.json").read_text())["seq_len"] == 64  # the run's, not the default 256

@@ -211,7 +211,9 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
             hint = f"; the newest intact checkpoint is {alt}: resume from it with --resume {alt}" if alt else ""
             raise CheckpointError(f"{e}{hint}") from None
         saved = TrainConfig.load(ck / "config.json")
-        cfg, changed = merge_for_resume(saved, cfg, set(vars(cfg)) if given is None else given)
+        if given is None:  # a library call: the fields set away from their defaults
+            given = {k for k, v in vars(cfg).items() if v != getattr(TrainConfig(), k)}
+        cfg, changed = merge_for_resume(saved, cfg, given)
         cfg.check()
         check_installed(cfg.log)
     check_writable(out, need_bytes=64 * 2**20)
@@ -508,7 +510,8 @@ def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given:
 
     resume: None/False (a new run), True or "latest" (the run's latest checkpoint), or a
     checkpoint folder. given: the config fields the user set (the others come from the resumed
-    run; None: every field). overwrite: a new run may replace an earlier run's results in `out`."""
+    run; None: those that differ from the defaults). overwrite: a new run may replace an earlier
+    run's results in `out`."""
     t_wall = time.perf_counter()
     resume = "latest" if resume is True else (resume or None)
     with Stopper() as stopper, output_lock(Path(cfg.out)):
