@@ -52,5 +52,9 @@ def teardown() -> None:
     """Every rank meets here before the group is destroyed, so no rank tears down its connections
     while a peer still has work in flight (gloo aborts the process otherwise)."""
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()  # drop finished collectives' work objects (gloo threads hold tensors) while Python is alive
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
