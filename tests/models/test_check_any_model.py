@@ -199,3 +199,19 @@ def test_headway_check_cli_on_classes_and_the_hf_table(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| LlamaForCausalLM | causal |" in out and "| Qwen2ForCausalLM | causal |" in out
     assert main(["check", "NoSuchModel"]) == 2
+
+
+def test_headway_check_on_a_local_hf_folder_and_a_headway_run(tmp_path, corpus, capsys):
+    transformers = pytest.importorskip("transformers")
+    from headway.cli import main
+    from tests.support import train_args
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    assert main(["check", str(tmp_path / "hf"), "--lengths", "9"]) == 0
+    assert main(train_args(corpus, tmp_path / "run")) == 0
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "run"), "--lengths", "9,16"]) == 0
+    assert "causal:" in capsys.readouterr().out
