@@ -390,3 +390,14 @@ def test_library_resume_takes_the_run_config_for_fields_left_at_their_defaults(c
     s = run(TrainConfig(out=str(out), steps=4), resume=True, log=lambda *a, **k: None)
     assert s.exit_code == 0 and s.steps == 4
     assert json.loads((out / "config.json").read_text())["seq_len"] == 64  # the run's, not the default 256
+
+
+def test_a_time_budget_ends_on_time_even_with_evaluations_in_it(corpus, tmp_path):
+    """The step count is re-estimated every 50 steps from the time left, so slow evaluations (or a
+    machine that slows down) shorten the run instead of overrunning the budget."""
+    out = tmp_path / "run"
+    args = [a for a in _args(corpus, out) if a not in ("--steps", "3")]
+    assert main([*args, "--time-budget", "6", "--eval-every", "40", "--eval-tokens", "3000"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert 5.0 < s["train_seconds"] < 6.6, s["train_seconds"]
+    assert s["steps"] > 50

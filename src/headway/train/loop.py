@@ -46,7 +46,8 @@ from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_shard
 from headway.train.signals import Interrupted, Stopper
 from headway.types import Objective
 
-CALIBRATE_AT = 30  # with a time budget, the total step count is fixed from the speed of steps 10..30
+CALIBRATE_AT = 30  # with a time budget, the total step count is first set from the speed of steps 10..30
+RECALIBRATE_EVERY = 50  # ... and set again every 50 steps from the time left and the recent speed
 MAX_SKIPPED_IN_A_ROW = 20  # --on-nan skip: this many bad batches in a row stop the run anyway
 EXIT = {"done": 0, "diverged": 3, "disk full": 4}
 
@@ -374,6 +375,7 @@ def train(run: Run) -> None:
     t_train = time.perf_counter()
     step_times: list[float] = []
     skipped_in_a_row = 0
+    timed = run.total is None  # a time budget (no --steps / --tokens): the step count follows the clock
     per_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * run.world
     try:
         run.stopper.deferred = True  # from here a signal stops at the next step boundary
@@ -396,15 +398,21 @@ def train(run: Run) -> None:
             dt = time.perf_counter() - t0
             step_times.append(dt)
             s.train_seconds = time.perf_counter() - t_train
-            if run.total is None and run.step - run.start_step == CALIBRATE_AT:
-                per = float(np.median(step_times[10:]))
+            done = run.step - run.start_step
+            if timed and (done == CALIBRATE_AT or (done > CALIBRATE_AT and done % RECALIBRATE_EVERY == 0)):
+                # the budget is wall time of training (evaluations included): when the machine slows down or an
+                # evaluation takes a while, the remaining steps shrink so the run still ends on time
+                per = float(np.median(step_times[-RECALIBRATE_EVERY:] if done > CALIBRATE_AT else step_times[10:]))
                 left = cfg.time_budget - run.spent_before - s.train_seconds  # type: ignore[operator]
-                run.total = broadcast_int(run.step + max(1, int(left / per)), run.device)  # every rank stops together
+                first = run.total is None
+                run.total = broadcast_int(run.step + max(0, int(left / per)), run.device)  # every rank stops together
                 if bar is not None:
                     bar.total = run.total
                     bar.refresh()
-                run.log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for {run.total} "
-                        f"steps ({run.total * per_step_tokens / 1e6:.1f}M tokens)")
+                if first:
+                    run.log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for about "
+                            f"{run.total} steps ({run.total * per_step_tokens / 1e6:.1f}M tokens; re-estimated every "
+                            f"{RECALIBRATE_EVERY} steps)")
             if run.rank == 0 and (run.step % cfg.log_every == 0 or run.step == run.total):
                 _write(run, {"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
                              "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
