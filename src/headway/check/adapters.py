@@ -43,6 +43,19 @@ class Probe:
             self.module.train(mode)
 
 
+def _cloner(model: object, remake: Callable[[object], Probe]) -> Callable[[torch.dtype | None], Probe]:
+    """`clone(dtype)`: the same kind of probe on a deep copy of the module (in `dtype`); a plain
+    function is not copied."""
+
+    def clone(dtype: torch.dtype | None) -> Probe:
+        if not isinstance(model, nn.Module):
+            return remake(model)
+        m = copy.deepcopy(model)
+        return remake(m if dtype is None else m.to(dtype))
+
+    return clone
+
+
 def _batch(docs: Tensor | None, B: int, S: int, device: torch.device) -> Batch | None:
     """A headway `Batch` mask spec: one causal document per row, or the given packing."""
     if docs is None:
@@ -87,11 +100,8 @@ def headway_probe(model: nn.Module, hidden_size: int | None = None) -> Probe:
         emb = lm.embedding
         vocab = getattr(emb, "num_embeddings", None)
 
-    def clone(dtype: torch.dtype | None) -> Probe:
-        m = copy.deepcopy(model)
-        return headway_probe(m if dtype is None else m.to(dtype), H)
-
-    return Probe(type(model).__name__, model, vocab, H, vectors, ids if lm is not None else None, True, clone)
+    return Probe(type(model).__name__, model, vocab, H, vectors, ids if lm is not None else None, True,
+                 _cloner(model, lambda m: headway_probe(m, H)))
 
 
 def hf_probe(model: nn.Module) -> Probe:
@@ -120,11 +130,7 @@ def hf_probe(model: nn.Module) -> Probe:
         return out(model(input_ids=t, position_ids=positions(docs, t.shape[0], t.shape[1], t.device),
                          use_cache=False))
 
-    def clone(dtype: torch.dtype | None) -> Probe:
-        m = copy.deepcopy(model)
-        return hf_probe(m if dtype is None else m.to(dtype))
-
-    return Probe(type(model).__name__, model, V, H, vectors, ids, True, clone)
+    return Probe(type(model).__name__, model, V, H, vectors, ids, True, _cloner(model, hf_probe))
 
 
 def callable_probe(fn: Callable[[Tensor], Tensor], vocab_size: int) -> Probe:
@@ -135,13 +141,8 @@ def callable_probe(fn: Callable[[Tensor], Tensor], vocab_size: int) -> Probe:
         o = fn(t)
         return getattr(o, "logits", o) if not isinstance(o, Tensor) else o
 
-    def clone(dtype: torch.dtype | None) -> Probe:
-        if module is None:
-            return callable_probe(fn, vocab_size)
-        m = copy.deepcopy(module)
-        return callable_probe(m if dtype is None else m.to(dtype), vocab_size)
-
-    return Probe(getattr(fn, "__name__", type(fn).__name__), module, vocab_size, None, None, ids, False, clone)
+    return Probe(getattr(fn, "__name__", type(fn).__name__), module, vocab_size, None, None, ids, False,
+                 _cloner(module or fn, lambda m: callable_probe(m, vocab_size)))
 
 
 def vector_probe(fn: Callable[[Tensor], Tensor], hidden_size: int) -> Probe:
@@ -152,13 +153,8 @@ def vector_probe(fn: Callable[[Tensor], Tensor], hidden_size: int) -> Probe:
         o = fn(x)
         return o[0] if isinstance(o, tuple) else o
 
-    def clone(dtype: torch.dtype | None) -> Probe:
-        if module is None:
-            return vector_probe(fn, hidden_size)
-        m = copy.deepcopy(module)
-        return vector_probe(m if dtype is None else m.to(dtype), hidden_size)
-
-    return Probe(getattr(fn, "__name__", type(fn).__name__), module, None, hidden_size, vectors, None, False, clone)
+    return Probe(getattr(fn, "__name__", type(fn).__name__), module, None, hidden_size, vectors, None, False,
+                 _cloner(module or fn, lambda m: vector_probe(m, hidden_size)))
 
 
 def make_probe(model: object, vocab_size: int | None = None, hidden_size: int | None = None,
