@@ -38,6 +38,14 @@ class Probe:
     packing: bool  # whether `docs` can be expressed
     clone: Callable[[torch.dtype | None], Probe] | None = None  # the same probe on a copy (in a dtype)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (inputs are drawn on the CPU and moved there)."""
+        if self.module is not None:
+            for p in self.module.parameters():
+                return p.device
+        return torch.device("cpu")
+
     def train(self, mode: bool) -> None:
         if self.module is not None:
             self.module.train(mode)

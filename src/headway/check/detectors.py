@@ -103,20 +103,21 @@ def gradient(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int
     assert probe.vectors is not None and probe.hidden_size is not None
     docs = layout(S, rows, packed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, S, probe.hidden_size, dtype=torch.float64, generator=g).requires_grad_()
+    dev = probe.device
+    x = torch.randn(rows, S, probe.hidden_size, dtype=torch.float64, generator=g).to(dev).requires_grad_()
     probe.train(mode == "train")
     rec = Recorder(probe.module, rows, S)
     try:
         _seed(seed)
-        y = probe.vectors(x, docs)
+        y = probe.vectors(x, None if docs is None else docs.to(dev))
     finally:
         rec.close()
-    r = torch.randn(y.shape[-1], dtype=y.dtype, generator=g)
+    r = torch.randn(y.shape[-1], dtype=y.dtype, generator=g).to(y.device)
     dep = torch.zeros(S, rows, S, dtype=torch.float64)
     for t in range(S):
         (gx,) = torch.autograd.grad((y[0, t] * r).sum(), x, retain_graph=True, allow_unused=True)
         if gx is not None:
-            dep[t] = gx.abs().amax(-1)
+            dep[t] = gx.abs().amax(-1).double().cpu()
     ok = allowed_map(S, rows, docs)
     scale = float(dep[ok].max()) if bool(ok.any()) else 0.0
     bad = (~ok) & (dep > tol.atol + tol.rtol * scale)
@@ -153,11 +154,11 @@ def _first_module_gradient(outs: list[tuple[str, Tensor]], x: Tensor, r: Tensor,
     for name, o in outs:
         if not o.requires_grad:
             continue
-        proj = torch.randn(o[0, t].numel(), dtype=o.dtype, generator=torch.Generator().manual_seed(1))
+        proj = torch.randn(o[0, t].numel(), dtype=o.dtype, generator=torch.Generator().manual_seed(1)).to(o.device)
         (gx,) = torch.autograd.grad((o[0, t].reshape(-1) * proj).sum(), x, retain_graph=True, allow_unused=True)
         if gx is None:
             continue
-        dep = gx.abs().amax(-1)  # (B, S)
+        dep = gx.abs().amax(-1).double().cpu()  # (B, S)
         scale = float(dep[ok[t]].max()) if bool(ok[t].any()) else 0.0
         if float(dep[b, k]) > tol.atol + tol.rtol * max(scale, float(dep.max())):
             return name
@@ -166,8 +167,8 @@ def _first_module_gradient(outs: list[tuple[str, Tensor]], x: Tensor, r: Tensor,
 
 def _random_like(probe: Probe, base: Tensor, g: torch.Generator) -> Tensor:
     if base.dtype == torch.long:
-        return torch.randint(0, probe.vocab_size or 2, base.shape, generator=g)
-    return torch.randn(base.shape, generator=g, dtype=base.dtype)
+        return torch.randint(0, probe.vocab_size or 2, base.shape, generator=g).to(base.device)
+    return torch.randn(base.shape, generator=g, dtype=base.dtype).to(base.device)
 
 
 def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int, draws: int = 2,
@@ -182,6 +183,9 @@ def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: in
         base = torch.randint(0, probe.vocab_size or 2, (rows, S), generator=g)
     else:
         base = torch.randn(rows, S, probe.hidden_size or 1, generator=g, dtype=dtype)
+    dev = probe.device
+    base = base.to(dev)
+    docs_dev = None if docs is None else docs.to(dev)
     probe.train(mode == "train")
 
     def run(inp: Tensor, record: bool = False) -> tuple[Tensor, list[tuple[str, Tensor]]]:
@@ -189,10 +193,10 @@ def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: in
         try:
             _seed(seed)
             with torch.no_grad():
-                y = run_fn(inp, docs)
+                y = run_fn(inp, docs_dev)
         finally:
             rec.close()
-        return y.float(), [(n, o.detach().float()) for n, o in rec.outs]
+        return y.float().cpu(), [(n, o.detach().float().cpu()) for n, o in rec.outs]
 
     y0, outs0 = run(base, record=True)
     thr = tol.atol + tol.rtol * float(y0.abs().max())
@@ -219,7 +223,7 @@ def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: in
         checks.append(("other row", lambda inp: _replace_rows(inp, probe, g), lambda o: o[0]))
     if docs is not None:
         first = docs[0] == 0
-        checks.append(("other document", lambda inp: _replace_where(inp, first, probe, g),
+        checks.append(("other document", lambda inp: _replace_where(inp, first.to(dev), probe, g),
                        lambda o: o[:, ~first]))
     for kind, perturb, keep in checks:
         for _ in range(draws):
