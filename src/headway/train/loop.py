@@ -49,7 +49,7 @@ from headway.types import Objective
 CALIBRATE_AT = 30  # with a time budget, the total step count is first set from the speed of steps 10..30
 RECALIBRATE_EVERY = 50  # ... and set again every 50 steps from the time left and the recent speed
 MAX_SKIPPED_IN_A_ROW = 20  # --on-nan skip: this many bad batches in a row stop the run anyway
-EXIT = {"done": 0, "diverged": 3, "disk full": 4}
+EXIT = {"done": 0, "diverged": 3, "disk full": 4, "SIGINT": 128 + 2, "SIGTERM": 128 + 15}
 
 
 @dataclass
@@ -190,8 +190,8 @@ class Run:
     spent_before: float = 0.0  # training seconds of the earlier parts of a resumed run
 
 
-def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrite: bool, log, stopper: Stopper,
-          t_wall: float) -> Run:  # noqa: ANN001
+def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrite: bool, log,  # noqa: ANN001
+          stopper: Stopper) -> Run:
     """Validate everything, then data, model, optimizer and (on resume) their saved state."""
     cfg.check()
     check_installed(cfg.log)
@@ -475,12 +475,11 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
             run.stopper.deferred = False
             final_evaluation(run)
         except Interrupted as e:
-            s.ended = signal_name(e.signum)
+            s.ended = e.name
             s.message = "stopped during the final evaluation (the checkpoint was saved)"
         finally:
             run.stopper.deferred = True
-    s.exit_code = EXIT.get(s.ended, 0) if s.ended not in ("SIGINT", "SIGTERM") else (
-        130 if s.ended == "SIGINT" else 143)
+    s.exit_code = EXIT[s.ended]
     if run.metrics is not None:
         try:
             run.metrics.close()
@@ -506,12 +505,6 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
     return s
 
 
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
-
-
 def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given: set[str] | None = None,  # noqa: ANN001
         overwrite: bool = False) -> Summary:
     """Train as configured; returns the summary (also written to `out/summary.json`).
@@ -523,12 +516,12 @@ def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given:
     t_wall = time.perf_counter()
     resume = "latest" if resume is True else (resume or None)
     with Stopper() as stopper, output_lock(Path(cfg.out)):
-        r = build(cfg, resume, given, overwrite, log, stopper, t_wall)
+        r = build(cfg, resume, given, overwrite, log, stopper)
         ended, message = "done", ""
         try:
             train(r)
         except Interrupted as e:
-            ended = signal_name(e.signum)
+            ended = e.name
         except Diverged as e:
             ended, message = "diverged", (f"{e}; the run stopped before the optimizer used it, so the weights of "
                                           f"step {r.step} are intact (lower --lr, or --on-nan skip to drop such "

@@ -26,6 +26,10 @@ class Interrupted(Exception):
         self.signum = signum
 
     @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
     def exit_code(self) -> int:
         return 128 + self.signum
 
