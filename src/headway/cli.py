@@ -31,18 +31,28 @@ TRAIN_HELP = {
                  "GPUs that support it and on CPUs with AVX512-BF16/AMX (several times faster matmuls), else fp32",
     "device": "auto | cpu | cuda",
     "seed": "seed of model init, data order and objective randomness",
-    "out": "output folder: tokenizer, token cache, metrics.jsonl, loss.png, checkpoints, summary.json",
-    "data": "training text instead of the embedded standard-library corpus: files, folders, .jsonl, or a "
-            "locally saved HuggingFace dataset (repeatable)",
-    "text_field": "field holding the text in .jsonl / datasets",
+    "out": "output folder: tokenizer, token shards (data/), metrics.jsonl, loss.png, checkpoints, summary.json",
+    "data": "training text instead of the embedded standard-library corpus: files, folders, .txt, "
+            ".jsonl[.gz|.zst], .parquet, a locally saved HuggingFace dataset, or a folder made by `headway prepare`; "
+            "several with weights mix by sampling: --data code/:0.7 notes.jsonl:0.3",
+    "text_field": "field holding the text in .jsonl / parquet / datasets",
+    "glob": "which files of --data folders to read, e.g. '*.py' (default: text, .jsonl[.gz|.zst] and .parquet files)",
+    "tokenizer_sample_bytes": "train the BPE on at most this many bytes of training text (files in a fixed "
+                              "pseudo-random order), so preparing a large corpus needs no more memory",
+    "prepare_workers": "processes that hash and tokenize the data into shards (0: every core)",
+    "loader_workers": "DataLoader worker processes that apply the objective and pack batches while the model "
+                      "trains (0: in the training process). A resume with another count continues from the same "
+                      "position in the data, but not with the identical batches",
+    "final_eval_tokens": "cap on validation tokens of the final evaluation (whole documents, exact bytes; 0: the "
+                         "whole split)",
     "val_fraction": "fraction of documents held out for validation (deterministic split by name)",
-    "tokenizer": "bpe (byte-level BPE trained on the training split, cached in --out) | bytes",
+    "tokenizer": "bpe (byte-level BPE trained on a sample of the training split, cached in OUT/data) | bytes",
     "vocab_size": "BPE base vocabulary size (special tokens are a separate split on top)",
     "packing": "bfd (best-fit-decreasing, documents never split) | concat (concat-and-split)",
     "eval_every": "validate every N steps (0: only at the end)",
     "eval_stride": "validation windows start every N tokens and score only tokens not scored before, so each "
                    "has at least seq_len - N tokens of context (0: seq_len // 2; seq_len: non-overlapping)",
-    "eval_tokens": "cap on validation tokens for the periodic evaluations (the final one uses all)",
+    "eval_tokens": "cap on validation tokens for the periodic evaluations",
     "checkpoint_every": "save a checkpoint every N steps (0: only at the end, on Ctrl-C / SIGTERM and on divergence)",
     "keep_checkpoints": "keep only the newest N checkpoints (0: keep all)",
     "log": "also log to tensorboard (OUT/tensorboard) and/or wandb (offline unless WANDB_API_KEY or WANDB_MODE say "
@@ -254,8 +264,36 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_docs(a: argparse.Namespace, tok, cfg) -> tuple[list, int, list[str], str]:  # noqa: ANN001
+    """(token ids per document, bytes, texts, what) for `headway eval`: the run's own validation
+    split (no --data, or a folder made by `headway prepare`), else the files given."""
+    import hashlib
+
+    from headway.data.prepare import is_prepared, open_prepared
+    from headway.data.sources import load_documents
+    from headway.train.checkpoint import resolve
+    from headway.train.data import RunData, data_folder
+
+    ck = resolve(Path(a.checkpoint))
+    folder = Path(a.data[0]) if a.data and len(a.data) == 1 and is_prepared(Path(a.data[0])) else None
+    if not a.data:
+        folder = data_folder(cfg, ck.parent)[0]
+        if not is_prepared(folder):
+            raise ValueError(f"the run's prepared data ({folder}) is gone; give --data")
+    if folder is not None:
+        p = open_prepared(folder)
+        if hashlib.sha256((ck / "tokenizer.json").read_bytes()).hexdigest() != p.manifest["tokenizer"]["sha256"]:
+            raise ValueError(f"{folder} was prepared with another tokenizer than {ck}'s")
+        ids, n_bytes = RunData(p, tok, None).val_docs(a.max_tokens)  # type: ignore[arg-type]
+        return ids, n_bytes, [tok.decode(x.tolist()) for x in ids], f"validation split of {folder}"
+    docs = load_documents(a.data, a.text_field)
+    ids = [x for x in tok.encode_batch([d.text for d in docs]) if len(x)]
+    if not ids:
+        raise ValueError(f"--data: the {len(docs)} documents hold no text; nothing to evaluate")
+    return ids, sum(d.num_bytes for d in docs), [d.text for d in docs if d.text], ", ".join(a.data)
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
-    from headway.data.corpus import load_paths
     from headway.train.metrics import compressor_bits_per_byte, evaluate
 
     if a.batch_size < 1:
@@ -264,19 +302,37 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len must be >= 2, got {a.seq_len}")
     if a.stride is not None and not 1 <= a.stride <= (a.seq_len or 10**9):
         raise ValueError(f"--stride must be in [1, --seq-len], got {a.stride}")
+    if a.max_tokens is not None and a.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {a.max_tokens}")
     model, tok, vocab, cfg = load_run(a.checkpoint)
-    docs = load_paths(a.data, a.text_field)
-    ids = [x for x in tok.encode_batch([d.text for d in docs]) if len(x)]
-    if not ids:
-        raise ValueError(f"--data: the {len(docs)} documents hold no text; nothing to evaluate")
-    n_bytes = sum(d.num_bytes for d in docs)
+    ids, n_bytes, texts, what = _eval_docs(a, tok, cfg)
     S = a.seq_len or cfg.seq_len
     r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
                  stride=a.stride or S // 2)
-    print(f"{len(docs)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
+    print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
     print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
-    for k, v in compressor_bits_per_byte([d.text for d in docs if d.text]).items():
+    for k, v in compressor_bits_per_byte(texts).items():
         print(f"{k}: {v:.4f} bits/byte")
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from headway.data.prepare import Settings, prepare
+    from headway.train.config import TrainConfig
+
+    cfg = TrainConfig(data=a.data, glob=a.glob, text_field=a.text_field, tokenizer=a.tokenizer,
+                      vocab_size=a.vocab_size, val_fraction=a.val_fraction,
+                      tokenizer_sample_bytes=a.tokenizer_sample_bytes, prepare_workers=a.prepare_workers)
+    cfg.check()  # the same checks and messages as `headway train`
+    s = Settings(cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, cfg.text_field, cfg.glob, cfg.tokenizer_sample_bytes)
+    p = prepare(cfg.data, Path(a.out), s, cfg.prepare_workers, progress=not a.quiet)
+    print(f"{'source':<40} {'weight':>6} {'train docs':>11} {'train tokens':>13} {'val docs':>9} {'val tokens':>11}")
+    for src in p.manifest["sources"]:
+        t, v = src["totals"]["train"], src["totals"]["val"]
+        print(f"{src['spec'][-40:]:<40} {src['weight']:>6g} {t['docs']:>11,} {t['tokens']:>13,} {v['docs']:>9,} "
+              f"{v['tokens']:>11,}")
+    print(f"tokenizer: {p.tokenizer.kind}, {p.tokenizer.base_size} base tokens; shards ({p.manifest['dtype']}) in "
+          f"{a.out}; train with: headway train --data {a.out}")
     return 0
 
 
@@ -378,11 +434,32 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--seed", type=int, default=0, help="seed of the objective's randomness")
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on held-out text")
     e.add_argument("checkpoint", help="checkpoint folder or run folder")
-    e.add_argument("--data", nargs="+", required=True, metavar="PATH", help="files, folders or .jsonl")
-    e.add_argument("--text-field", default="text", help="field holding the text in .jsonl")
+    e.add_argument("--data", nargs="+", default=None, metavar="PATH", help="files, folders, .jsonl[.gz|.zst], "
+                   ".parquet, or a folder made by `headway prepare` (its validation split); default: the run's own "
+                   "validation split, whole")
+    e.add_argument("--max-tokens", type=int, default=None, help="with a prepared split: only the first documents "
+                   "up to this many tokens (exact bytes; default: the whole split)")
+    e.add_argument("--text-field", default="text", help="field holding the text in .jsonl / parquet / datasets")
     e.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the training seq_len)")
     e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: seq_len // 2)")
+    pr = sub.add_parser("prepare", help="tokenize a corpus into memory-mapped shards (`headway train --data FOLDER` "
+                        "then reads them; train also prepares by itself when given raw files)",
+                        description="Stream the inputs, train the BPE on a bounded sample, tokenize on every core "
+                        "into flat uint16/uint32 shards with a document index and a manifest. Unchanged inputs are "
+                        "never redone; an edited file redoes only its own piece.")
+    pr.add_argument("--data", nargs="*", default=[], metavar="PATH[:WEIGHT]", help=TRAIN_HELP["data"] +
+                    " (default: the standard library's .py files)")
+    pr.add_argument("--out", required=True, help="the folder to write (manifest.json, tokenizer.json, pieces/)")
+    for name, typ in (("glob", str), ("text_field", str), ("tokenizer", str), ("vocab_size", int),
+                      ("val_fraction", float), ("tokenizer_sample_bytes", int)):
+        from headway.train.config import TrainConfig
+
+        default = getattr(TrainConfig(), name)
+        pr.add_argument("--" + name.replace("_", "-"), type=typ, default=default,
+                        help=TRAIN_HELP[name] + (f" (default: {default})" if default is not None else ""))
+    pr.add_argument("--prepare-workers", type=int, default=0, help=TRAIN_HELP["prepare_workers"])
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
     c = sub.add_parser("check", help="does a model's output depend on later inputs, other rows or other packed "
                        "documents? (gradient and black-box detectors, train and eval mode)")
     c.add_argument("target", nargs="?", help="a headway run folder, a local HF checkpoint folder, or a transformers "
@@ -411,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(argv[1:])
     a = parser().parse_args(argv)
     cmds = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "show": cmd_show, "eval": cmd_eval,
-            "check": cmd_check, "export": cmd_export}
+            "check": cmd_check, "prepare": cmd_prepare, "export": cmd_export}
     try:
         return cmds[a.cmd](a)
     except (ValueError, FileNotFoundError) as e:

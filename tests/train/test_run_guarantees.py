@@ -266,7 +266,7 @@ def test_a_corpus_of_empty_documents_is_refused_quickly(tmp_path):
 
 
 def test_empty_validation_documents_do_not_crash_the_run(corpus, tmp_path):
-    from headway.data.corpus import is_validation
+    from headway.data.sources import is_validation
 
     data = tmp_path / "rows.jsonl"
     rows = [CODE if not is_validation(f"rows.jsonl:{i + 1}", 0.1) else "" for i in range(60)]

@@ -98,7 +98,8 @@ class BPETokenizer:
         self.base_size = tok.get_vocab_size()
 
     @classmethod
-    def train(cls, texts: list[str], vocab_size: int, progress: bool = True) -> BPETokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, progress: bool = True) -> BPETokenizer:
+        """Train on `texts` (a list or a stream: the trainer keeps word counts, not the texts)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -106,7 +107,7 @@ class BPETokenizer:
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=progress, special_tokens=[])
-        tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+        tok.train_from_iterator(texts, trainer=trainer, length=len(texts) if isinstance(texts, list) else None)
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:

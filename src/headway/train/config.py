@@ -33,13 +33,18 @@ class TrainConfig:
     out: str = "runs/default"
     data: list[str] = field(default_factory=list)
     text_field: str = "text"
+    glob: str | None = None  # which files of --data folders (default: text, jsonl and parquet files)
     val_fraction: float = 0.05
     tokenizer: str = "bpe"
     vocab_size: int = 8192
+    tokenizer_sample_bytes: int = 64 << 20  # the BPE is trained on at most this much text
+    prepare_workers: int = 0  # processes tokenizing the data; 0: every core
+    loader_workers: int = 1  # DataLoader worker processes building batches; 0: in the training process
     packing: str = "bfd"
     eval_every: int = 1000  # steps; 0: only at the end
     eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
-    eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals (final eval uses all)
+    eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals
+    final_eval_tokens: int = 2_000_000  # cap on validation tokens for the final evaluation; 0: the whole split
     checkpoint_every: int = 0
     keep_checkpoints: int = 0  # 0: keep every checkpoint
     log_every: int = 10
@@ -111,6 +116,12 @@ class TrainConfig:
         integer("eval_every", 0)
         integer("eval_stride", 0, self.seq_len)
         integer("eval_tokens", 1, optional=True)
+        integer("final_eval_tokens", 0)
+        integer("tokenizer_sample_bytes", 1 << 16)
+        integer("prepare_workers", 0, 1024)
+        integer("loader_workers", 0, 64)
+        need(self.glob is None or (isinstance(self.glob, str) and self.glob != ""), "glob", "a file pattern such "
+             "as '*.py'", self.glob)
         integer("checkpoint_every", 0)
         integer("keep_checkpoints", 0)
         integer("log_every", 1)
@@ -137,7 +148,8 @@ LOGGERS = ("tensorboard", "wandb")
 # hardware it runs on. Everything else defines the model, its data or its optimization.
 RESUMABLE = frozenset({"steps", "tokens", "time_budget", "eval_every", "eval_stride", "eval_tokens",
                        "checkpoint_every", "keep_checkpoints", "log_every", "threads", "device", "precision",
-                       "compile", "on_nan", "out", "log"})
+                       "compile", "on_nan", "out", "log", "final_eval_tokens",
+                       "prepare_workers", "loader_workers"})
 
 
 def merge_for_resume(saved: TrainConfig, given: TrainConfig, names: set[str]) -> tuple[TrainConfig, dict]:

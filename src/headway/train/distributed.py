@@ -43,6 +43,15 @@ def broadcast_int(x: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def all_gather_object(obj: object) -> list:
+    """Every rank's `obj`, in rank order ([obj] in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -36,8 +36,9 @@ from headway.train.checkpoint import (
     verify,
 )
 from headway.train.config import TrainConfig, merge_for_resume
-from headway.train.data import RunData, batches, prepare
-from headway.train.distributed import all_sum, barrier, broadcast_int, setup, teardown
+from headway.data.loader import Loader, merge_rank_states
+from headway.train.data import RunData, prepare_run_data
+from headway.train.distributed import all_gather_object, all_sum, barrier, broadcast_int, setup, teardown
 from headway.train.loggers import Loggers, check_installed
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
 from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
@@ -183,6 +184,7 @@ class Run:
     total: int | None
     summary: Summary
     stopper: Stopper
+    loader: Loader | None = None
     metrics: Any = None
     loggers: Any = None
     step: int = 0
@@ -223,11 +225,11 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     precision = resolve_precision(cfg.precision, device)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
-    if rank == 0:  # rank 0 trains the tokenizer and fills the cache; the others then read it
-        data = prepare(cfg, out, log, tokenizer_from=ck)
+    if rank == 0:  # rank 0 prepares the shards (on every core); the others then open them
+        data = prepare_run_data(cfg, out, log, tokenizer_from=ck)
     barrier()
     if rank != 0:
-        data = prepare(cfg, out, log, tokenizer_from=ck)
+        data = prepare_run_data(cfg, out, log, tokenizer_from=ck, first=False)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
     model = make_model(cfg, objective, data.vocab).to(device)
     _guard_causality(model, cfg, log, objective)
@@ -268,6 +270,13 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
               spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)
+    if ck is not None and "data" not in state:
+        raise CheckpointError(f"{ck} has no data position (a checkpoint of an older headway); start a new run")
+    run.loader = data.loader(objective, cfg, rank, world, state.get("data"))
+    if ck is not None and not run.loader.exact:
+        log(f"data: the checkpoint was made with {state['data']['streams']} data streams and this run has "
+            f"{run.loader.spec.streams} (--loader-workers or the number of processes changed): continuing from the "
+            "same position in the data, with other batches than the uninterrupted run")
     if rank == 0:
         trim_metrics(out / "metrics.jsonl", start_step)
         run.metrics = (out / "metrics.jsonl").open("a")
@@ -277,8 +286,9 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     log(f"model: {cfg.backbone}/{cfg.size}, {summary.params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
         f"({data.vocab.base_size} base + {data.vocab.special_size} special), device {device}, "
         f"{precision}, {torch.get_num_threads()} threads")
-    log(f"data: {data.corpus_name}: {len(data.train)} train / {len(data.val)} validation documents, "
-        f"{sum(len(t) for t in data.train) / 1e6:.2f}M train tokens, objective {cfg.objective}")
+    tr, va = data.prepared.totals("train"), data.prepared.totals("val")
+    log(f"data: {data.corpus_name}: {tr['docs']:,} train / {va['docs']:,} validation documents, "
+        f"{tr['tokens'] / 1e6:.2f}M train tokens, objective {cfg.objective}, {cfg.loader_workers} loader worker(s)")
     return run
 
 
@@ -303,6 +313,8 @@ def save(run: Run) -> None:
           "train_seconds": run.spent_before + s.train_seconds}
     if run.scaler.is_enabled():
         st["scaler"] = run.scaler.state_dict()
+    if run.loader is not None:  # the data position of every rank: an exact, O(1) resume
+        st["data"] = merge_rank_states(all_gather_object(run.loader.state_dict()))
     extras = {"config.json": run.out / "config.json", "tokenizer.json": run.out / "tokenizer.json"}
     if run.sharded:
         save_sharded_checkpoint(run.out, run.step, run.model, run.opt, st, extras, run.rank, cfg.keep_checkpoints)
@@ -313,12 +325,15 @@ def save(run: Run) -> None:
     run.saved_step = run.step
 
 
-def validate(run: Run, max_tokens: int | None) -> EvalResult:
+def validate(run: Run, max_tokens: int | None) -> tuple[EvalResult, list[np.ndarray]]:
+    """Bits per byte on the validation documents within `max_tokens` (None: all); also returns them."""
     cfg = run.cfg
+    docs, nbytes = run.data.val_docs(max_tokens)
     with _autocast(run.precision, run.device):
-        return evaluate(run.model, run.data.val, run.data.val_bytes, run.data.vocab.eos, run.data.vocab.pad,
-                        cfg.seq_len, cfg.batch_size, run.device, max_tokens, cfg.eval_stride or cfg.seq_len // 2,
-                        run.rank, run.world, should_stop=run.stopper.raise_if_requested)
+        r = evaluate(run.model, docs, nbytes, run.data.vocab.eos, run.data.vocab.pad, cfg.seq_len, cfg.batch_size,
+                     run.device, cfg.eval_stride or cfg.seq_len // 2, run.rank, run.world,
+                     should_stop=run.stopper.raise_if_requested)
+    return r, docs
 
 
 class Diverged(Exception):
@@ -369,8 +384,7 @@ def train_step(run: Run, stream, lr: float) -> tuple[float, bool, float]:  # noq
 def train(run: Run) -> None:
     """Steps until the budget is spent; raises Interrupted (signal), Diverged or DiskFullError."""
     cfg, s = run.cfg, run.summary
-    stream = batches(run.data.train, run.objective, cfg, run.data.vocab.pad, skip=run.start_step * cfg.grad_accum,
-                     rank=run.rank, world=run.world, starts_char=run.data.tokenizer.starts_char())
+    stream = run.loader
     bar = _progress(run.total, run.start_step) if run.rank == 0 else None
     t_train = time.perf_counter()
     step_times: list[float] = []
@@ -421,7 +435,7 @@ def train(run: Run) -> None:
                 bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{per_step_tokens / dt:.0f}")
                 bar.update(1)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step != run.total:
-                r = validate(run, cfg.eval_tokens)
+                r, _ = validate(run, cfg.eval_tokens)
                 if run.rank == 0:
                     _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
                                  "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None})
@@ -436,21 +450,22 @@ def train(run: Run) -> None:
 
 
 def final_evaluation(run: Run) -> None:
-    """Validation bits per byte on the whole split, the compressors, the infill demo."""
+    """Validation bits per byte (within --final-eval-tokens), the compressors on the same documents,
+    the infill demo."""
     s = run.summary
     if not run.objective.trains_left_to_right:
         return  # left-to-right bits per byte mean nothing for a bidirectional (MLM) model
-    r = validate(run, None)
+    r, docs = validate(run, run.cfg.final_eval_tokens or None)
     if r.tokens == 0:
         s.val = {"tokens": 0, "note": "no validation tokens (every validation document is empty)"}
         run.log("validation: no tokens (every validation document is empty)")
         return
     s.val = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens,
-             "bytes": r.bytes}
+             "bytes": r.bytes, "whole_split": r.tokens >= run.data.prepared.totals("val")["tokens"]}
     if run.rank == 0:
         _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte, "val_tokens": r.tokens,
                      "subset": False})
-        s.compressors = compressor_bits_per_byte(run.data.val_texts)
+        s.compressors = compressor_bits_per_byte([run.data.tokenizer.decode(d.tolist()) for d in docs])
     if (run.rank == 0 or run.sharded) and run.model.backbone.causal:  # sharded: generating is a collective
         s.infill = demo_infill(run.model, run.data)
 

@@ -59,8 +59,7 @@ def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
 
 @torch.no_grad()
 def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: int, pad: int, seq_len: int,
-             batch_size: int, device: torch.device, max_tokens: int | None = None,
-             stride: int | None = None, rank: int = 0, world: int = 1,
+             batch_size: int, device: torch.device, stride: int | None = None, rank: int = 0, world: int = 1,
              should_stop: Callable[[], None] | None = None) -> EvalResult:
     """Summed next-token NLL over the documents (CLM, no FIM), in nats, and bits per byte of text.
     Under torch.distributed each rank scores every world-th window and the sums are all-reduced.
@@ -72,18 +71,6 @@ def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: 
     was_training = model.training
     model.eval()
     windows = eval_windows(docs, eos, seq_len, stride)
-    if max_tokens is not None:  # a deterministic subset for quick periodic evals
-        keep, n = [], 0
-        for w in windows:
-            if n >= max_tokens:
-                break
-            keep.append(w)
-            n += int((w[1] != IGNORE_INDEX).sum())
-        total = sum(int((w[1] != IGNORE_INDEX).sum()) for w in windows)
-        frac = n / total if total else 0.0
-        windows = keep
-    else:
-        frac = 1.0
     nats, count = 0.0, 0
     n_batches = math.ceil(math.ceil(len(windows) / world) / batch_size)  # the same on every rank
     per_rank = [windows[r::world] for r in range(world)]
@@ -112,7 +99,7 @@ def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: 
         from headway.train.distributed import all_sum
 
         nats, count = all_sum(nats, device), int(all_sum(count, device))
-    return EvalResult(nats / count if count else float("nan"), count, int(round(num_bytes * frac)), nats)
+    return EvalResult(nats / count if count else float("nan"), count, num_bytes, nats)
 
 
 def compressor_bits_per_byte(texts: list[str]) -> dict[str, float]:
