@@ -142,6 +142,17 @@ class ShardStream(IterableDataset):
             skip = 0
 
 
+def _worker_init(_: int) -> None:
+    """A worker dies with the training process (Linux: PR_SET_PDEATHSIG), not seconds later."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the DataLoader's own watchdog stops the worker
+
+
 def _first(item):  # noqa: ANN001, ANN202 (DataLoader's conversion hook: keep items as they are)
     return item
 
@@ -193,7 +204,8 @@ class Loader:
                 self._it = iter(self.dataset)
             else:
                 self._it = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.spec.workers,
-                                           collate_fn=_first, prefetch_factor=4, multiprocessing_context="fork"))
+                                           collate_fn=_first, prefetch_factor=4, multiprocessing_context="fork",
+                                           worker_init_fn=_worker_init))
         batch, c, st = next(self._it)
         self.states[c] = st
         self.next_slot = (c - self.spec.rank * self.spec.per_rank + 1) % self.spec.per_rank

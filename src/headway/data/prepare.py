@@ -251,7 +251,8 @@ def prepare(specs: list[str], folder: Path, s: Settings = Settings(), workers: i
     manifest = {"format": FORMAT, "tokenizer": {"kind": tok.kind, "base_size": tok.base_size, "sha256": tok_hash},
                 "dtype": dtype.name, "settings": {"val_fraction": s.val_fraction, "text_field": s.text_field,
                                                   "glob": s.glob, "sample_bytes": s.sample_bytes},
-                "sources": [], "pieces": [records[k] for k in dict.fromkeys(k for _, k, _ in plan)]}
+                "sources": [], "pieces": [records[k] for k in dict.fromkeys(k for _, k, _ in plan)],
+                "skipped": {"files": len(skipped), "examples": skipped[:3]}}
     for i, src in enumerate(sources):
         keys = [k for j, k, _ in plan if j == i]
         totals = {sp: {k: sum(records[p][sp][k] for p in keys) for k in ("docs", "tokens", "bytes")}
@@ -267,13 +268,21 @@ def prepare(specs: list[str], folder: Path, s: Settings = Settings(), workers: i
         if f.name not in listed:
             f.unlink(missing_ok=True)  # stale pieces and leftovers of an interrupted run
     if skipped:
-        log(f"warning: --data: {len(skipped)} file(s) skipped as unreadable or not UTF-8 text, e.g. "
-            + ", ".join(skipped[:3]) + ("..." if len(skipped) > 3 else ""))
+        log(f"warning: --data: {skipped_note(manifest)}")
     dt = time.perf_counter() - t0
     if todo:
         log(f"data: prepared {total_bytes / 2**20:.1f} MiB in {dt:.1f}s ({total_bytes / 2**20 / max(dt, 1e-9):.1f} MiB/s) "
             f"into {folder}")
     return open_prepared(folder, verify=False)
+
+
+def skipped_note(manifest: dict) -> str:
+    """'N file(s) skipped as unreadable or not UTF-8 text, e.g. …' ('' when none was)."""
+    sk = manifest.get("skipped", {})
+    if not sk.get("files"):
+        return ""
+    return (f"{sk['files']} file(s) skipped as unreadable or not UTF-8 text, e.g. " + ", ".join(sk["examples"])
+            + ("..." if sk["files"] > len(sk["examples"]) else ""))
 
 
 def _read_manifest(folder: Path) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from headway.data.loader import Loader, StreamSpec
-from headway.data.prepare import Prepared, Settings, is_prepared, open_prepared, prepare
+from headway.data.prepare import Prepared, Settings, is_prepared, open_prepared, prepare, skipped_note
 from headway.data.tokenizer import Tokenizer
 from headway.train.config import TrainConfig
 from headway.types import Objective, Vocab
@@ -72,8 +72,9 @@ def prepare_run_data(cfg: TrainConfig, out: Path, log=print, tokenizer_from: Pat
         p = open_prepared(folder, verify=False)
     train, val = p.totals("train"), p.totals("val")
     if train["tokens"] == 0:
+        why = skipped_note(p.manifest)
         raise ValueError(f"--data: the {train['docs']} training documents hold no text (all empty); nothing to "
-                         "train on")
+                         "train on" + (f" ({why})" if why else ""))
     for src in p.manifest["sources"]:
         if src["totals"]["train"]["tokens"] == 0:
             raise ValueError(f"--data {src['spec']}: this source has no training text; drop it or give it more "

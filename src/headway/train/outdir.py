@@ -13,6 +13,23 @@ from pathlib import Path
 RESULTS = ("latest", "metrics.jsonl", "summary.json", "loss.png", "config.json")
 
 
+_HELD: set[int] = set()  # file descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a data worker): close the parent's lock descriptors, so the lock dies with
+    the run's process and not with its slowest child (a `kill -9` must free the folder at once)."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on `out/.lock` while a run writes there (rank 0 only under torchrun).
@@ -39,8 +56,10 @@ def output_lock(out: Path) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()}")
         f.flush()
+        _HELD.add(f.fileno())
         yield
     finally:
+        _HELD.discard(f.fileno())
         f.close()
 
 
