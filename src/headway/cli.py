@@ -43,6 +43,8 @@ TRAIN_HELP = {
     "loader_workers": "DataLoader worker processes that apply the objective and pack batches while the model "
                       "trains (0: in the training process). A resume with another count continues from the same "
                       "position in the data, but not with the identical batches",
+    "infill_lines": "at the end, score single-line infilling on this many validation lines drawn by --seed: exact "
+                    "match with prefix + suffix (FIM) next to completing from the prefix alone (0: skip)",
     "final_eval_tokens": "cap on validation tokens of the final evaluation (whole documents, exact bytes; 0: the "
                          "whole split)",
     "val_fraction": "fraction of documents held out for validation (deterministic split by name)",
@@ -129,6 +131,10 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
     if s.infill:
         print("-" * 60 + "\nsingle-line infill demo (greedy; the model wrote the green part):")
         print(s.infill["prefix"] + "\033[32m" + s.infill["middle"] + "\033[0m" + s.infill["suffix"])
+    if s.infill_eval:
+        e = s.infill_eval
+        print("-" * 60 + f"\nsingle-line infilling, {e['lines']} validation lines (greedy, exact match):")
+        print(f"  prefix + suffix (FIM)   {e['fim_exact']:6.1%}\n  prefix alone            {e['prefix_exact']:6.1%}")
     print("=" * 60)
     print(f"outputs in {cfg.out}: metrics.jsonl, loss.png, summary.json, checkpoints (step-*/)")
 
@@ -302,6 +308,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len must be >= 2, got {a.seq_len}")
     if a.stride is not None and not 1 <= a.stride <= (a.seq_len or 10**9):
         raise ValueError(f"--stride must be in [1, --seq-len], got {a.stride}")
+    if a.infill < 0:
+        raise ValueError(f"--infill must be >= 0, got {a.infill}")
     if a.max_tokens is not None and a.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {a.max_tokens}")
     model, tok, vocab, cfg = load_run(a.checkpoint)
@@ -313,6 +321,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
     print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
     for k, v in compressor_bits_per_byte(texts).items():
         print(f"{k}: {v:.4f} bits/byte")
+    if a.infill:
+        from headway.train.infill_eval import infill_lines, pick_lines
+
+        if not model.backbone.causal:
+            raise ValueError("--infill: this model is bidirectional (MLM) and cannot generate")
+        res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S)
+        print(res)
+        for e in res.examples:
+            mark = lambda got: "ok " if got.rstrip() == e["line"].rstrip() else "   "  # noqa: E731
+            print(f"  line:        {e['line']!r}\n  {mark(e['fim'])}FIM:      {e['fim']!r}\n"
+                  f"  {mark(e['prefix_only'])}prefix:   {e['prefix_only']!r}")
     return 0
 
 
@@ -440,6 +459,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int, default=None, help="with a prepared split: only the first documents "
                    "up to this many tokens (exact bytes; default: the whole split)")
     e.add_argument("--text-field", default="text", help="field holding the text in .jsonl / parquet / datasets")
+    e.add_argument("--infill", type=int, default=0, metavar="N", help="also score single-line infilling on N lines "
+                   "of the texts drawn by --seed: exact match of greedy FIM (prefix + suffix) next to completing the "
+                   "line from the prefix alone")
+    e.add_argument("--seed", type=int, default=0, help="which lines --infill draws")
     e.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the training seq_len)")
     e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: seq_len // 2)")

@@ -49,9 +49,11 @@ def test_loss_falls_over_a_short_run(corpus, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
 
 
-def test_resume_gives_the_identical_next_losses(corpus, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_gives_the_identical_next_losses(corpus, tmp_path, workers):
     out = tmp_path / "run"
-    assert main(_args(corpus, out, "--steps", "6", "--checkpoint-every", "3", "--objective", "ul2")) == 0
+    assert main(_args(corpus, out, "--steps", "6", "--checkpoint-every", "3", "--objective", "ul2",
+                      "--loader-workers", workers)) == 0
     straight = [r["loss"] for r in _metrics(out) if "loss" in r]
     (out / "latest").write_text("step-0000003")  # as if the run had stopped after step 3
     (out / "metrics.jsonl").write_text("")

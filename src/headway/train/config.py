@@ -44,7 +44,8 @@ class TrainConfig:
     eval_every: int = 1000  # steps; 0: only at the end
     eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
     eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals
-    final_eval_tokens: int = 2_000_000  # cap on validation tokens for the final evaluation; 0: the whole split
+    infill_lines: int = 200  # validation lines for the single-line infilling score at the end; 0: none
+    final_eval_tokens: int = 500_000  # cap on validation tokens for the final evaluation; 0: the whole split
     checkpoint_every: int = 0
     keep_checkpoints: int = 0  # 0: keep every checkpoint
     log_every: int = 10
@@ -117,6 +118,7 @@ class TrainConfig:
         integer("eval_stride", 0, self.seq_len)
         integer("eval_tokens", 1, optional=True)
         integer("final_eval_tokens", 0)
+        integer("infill_lines", 0)
         integer("tokenizer_sample_bytes", 1 << 16)
         integer("prepare_workers", 0, 1024)
         integer("loader_workers", 0, 64)
@@ -148,7 +150,7 @@ LOGGERS = ("tensorboard", "wandb")
 # hardware it runs on. Everything else defines the model, its data or its optimization.
 RESUMABLE = frozenset({"steps", "tokens", "time_budget", "eval_every", "eval_stride", "eval_tokens",
                        "checkpoint_every", "keep_checkpoints", "log_every", "threads", "device", "precision",
-                       "compile", "on_nan", "out", "log", "final_eval_tokens",
+                       "compile", "on_nan", "out", "log", "final_eval_tokens", "infill_lines",
                        "prepare_workers", "loader_workers"})
 
 

@@ -65,6 +65,7 @@ class Summary:
     peak_rss_mib: float = 0.0
     params: int = 0
     infill: dict = field(default_factory=dict)
+    infill_eval: dict = field(default_factory=dict)
     ended: str = "done"  # done | SIGINT | SIGTERM | diverged | disk full
     message: str = ""
     exit_code: int = 0
@@ -462,12 +463,22 @@ def final_evaluation(run: Run) -> None:
         return
     s.val = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens,
              "bytes": r.bytes, "whole_split": r.tokens >= run.data.prepared.totals("val")["tokens"]}
+    texts = [run.data.tokenizer.decode(d.tolist()) for d in docs]
     if run.rank == 0:
         _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte, "val_tokens": r.tokens,
                      "subset": False})
-        s.compressors = compressor_bits_per_byte([run.data.tokenizer.decode(d.tolist()) for d in docs])
+        s.compressors = compressor_bits_per_byte(texts)
     if (run.rank == 0 or run.sharded) and run.model.backbone.causal:  # sharded: generating is a collective
         s.infill = demo_infill(run.model, run.data)
+        if run.cfg.infill_lines:
+            from headway.train.infill_eval import infill_lines, pick_lines
+
+            lines = pick_lines(texts, run.cfg.infill_lines, run.cfg.seed)
+            run.log(f"scoring single-line infilling on {len(lines)} validation lines")
+            with _autocast(run.precision, run.device):
+                res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len)
+            s.infill_eval = {"lines": res.lines, "fim_exact": res.fim_exact, "prefix_exact": res.prefix_exact,
+                             "examples": res.examples}
 
 
 def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
