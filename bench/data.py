@@ -131,7 +131,7 @@ def resume_time(tmp: Path, late: int) -> None:
     from headway.train.data import RunData
     from headway.types import Vocab
 
-    print(f"\n## resume: time from a saved data state to the first batch (default batches, loader in process)")
+    print("\n## resume: time from a saved data state to the first batch (default batches, loader in process)")
     cfg = TrainConfig(loader_workers=0)
     p = prepare([], tmp / "stdlib", Settings(), log=lambda *_: None, progress=False)
     data = RunData(p, p.tokenizer, Vocab(p.tokenizer.base_size))
@@ -152,7 +152,7 @@ def resume_time(tmp: Path, late: int) -> None:
             next(again)
             best = min(best, time.perf_counter() - t)
         print(f"resume at step {step:>6}: first batch after {best * 1000:.0f} ms (replaying the batches, as before: "
-              f"~{step * per_batch:.0f} s)")
+              f"~{step * per_batch:.1f} s)")
 
 
 def main() -> None:
@@ -164,7 +164,9 @@ def main() -> None:
     a = ap.parse_args()
     import platform
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                if x.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else "?"
+    print(f"machine: {cpu}, {os.cpu_count()} cores; python {sys.version.split()[0]}")
     big = Path(a.big)
     print(f"large corpus: {big} ({py_bytes(big) / 2**20:.0f} MB of .py)")
     with tempfile.TemporaryDirectory() as d:

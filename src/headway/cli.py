@@ -41,7 +41,9 @@ TRAIN_HELP = {
                               "pseudo-random order), so preparing a large corpus needs no more memory",
     "prepare_workers": "processes that hash and tokenize the data into shards (0: every core)",
     "loader_workers": "DataLoader worker processes that apply the objective and pack batches while the model "
-                      "trains (0: in the training process). A resume with another count continues from the same "
+                      "trains (0: in the training process; -1: one per 8 cores, at most 4, so 0 on small "
+                      "machines where a worker would compete with training for the cores). A resume with another count "
+                      "continues from the same "
                       "position in the data, but not with the identical batches",
     "infill_lines": "at the end, score single-line infilling on this many validation lines drawn by --seed: exact "
                     "match with prefix + suffix (FIM) next to completing from the prefix alone (0: skip)",
@@ -109,6 +111,8 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
     rows = [("wall time", f"{s.wall_seconds:.0f} s (training {s.train_seconds:.0f} s)"),
             ("steps / tokens", f"{s.steps} / {s.tokens / 1e6:.2f}M"),
             ("throughput", f"{s.tokens_per_second:,.0f} tokens/s"),
+            ("model FLOPs utilization", f"{s.mfu:.1%} of the measured {s.matmul_peak / 1e9:,.0f} GFLOP/s matmul peak "
+                                        f"({s.flops_per_token / 1e6:.2f} MFLOP/token)"),
             ("parameters", f"{s.params / 1e6:.2f}M"),
             ("peak memory (RSS)", f"{s.peak_rss_mib:.0f} MiB"),
             ("final train loss", f"{s.final_loss:.4f}")]
@@ -329,9 +333,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S)
         print(res)
         for e in res.examples:
-            mark = lambda got: "ok " if got.rstrip() == e["line"].rstrip() else "   "  # noqa: E731
-            print(f"  line:        {e['line']!r}\n  {mark(e['fim'])}FIM:      {e['fim']!r}\n"
-                  f"  {mark(e['prefix_only'])}prefix:   {e['prefix_only']!r}")
+            ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
+            print(f"  line:        {e['line']!r}\n  {ok[0]}FIM:      {e['fim']!r}\n"
+                  f"  {ok[1]}prefix:   {e['prefix_only']!r}")
     return 0
 
 

@@ -271,7 +271,8 @@ def prepare(specs: list[str], folder: Path, s: Settings = Settings(), workers: i
         log(f"warning: --data: {skipped_note(manifest)}")
     dt = time.perf_counter() - t0
     if todo:
-        log(f"data: prepared {total_bytes / 2**20:.1f} MiB in {dt:.1f}s ({total_bytes / 2**20 / max(dt, 1e-9):.1f} MiB/s) "
+        mb = total_bytes / 2**20
+        log(f"data: prepared {mb:.1f} MiB in {dt:.1f}s ({mb / max(dt, 1e-9):.1f} MiB/s) "
             f"into {folder}")
     return open_prepared(folder, verify=False)
 

@@ -23,6 +23,7 @@ more in backward for gradients.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -95,13 +96,18 @@ def mean_scale(n_valid: Tensor, num_items_in_batch: Tensor | float | None, dtype
 
 
 class ChunkBuffers:
-    """The chunk's logits buffers, allocated once per call and reused by every chunk.
+    """The chunk's logits buffers, shared by every chunk of a call and kept across calls.
 
-    A fresh 64 MiB tensor per chunk costs a page fault per 4 KiB page on CPU (about 15 ms per
-    chunk here, ~7% of the whole loss at V=128256), so the chunks share one float32 buffer
-    (rows, V), plus one in the input dtype for 16-bit inputs (their matmul output and the dlogits
-    cast back for dE and dW), plus one for the softcap derivative when used.
+    A fresh 64 MiB tensor costs a page fault per 4 KiB page on CPU (glibc maps blocks this large
+    afresh and returns them on free): about 15 ms per chunk here, and on a small model's training
+    step tens of thousands of faults per step in the forward and again in the backward. So the
+    chunks share one float32 buffer (rows, V), plus one in the input dtype for 16-bit inputs (their
+    matmul output and the dlogits cast back for dE and dW), plus one for the softcap derivative
+    when used; and the buffers of the last shape seen on each device and thread are kept for the
+    next call (the next step's forward and backward), so a training run allocates them once.
     """
+
+    _kept = threading.local()  # per thread: {(device, acc, low dtype, V, softcap): ChunkBuffers}
 
     def __init__(self, rows: int, h: Tensor, w: Tensor, softcap: bool) -> None:
         acc, V = acc_dtype(h.dtype), w.shape[0]
@@ -109,6 +115,19 @@ class ChunkBuffers:
         self.z = None if use_onednn(h) else torch.empty((rows, V), dtype=acc, device=h.device)
         self.low = None if h.dtype == acc else torch.empty((rows, V), dtype=h.dtype, device=h.device)
         self.deriv = torch.empty((rows, V), dtype=acc, device=h.device) if softcap else None
+        self.rows = rows
+
+    @classmethod
+    def get(cls, rows: int, h: Tensor, w: Tensor, softcap: bool) -> ChunkBuffers:
+        """Buffers for `rows` rows: the kept ones when they are large enough (one set per device,
+        dtype and V: a step's forward and backward reuse them), else new ones (then kept)."""
+        kept = cls._kept.__dict__.setdefault("bufs", {})
+        key = (h.device, h.dtype, w.shape[0], softcap, use_onednn(h))
+        b = kept.get(key)
+        if b is None or b.rows < rows:
+            kept.pop(key, None)  # free the smaller set first
+            b = kept[key] = cls(rows, h, w, softcap)
+        return b
 
     @staticmethod
     def view(buf: Tensor | None, n: int) -> Tensor | None:
@@ -186,7 +205,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
     zy = torch.empty(N, dtype=acc, device=h.device)
     zsum = torch.empty(N, dtype=acc, device=h.device) if o.label_smoothing > 0 else None
     eps = o.label_smoothing
-    bufs = ChunkBuffers(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
+    bufs = ChunkBuffers.get(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
     for s in range(0, N, o.chunk_size):
         e = min(s + o.chunk_size, N)
         z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)

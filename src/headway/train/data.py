@@ -39,7 +39,7 @@ class RunData:
 
     def loader(self, objective: Objective, cfg: TrainConfig, rank: int, world: int, state: dict | None) -> Loader:
         spec = StreamSpec(cfg.seq_len, cfg.batch_size, cfg.packing, cfg.seed, self.vocab.pad, rank, world,
-                          cfg.loader_workers)
+                          cfg.resolved_loader_workers())
         return Loader(self.prepared.train, self.prepared.weights, objective, spec, self.tokenizer.starts_char(), state)
 
 

@@ -62,7 +62,8 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
                  context: int, max_new_tokens: int = 32,
                  progress: Callable[[int], None] | None = None) -> InfillResult:
     """Exact match of greedy single-line infilling (FIM) and left-to-right completion on `lines`,
-    each prompt within `context` tokens (prefix and suffix cut to (context - max_new - 3) / 2)."""
+    each prompt within `context` tokens (prefix and suffix cut to (context - max_new - 3) / 2). The
+    left-to-right prompt is EOS + prefix, as documents start in training."""
     if context < max_new_tokens + 8:
         raise ValueError(f"infill_lines: context {context} leaves no room beside {max_new_tokens} new tokens")
     dev = next(model.parameters()).device
@@ -77,7 +78,8 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
         suf = torch.tensor(tok.encode(suffix)[:keep], dtype=torch.long, device=dev)
         got_fim = tok.decode(model.infill(pre, suf, vocab, max_new_tokens, temperature=0.0,
                                           stop_ids=stops).tolist()).split("\n")[0]
-        new = model.generate(pre, max_new_tokens, temperature=0.0, eos_id=vocab.eos, stop_ids=stops)
+        bos = torch.tensor([vocab.eos], device=dev)  # training documents start after an EOS, as here
+        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, eos_id=vocab.eos, stop_ids=stops)
         got_pre = tok.decode([int(i) for i in new if int(i) != vocab.eos]).split("\n")[0]
         f, p = got_fim.rstrip() == middle.rstrip(), got_pre.rstrip() == middle.rstrip()
         fim_ok += f

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from headway.check import check_causal
+from headway.data.loader import Loader, merge_rank_states
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
@@ -36,9 +37,9 @@ from headway.train.checkpoint import (
     verify,
 )
 from headway.train.config import TrainConfig, merge_for_resume
-from headway.data.loader import Loader, merge_rank_states
 from headway.train.data import RunData, prepare_run_data
 from headway.train.distributed import all_gather_object, all_sum, barrier, broadcast_int, setup, teardown
+from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.loggers import Loggers, check_installed
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
 from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
@@ -70,6 +71,13 @@ class Summary:
     message: str = ""
     exit_code: int = 0
     skipped_batches: int = 0
+    flops_per_token: float = 0.0  # 6·N + 12·L·H·S (train/flops.py)
+    matmul_peak: float = 0.0  # FLOP/s of this machine's square products in the run's precision, measured
+
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs utilization: useful FLOP/s over the measured matmul peak."""
+        return self.tokens_per_second * self.flops_per_token / self.matmul_peak if self.matmul_peak else 0.0
 
     @property
     def interrupted(self) -> bool:
@@ -266,8 +274,10 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
             if changed else ""))
     if rank == 0:
         cfg.save(out / "config.json")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     summary = Summary(params=sum(p.numel() for p in model.parameters()), steps=start_step,
-                      tokens=state.get("tokens", 0))
+                      tokens=state.get("tokens", 0), flops_per_token=flops_per_token(model, cfg.seq_len),
+                      matmul_peak=matmul_peak(dtype, device))
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
               spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)
@@ -289,7 +299,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
         f"{precision}, {torch.get_num_threads()} threads")
     tr, va = data.prepared.totals("train"), data.prepared.totals("val")
     log(f"data: {data.corpus_name}: {tr['docs']:,} train / {va['docs']:,} validation documents, "
-        f"{tr['tokens'] / 1e6:.2f}M train tokens, objective {cfg.objective}, {cfg.loader_workers} loader worker(s)")
+        f"{tr['tokens'] / 1e6:.2f}M train tokens, objective {cfg.objective}, "
+        f"{cfg.resolved_loader_workers()} loader worker(s)")
     return run
 
 
@@ -433,7 +444,8 @@ def train(run: Run) -> None:
                              "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
                              "elapsed": s.train_seconds})
             if bar is not None:
-                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{per_step_tokens / dt:.0f}")
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{per_step_tokens / dt:.0f}",
+                                mfu=f"{per_step_tokens / dt * s.flops_per_token / s.matmul_peak:.0%}")
                 bar.update(1)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step != run.total:
                 r, _ = validate(run, cfg.eval_tokens)
@@ -519,7 +531,8 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
     if run.rank != 0:
         return s
     try:
-        (run.out / "summary.json").write_text(json.dumps({**s.__dict__, "tokens_per_second": s.tokens_per_second},
+        (run.out / "summary.json").write_text(json.dumps({**s.__dict__, "tokens_per_second": s.tokens_per_second,
+                                                          "mfu": s.mfu},
                                                          indent=2, default=str))
         from headway.train.plots import plot_metrics
 

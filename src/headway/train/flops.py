@@ -1,0 +1,57 @@
+"""Model FLOPs utilization: the useful work of a training step against what the machine's matrix
+products reach, measured on the spot (not a datasheet number).
+
+    flops per token = 6 · N + 12 · L · H · S          (PaLM, appendix B; nanoGPT's estimate_mfu)
+
+N counts the weights used in matrix products: the backbone's matrices and the LM head's V × H (the
+embedding lookup does no products; a tied head is counted once, as a product). 12·L·H·S is
+attention's QKᵀ and AV, forward and backward, for a row of S tokens (the convention counts the
+whole S×S map; causal masks and packed documents do less). The gated SSM's FFT convolutions are
+not counted (6·N only), so its MFU is an underestimate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """6·N + 12·L·H·S for a headway `LanguageModel` (see the module docstring)."""
+    backbone = model.backbone
+    mats = sum(p.numel() for p in backbone.parameters() if p.dim() >= 2)
+    vocab, hidden = _head_shape(model)
+    flops = 6.0 * (mats + vocab * hidden)
+    cfg = getattr(backbone, "config", None)
+    if hasattr(backbone, "layers") and hasattr(cfg, "num_heads"):  # attention
+        flops += 12.0 * len(backbone.layers) * cfg.hidden_size * seq_len
+    return flops
+
+
+def _head_shape(model: nn.Module) -> tuple[int, int]:
+    head = model.head
+    weights = [p for p in head.parameters() if p.dim() == 2]
+    if weights:  # untied: its own (V, H) weight(s), possibly split
+        return sum(w.shape[0] for w in weights), weights[0].shape[1]
+    emb = [p for p in model.embedding.parameters() if p.dim() == 2]  # tied to the embedding
+    return sum(w.shape[0] for w in emb), emb[0].shape[1]
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, reps: int = 5) -> float:
+    """FLOP/s of the best of `reps` square matrix products (size³·2 FLOPs) in `dtype` on `device`,
+    with the threads training uses: what this machine's products reach right now."""
+    n = size or (4096 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # warm up (thread pool, kernels)
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best

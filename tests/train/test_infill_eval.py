@@ -1,0 +1,56 @@
+"""The single-line infilling score: lines are drawn reproducibly and cut exactly; the score is
+exact match; `headway eval --infill` and the end of a run report it."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headway.cli import main
+from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, pick_lines
+from tests.support import train_args
+
+
+def _stdlib_texts() -> list[str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p.read_text(encoding="utf-8") for p in sorted(root.glob("json/*.py"))]
+
+
+def _check(texts, lines):
+    for prefix, line, suffix in lines:
+        assert prefix + line + suffix in texts  # the cut loses nothing
+        assert prefix == "" or prefix.endswith("\n")
+        assert suffix.startswith("\n") and "\n" not in line
+        assert MIN_CHARS <= len(line.strip()) and len(line) <= MAX_CHARS
+
+
+def test_lines_are_drawn_by_seed_and_cut_exactly():
+    texts = _stdlib_texts()
+    a, b, c = pick_lines(texts, 50, 0), pick_lines(texts, 50, 0), pick_lines(texts, 50, 1)
+    assert len(a) == 50 and a == b and a != c
+    _check(texts, a)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300), min_size=1, max_size=4),
+       st.integers(0, 30))
+def test_any_text_is_cut_exactly(texts, n):
+    lines = pick_lines(texts, n, 3)
+    assert len(lines) <= n
+    _check(texts, lines)
+
+
+def test_eval_infill_and_the_end_of_a_run_report_both_scores(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--infill-lines", "7", "--steps", "2")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    e = s["infill_eval"]
+    assert e["lines"] == 7 and 0 <= e["fim_exact"] <= 1 and 0 <= e["prefix_exact"] <= 1
+    assert {"line", "fim", "prefix_only"} <= set(e["examples"][0])
+    capsys.readouterr()
+    assert main(["eval", str(out), "--infill", "5", "--data", str(corpus)]) == 0
+    text = capsys.readouterr().out
+    assert "single-line infilling on 5 validation lines" in text and "FIM" in text and "prefix alone" in text
+    assert main(["eval", str(out), "--infill", "-1"]) == 2
