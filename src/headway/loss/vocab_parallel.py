@@ -172,8 +172,8 @@ def vocab_parallel_linear_cross_entropy(
         flat, y = _GatherRows.apply(flat, group), _gather_labels(y, group)
     valid = y != ignore_index
     idx = valid.nonzero().squeeze(1)
-    o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, a.chunk_size or default_chunk_size(weight.shape[0],
-                                                                                              a.softcap is not None))
+    o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, a.chunk_size or default_chunk_size(
+        weight.shape[0], a.softcap is not None, hidden=weight.shape[1], device=weight.device))
     per, lse_v = _VocabParallelCE.apply(flat.index_select(0, idx), weight, bias, y[idx], start, V, o, group,
                                         gather_tokens)
     full = torch.zeros(y.shape[0], dtype=per.dtype, device=per.device).index_put((idx,), per)[own]
