@@ -21,7 +21,14 @@ TRAIN_HELP = {
     "tokens": "token budget: steps = tokens / (batch x seq_len x grad_accum) (overrides --time-budget)",
     "time_budget": "seconds of training when neither --steps nor --tokens is given; the step count is fixed "
                    "after 30 steps from the measured speed so the LR schedule ends on time",
-    "lr": "peak learning rate (AdamW, betas 0.9/0.95)",
+    "lr": "peak learning rate (AdamW, betas 0.9/0.95; Muon's update is scaled to AdamW's RMS, so the same rate)",
+    "optimizer": "auto (muon; adamw under --parallel fsdp) | adamw | muon (torch.optim.Muon on the backbone's hidden "
+                 "matrices, AdamW on embeddings, head, norms; not with --parallel fsdp)",
+    "activation": "transformer MLP activation: gelu (tanh approximation) | relu2 (ReLU squared); the gated SSM "
+                  "ignores it",
+    "qk_norm": "transformer: RMS-normalize queries and keys per head before RoPE (the gated SSM ignores it)",
+    "zero_init": "transformer: initialize the attention and MLP output projections at zero (the gated SSM ignores "
+                 "it)",
     "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
     "warmup": "linear warmup steps",
     "weight_decay": "AdamW weight decay on matrices (not on norms/biases)",
@@ -87,7 +94,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         h = TRAIN_HELP[f.name] + (f" (default: {default})" if default not in (None, [], False) else "")
         h += "" if f.name in RESUMABLE else " [fixed for the run: --resume refuses a new value]"
         if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=h)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
         elif f.name == "data":
             p.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="PATH", help=h)
         else:

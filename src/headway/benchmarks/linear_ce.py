@@ -4,7 +4,10 @@ Time: median of `--repeats` forward+backward runs on fresh random inputs (float3
 CUDA). Memory: each method runs in a fresh subprocess; CPU reports peak RSS minus the RSS once the
 inputs exist, CUDA `torch.cuda.max_memory_allocated` minus the inputs. Both are shown above the
 floor (inputs + dE + dW, which any method must hold). The time floor is the three matrix products
-alone (logits, dE, dW) measured in the same run.
+alone (logits, dE, dW) in the benchmark's dtype, measured in the same run. Error: |loss - the
+float64 loss of the same inputs|.
+
+    python bench/linear_ce.py --dtype bfloat16 --shape 4096,768,50257   # the bf16 section
 
     python bench/linear_ce.py            # the full CPU table (several minutes on 2 cores)
     python bench/linear_ce.py --quick    # CI-sized
@@ -180,6 +183,15 @@ def measure_memory(name: str, shape, dtype_name: str, device: str) -> float:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def loss_error(fn: Fn, shape, dtype, device) -> float:
+    """|loss - float64 loss| on the seed-0 inputs: the float64 loss of the very same (rounded)
+    inputs, so only the method's own arithmetic counts."""
+    h, w, y = inputs(*shape, dtype, device, seed=0)
+    with torch.no_grad():
+        exact = F.cross_entropy(h.double() @ w.double().t(), y).item()
+    return abs(float(fn(h, w, y).detach().float()) - exact)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="headway bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,24 +229,29 @@ def main(argv: list[str] | None = None) -> None:
         N, H, V = shape
         times: dict[str, float] = {}
         mem: dict[str, float] = {}
+        err: dict[str, float] = {}
         for name, fn in ms.items():
             try:
                 times[name] = time_method(fn, shape, dtype, a.device, repeats)
             except Exception as e:  # a peer that cannot run this configuration
                 print(f"  {name}: failed ({type(e).__name__}: {str(e)[:120]})", file=sys.stderr)
                 continue
-            if not a.skip_memory and not name.startswith("floor"):
-                mem[name] = measure_memory(name, shape, dtype_name, a.device)
+            if not name.startswith("floor"):
+                err[name] = loss_error(fn, shape, dtype, a.device)
+                if not a.skip_memory:
+                    mem[name] = measure_memory(name, shape, dtype_name, a.device)
         floor = times.get("floor (3 matmuls)")
         ours = times.get("headway")
         print(f"\nN={N} H={H} V={V}")
-        print("| method | time (ms) | floor speed % | headway speedup | extra memory above floor (MiB) |")
-        print("|---|---:|---:|---:|---:|")
+        print("| method | time (ms) | floor speed % | headway speedup | extra memory above floor (MiB) | "
+              "loss error vs float64 |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name, t in times.items():
             fl = f"{100 * floor / t:.0f}%" if floor else "-"
             sp = f"{t / ours:.2f}x" if ours else "-"
             mm = f"{mem[name]:.0f}" if name in mem else "-"
-            print(f"| {name} | {1000 * t:.0f} | {fl} | {sp} | {mm} |")
+            er = f"{err[name]:.1e}" if name in err else "-"
+            print(f"| {name} | {1000 * t:.0f} | {fl} | {sp} | {mm} | {er} |")
         sys.stdout.flush()
 
 

@@ -38,9 +38,12 @@ def parse_size(size: str) -> tuple[int, int, int]:
 
 
 def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small", *,
-                bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True) -> LanguageModel:
+                bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True, activation: str = "gelu",
+                qk_norm: bool = False, zero_init: bool = False) -> LanguageModel:
     """A `LanguageModel` with a split (base + special) embedding and a fused LM head, tied to the
-    embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight."""
+    embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight.
+    activation / qk_norm / zero_init: the transformer's recipe (see `TransformerConfig`); the gated
+    SSM has its own gating and refuses them."""
     if backbone not in BACKBONES:
         raise ValueError(f"build_model: `backbone` must be one of {BACKBONES}, got {backbone!r}")
     H, L, nh = parse_size(size)
@@ -49,8 +52,12 @@ def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small"
         if bidirectional:
             raise ValueError("build_model: the transformer follows the batch's mask spec; use an MLM objective "
                              "for bidirectional attention instead of bidirectional=True")
-        body = Transformer(TransformerConfig(hidden_size=H, num_layers=L, num_heads=nh))
+        body = Transformer(TransformerConfig(hidden_size=H, num_layers=L, num_heads=nh, activation=activation,
+                                             qk_norm=qk_norm, zero_init=zero_init))
     else:
+        if (activation, qk_norm, zero_init) != ("gelu", False, False):
+            raise ValueError("build_model: activation / qk_norm / zero_init are transformer settings; the gated SSM "
+                             "takes the defaults")
         body = GatedSSM(GatedSSMConfig(hidden_size=H, num_layers=L, bidirectional=bidirectional))
     head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss) if tie_head else LMHead(H, vocab.size,
                                                                                                z_loss=z_loss)

@@ -20,11 +20,26 @@ class TransformerConfig:
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    activation: str = "gelu"  # gelu (tanh approximation) | relu2 (ReLU squared, Primer / the speedrun records)
+    qk_norm: bool = False  # RMS-normalize queries and keys per head before RoPE (OLMo 2, the speedrun records)
+    zero_init: bool = False  # start the attention and MLP output projections at zero (each block starts as identity)
 
     def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"TransformerConfig: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(f"TransformerConfig: hidden_size {self.hidden_size} must split into {self.num_heads} "
                              "heads of even size")
+
+
+ACTIVATIONS = ("gelu", "relu2")
+
+
+class ReLU2(nn.Module):
+    """relu(x)²."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.square(F.relu(x))
 
 
 def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
@@ -58,11 +73,15 @@ class Attention(nn.Module):
         self.nh, self.hd, self.theta = c.num_heads, c.hidden_size // c.num_heads, c.rope_theta
         self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=False)
         self.out = nn.Linear(c.hidden_size, c.hidden_size, bias=False)
+        self.q_norm = nn.RMSNorm(self.hd) if c.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.hd) if c.qk_norm else None
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None, causal: bool,
                 cache: KVCache | None, layer: int) -> Tensor:
         B, S, H = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.nh, self.hd).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -76,8 +95,12 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.RMSNorm(c.hidden_size), nn.RMSNorm(c.hidden_size)
         self.attn = Attention(c)
         inner = int(c.mlp_ratio * c.hidden_size)
-        self.mlp = nn.Sequential(nn.Linear(c.hidden_size, inner, bias=False), nn.GELU(approximate="tanh"),
+        act = nn.GELU(approximate="tanh") if c.activation == "gelu" else ReLU2()
+        self.mlp = nn.Sequential(nn.Linear(c.hidden_size, inner, bias=False), act,
                                  nn.Linear(inner, c.hidden_size, bias=False))
+        if c.zero_init:
+            nn.init.zeros_(self.attn.out.weight)
+            nn.init.zeros_(self.mlp[2].weight)
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None, causal: bool, cache: KVCache | None,

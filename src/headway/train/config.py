@@ -21,7 +21,11 @@ class TrainConfig:
     steps: int | None = None
     tokens: int | None = None
     time_budget: float | None = 460.0  # seconds of training; the default run's main knob
-    lr: float = 3e-3
+    optimizer: str = "auto"  # auto (muon; adamw under FSDP) | adamw | muon (hidden matrices; AdamW for the rest)
+    activation: str = "relu2"  # transformer MLP: gelu | relu2
+    qk_norm: bool = True  # transformer: RMS-normalize queries and keys
+    zero_init: bool = True  # transformer: zero-initialized output projections
+    lr: float = 6e-3
     min_lr_ratio: float = 0.1
     warmup: int = 50
     weight_decay: float = 0.1
@@ -56,6 +60,12 @@ class TrainConfig:
     compile: bool = False
     parallel: str = "ddp"  # under torchrun: ddp | fsdp
     tensor_parallel_head: bool = False
+
+    def resolved_optimizer(self) -> str:
+        """auto: Muon (+ AdamW) in one process and under DDP; AdamW under FSDP (Muon needs whole matrices)."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "adamw" if self.parallel == "fsdp" else "muon"
 
     def resolved_loader_workers(self) -> int:
         """-1 (auto): one worker per 8 cores, at most 4; 0 on small machines, where a worker competes
@@ -131,6 +141,8 @@ class TrainConfig:
         integer("tokenizer_sample_bytes", 1 << 16)
         integer("prepare_workers", 0, 1024)
         integer("loader_workers", -1, 64)
+        need(not (self.optimizer == "muon" and self.parallel == "fsdp"), "optimizer", "adamw with --parallel fsdp "
+             "(Muon orthogonalizes whole matrices; FSDP shards them)", self.optimizer)
         need(self.glob is None or (isinstance(self.glob, str) and self.glob != ""), "glob", "a file pattern such "
              "as '*.py'", self.glob)
         integer("checkpoint_every", 0)
@@ -140,6 +152,7 @@ class TrainConfig:
         for name, choices in (("precision", ("auto", "fp32", "bf16", "fp16")), ("device", ("auto", "cpu", "cuda")),
                               ("tokenizer", ("bpe", "bytes")), ("packing", ("bfd", "concat")),
                               ("parallel", ("ddp", "fsdp")), ("on_nan", ("stop", "skip")),
+                              ("optimizer", ("auto", "adamw", "muon")), ("activation", ("gelu", "relu2")),
                               ("backbone", BACKBONES)):
             need(getattr(self, name) in choices, name, "one of " + " | ".join(choices), getattr(self, name))
         need(isinstance(self.log, str) and all(x.strip() in LOGGERS for x in self.log.split(",") if x.strip()),

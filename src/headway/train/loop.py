@@ -9,6 +9,7 @@ Every way a run can end goes through `finish`: it writes a checkpoint of the las
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from headway.train.distributed import all_gather_object, all_sum, barrier, broad
 from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.loggers import Loggers, check_installed
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
+from headway.train.optim import make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
@@ -124,14 +126,23 @@ def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel: 
         raise ValueError(f"--objective {cfg.objective}: mixes MLM (bidirectional) with left-to-right objectives; the "
                          "gated SSM's direction is fixed in its weights, so it cannot do both. Use --backbone "
                          "transformer (its mask follows each example) or train them separately")
-    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss,
+    recipe = {"activation": cfg.activation, "qk_norm": cfg.qk_norm, "zero_init": cfg.zero_init} \
+        if cfg.backbone == "transformer" else {}
+    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss, **recipe,
                        tie_head=not cfg.tensor_parallel_head)
 
 
 def _guard_causality(model: LanguageModel, cfg: TrainConfig, log, objective: Objective | None = None) -> None:  # noqa: ANN001
     if objective is not None and not objective.trains_left_to_right:
         return
-    rep = check_causal(model, lengths=(16, 17))  # both detectors, train and eval mode
+    # zero-initialized projections make every output independent of every input at init, which no
+    # detector can tell from causal: check a copy whose all-zero matrices are drawn at random instead
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in probe.parameters():
+            if p.dim() >= 2 and not bool(p.any()):
+                p.normal_(0.0, 0.02)
+    rep = check_causal(probe, lengths=(16, 17))  # both detectors, train and eval mode
     if not rep.ok:
         msg = (f"the {cfg.backbone} backbone is not causal ({rep}); a causal objective ({cfg.objective}) would "
                "teach it to copy the future. Pass --allow-leak to train anyway.")
@@ -250,10 +261,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
             "threads")
     if cfg.compile:
         fwd = torch.compile(fwd)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     total = _planned_steps(cfg)

@@ -1,0 +1,127 @@
+"""The default run as a speedrun, measured on this machine (python bench/speedrun.py).
+
+throughput: the old default (session 3: float32 loss products through oneDNN, 64 MiB loss chunks,
+    AdamW + GELU) and the new default, built in one process on the same batches, timed in
+    alternating blocks of steps (same machine, same minute): tokens/s, bytes/s and MFU.
+recipes: `headway train` at equal wall time (--time-budget) for each flag set and seed, on the
+    prepared standard library; validation bits per byte (whole split), steps, tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+OLD = {"lr": 3e-3}  # session 3's recipe: AdamW, GELU, tied head (the flags' defaults then)
+
+RECIPES = {
+    "baseline (session 3 recipe)": [],
+    "ReLU²": ["--activation", "relu2"],
+    "QK-norm + zero-init projections": ["--qk-norm", "--zero-init"],
+    "Muon": ["--optimizer", "muon"],
+    "lr 6e-3": ["--lr", "6e-3"],
+    "untied head": ["--tensor-parallel-head"],
+}
+
+
+@contextlib.contextmanager
+def old_loss() -> Iterator[None]:
+    """The session-3 loss on CPU: oneDNN products, chunks up to the 64 MiB budget."""
+    import headway.loss.core as core
+    from headway.loss.matmul import onednn
+
+    cache = core.CPU_CACHE_BYTES
+    core.CPU_CACHE_BYTES = core.DEFAULT_BUDGET_BYTES
+    try:
+        with onednn(True):
+            yield
+    finally:
+        core.CPU_CACHE_BYTES = cache
+
+
+def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
+    from headway.train.config import TrainConfig
+    from headway.train.loop import build, lr_at, train_step
+    from headway.train.signals import Stopper
+
+    print(f"\n## throughput: old vs new default, {blocks} alternating blocks of {steps} steps, same batches")
+    runs, batches = {}, None
+    with Stopper() as st:
+        for name, kw in (("old", OLD), ("new", new_flags)):
+            cfg = TrainConfig(out=str(tmp / name), steps=10**6, infill_lines=0, **kw)
+            runs[name] = build(cfg, None, None, True, lambda *_: None, st)
+        batches = [next(runs["new"].loader) for _ in range(steps)]
+        bytes_per_token = runs["new"].data.prepared.totals("train")["bytes"] / runs["new"].data.prepared.totals(
+            "train")["tokens"]
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        for b in range(blocks + 1):
+            for name in ("old", "new") if b % 2 else ("new", "old"):
+                run = runs[name]
+                ctx = old_loss() if name == "old" else contextlib.nullcontext()
+                with ctx:
+                    it = iter(batches)
+                    t = time.perf_counter()
+                    for i in range(steps):
+                        train_step(run, it, lr_at(i, 10**6, run.cfg))
+                    if b:  # block 0 warms up
+                        times[name].append((time.perf_counter() - t) / steps)
+    tok = {n: runs[n].cfg.batch_size * runs[n].cfg.seq_len for n in runs}
+    for name in ("old", "new"):
+        per = min(times[name])
+        s = runs[name].summary
+        print(f"{name}: {per * 1000:6.1f} ms/step, {tok[name] / per:8,.0f} tokens/s, {tok[name] / per * bytes_per_token:9,.0f}"
+              f" bytes/s, MFU {tok[name] / per * s.flops_per_token / s.matmul_peak:.1%} "
+              f"({s.flops_per_token / 1e6:.2f} MFLOP/token, matmul peak {s.matmul_peak / 1e9:.0f} GFLOP/s)")
+    print(f"new / old tokens/s: {min(times['old']) / min(times['new']):.2f}x")
+
+
+def recipes(tmp: Path, budget: int, seeds: list[int], names: list[str] | None) -> None:
+    print(f"\n## recipes at equal wall time: --time-budget {budget}, seeds {seeds}")
+    data = tmp / "data"
+    subprocess.run([sys.executable, "-m", "headway", "prepare", "--quiet", "--out", str(data)], check=True,
+                   capture_output=True)
+    for name, flags in RECIPES.items():
+        if names and name not in names:
+            continue
+        rows = []
+        for seed in seeds:
+            out = tmp / f"r{seed}"
+            r = subprocess.run([sys.executable, "-m", "headway", "train", "--data", str(data), "--out", str(out),
+                                "--overwrite", "--time-budget", str(budget), "--infill-lines", "0", "--seed",
+                                str(seed), *flags], capture_output=True, text=True)
+            if r.returncode:
+                print(f"{name}: failed\n{r.stderr[-1500:]}")
+                break
+            s = json.loads((out / "summary.json").read_text())
+            rows.append((s["val"]["bits_per_byte"], s["steps"], s["tokens_per_second"]))
+        if rows:
+            bpb = " ".join(f"{x[0]:.4f}" for x in rows)
+            print(f"{name:<34} bpb {bpb}  mean {sum(x[0] for x in rows) / len(rows):.4f}  steps {rows[0][1]}  "
+                  f"tokens/s {rows[0][2]:,.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="throughput,recipes", help="sections")
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--budget", type=int, default=150, help="seconds of training per recipe run")
+    ap.add_argument("--seeds", default="0", help="comma-separated")
+    ap.add_argument("--recipe", action="append", default=None, help="only these recipes (names as printed)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        if "throughput" in a.only:
+            throughput(Path(d), {}, a.blocks, a.steps)
+        if "recipes" in a.only:
+            recipes(Path(d), a.budget, [int(s) for s in a.seeds.split(",")], a.recipe)
+
+
+if __name__ == "__main__":
+    main()
