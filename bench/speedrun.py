@@ -19,15 +19,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-OLD = {"lr": 3e-3}  # session 3's recipe: AdamW, GELU, tied head (the flags' defaults then)
+# session 3's recipe: AdamW, GELU, tied head, lr 3e-3
+OLD = {"lr": 3e-3, "optimizer": "adamw", "activation": "gelu", "qk_norm": False, "zero_init": False}
+OLD_FLAGS = ["--lr", "3e-3", "--optimizer", "adamw", "--activation", "gelu", "--no-qk-norm", "--no-zero-init"]
+ALL4 = ["--qk-norm", "--zero-init", "--optimizer", "muon", "--activation", "relu2"]
 
-RECIPES = {
-    "baseline (session 3 recipe)": [],
-    "ReLU²": ["--activation", "relu2"],
-    "QK-norm + zero-init projections": ["--qk-norm", "--zero-init"],
-    "Muon": ["--optimizer", "muon"],
-    "lr 6e-3": ["--lr", "6e-3"],
-    "untied head": ["--tensor-parallel-head"],
+RECIPES = {  # each row: the flags on top of the defaults (the last rows are the new default and its variants)
+    "session 3 recipe": OLD_FLAGS,
+    "+ ReLU²": OLD_FLAGS + ["--activation", "relu2"],
+    "+ QK-norm + zero-init projections": OLD_FLAGS + ["--qk-norm", "--zero-init"],
+    "+ Muon": OLD_FLAGS + ["--optimizer", "muon"],
+    "all four": OLD_FLAGS + ALL4,
+    "all four, lr 1.5e-3": OLD_FLAGS + ALL4 + ["--lr", "1.5e-3"],
+    "all four, lr 6e-3 (new default)": [],
+    "all four, lr 1.2e-2": ["--lr", "1.2e-2"],
+    "new default + untied head": ["--tensor-parallel-head"],
+    "new default, 96x3": ["--size", "96x3"],
+    "new default, weight decay 0": ["--weight-decay", "0"],
 }
 
 
@@ -76,9 +84,10 @@ def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
     for name in ("old", "new"):
         per = min(times[name])
         s = runs[name].summary
-        print(f"{name}: {per * 1000:6.1f} ms/step, {tok[name] / per:8,.0f} tokens/s, {tok[name] / per * bytes_per_token:9,.0f}"
-              f" bytes/s, MFU {tok[name] / per * s.flops_per_token / s.matmul_peak:.1%} "
-              f"({s.flops_per_token / 1e6:.2f} MFLOP/token, matmul peak {s.matmul_peak / 1e9:.0f} GFLOP/s)")
+        rate = tok[name] / per
+        print(f"{name}: {per * 1000:6.1f} ms/step, {rate:8,.0f} tokens/s, {rate * bytes_per_token:9,.0f} bytes/s, "
+              f"MFU {rate * s.flops_per_token / s.matmul_peak:.1%} ({s.flops_per_token / 1e6:.2f} MFLOP/token, "
+              f"matmul peak {s.matmul_peak / 1e9:.0f} GFLOP/s)")
     print(f"new / old tokens/s: {min(times['old']) / min(times['new']):.2f}x")
 
 
