@@ -145,7 +145,8 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
     if s.infill_eval:
         e = s.infill_eval
         print("-" * 60 + f"\nsingle-line infilling, {e['lines']} validation lines (greedy, exact match):")
-        print(f"  prefix + suffix (FIM)   {e['fim_exact']:6.1%}\n  prefix alone            {e['prefix_exact']:6.1%}")
+        print(f"  prefix + suffix (FIM)   {e['fim_exact']:6.1%}   (characters right before the first mistake: "
+              f"{e['fim_chars']:.1%})\n  prefix alone            {e['prefix_exact']:6.1%}   ({e['prefix_chars']:.1%})")
     print("=" * 60)
     print(f"outputs in {cfg.out}: metrics.jsonl, loss.png, summary.json, checkpoints (step-*/)")
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway.cli import main
-from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, pick_lines
+from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, pick_lines
 from tests.support import train_args
 
 
@@ -20,8 +20,7 @@ def _stdlib_texts() -> list[str]:
 
 def _check(texts, lines):
     for prefix, line, suffix in lines:
-        assert prefix + line + suffix in texts  # the cut loses nothing
-        assert prefix == "" or prefix.endswith("\n")
+        assert prefix + "\n" + line + suffix in texts  # the cut loses nothing
         assert suffix.startswith("\n") and "\n" not in line
         assert MIN_CHARS <= len(line.strip()) and len(line) <= MAX_CHARS
 
@@ -40,6 +39,12 @@ def test_any_text_is_cut_exactly(texts, n):
     lines = pick_lines(texts, n, 3)
     assert len(lines) <= n
     _check(texts, lines)
+
+
+def test_the_generated_line_is_the_text_between_the_first_two_line_breaks():
+    assert first_line("\n    return x\n\ndef") == "    return x"
+    assert first_line("\n    return x") == "    return x"
+    assert first_line("return x\n") is None  # did not start the line: never an exact match
 
 
 def test_eval_infill_and_the_end_of_a_run_report_both_scores(corpus, tmp_path, capsys):

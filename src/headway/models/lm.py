@@ -31,17 +31,13 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_id: int | None = None,
-                 generator: torch.Generator | None = None, stop_ids: Tensor | None = None) -> Tensor:
-        """Continue `prompt` (S,) or (B, S); temperature 0 is greedy. Returns only the new tokens.
-        A row ends at `eos_id` or after a token in `stop_ids` (kept; e.g. the tokens holding a line
-        break); ended rows are filled with `eos_id`, and generation stops when every row has ended."""
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Continue `prompt` (S,) or (B, S); temperature 0 is greedy. Returns only the new tokens."""
         if max_new_tokens < 0:
             raise ValueError(f"generate: `max_new_tokens` must be >= 0, got {max_new_tokens}")
         if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
             raise ValueError(f"generate: need temperature >= 0, top_p in (0, 1], top_k >= 1; got "
                              f"{temperature}, {top_p}, {top_k}")
-        if stop_ids is not None and eos_id is None:
-            raise ValueError("generate: `stop_ids` needs `eos_id` (ended rows are filled with it)")
         if not getattr(self.backbone, "causal", True):
             raise ValueError("generate: this backbone is bidirectional and cannot generate left to right")
         single = prompt.dim() == 1
@@ -57,8 +53,6 @@ class LanguageModel(nn.Module):
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
-                if stop_ids is not None:
-                    done |= torch.isin(nxt, stop_ids)
             out.append(nxt)
             step_in = nxt[:, None]
             if eos_id is not None and bool(done.all()):

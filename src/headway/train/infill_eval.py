@@ -1,11 +1,14 @@
 """Single-line infilling on validation files, as in single-line FIM benchmarks.
 
-Lines are drawn by seed from the validation documents (non-blank, 4 to 80 characters). For each,
-the model sees the text before the line and after it (the PSM prompt
-`<fim_prefix> pre <fim_suffix> suf <fim_middle>`) and generates greedily until EOS or a line break;
-the same model, given the prefix alone, completes the line left to right. Score: exact match of
-the generated line with the real one (trailing whitespace ignored). Both get the same prefix
-tokens; FIM gets the suffix too — the difference is what the objective buys.
+Lines are drawn by seed from the validation documents (non-blank, 4 to 80 characters, not a
+document's first line). The prefix ends *before* the line break that opens the line, so the
+model writes "\n" + line: a byte-level BPE merges a line break with the next line's indentation
+("\n        "), and a prompt cut after the bare "\n" would end on a token boundary training never
+shows. With FIM the model sees the text before and after (the PSM prompt
+`<fim_prefix> pre <fim_suffix> suf <fim_middle>`) and generates greedily until EOS; from the
+prefix alone it continues left to right. Score: exact match of the generated text up to the
+next line break with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM
+gets the suffix too — the difference is what the objective buys.
 """
 
 from __future__ import annotations
@@ -28,33 +31,51 @@ class InfillResult:
     lines: int
     fim_exact: float  # fraction of lines the FIM prompt reproduces exactly
     prefix_exact: float  # the same, completing from the prefix alone
+    fim_chars: float = 0.0  # mean fraction of each line's characters right before the first mistake (FIM)
+    prefix_chars: float = 0.0  # the same from the prefix alone
     examples: list[dict] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (f"single-line infilling on {self.lines} validation lines: exact match {self.fim_exact:.1%} with "
-                f"prefix + suffix (FIM), {self.prefix_exact:.1%} from the prefix alone")
+                f"prefix + suffix (FIM), {self.prefix_exact:.1%} from the prefix alone; characters right before "
+                f"the first mistake {self.fim_chars:.1%} vs {self.prefix_chars:.1%}")
+
+
+def right_before_mistake(got: str | None, line: str) -> float:
+    """Fraction of `line`'s characters (trailing whitespace ignored) that `got` reproduces before
+    its first mistake."""
+    want = line.rstrip()
+    if got is None or not want:
+        return 0.0
+    n = 0
+    for a, b in zip(got, want):
+        if a != b:
+            break
+        n += 1
+    return n / len(want)
 
 
 def pick_lines(texts: list[str], n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     """`n` lines (prefix, line, suffix) drawn by `seed` from the texts' non-blank lines of
-    MIN_CHARS..MAX_CHARS characters: prefix ends with the line break before the line, suffix
-    starts with the one after it."""
+    MIN_CHARS..MAX_CHARS characters after the first: text = prefix + "\n" + line + suffix, and
+    suffix starts with the line break after the line."""
     cands = []
     for d, t in enumerate(texts):
         start = 0
         for line in t.split("\n"):
             end = start + len(line)
-            if MIN_CHARS <= len(line.strip()) and len(line) <= MAX_CHARS and end < len(t):
+            if start > 0 and MIN_CHARS <= len(line.strip()) and len(line) <= MAX_CHARS and end < len(t):
                 cands.append((d, start, end))
             start = end + 1
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(cands), size=min(n, len(cands)), replace=False) if cands else []
-    return [(texts[d][:s], texts[d][s:e], texts[d][e:]) for d, s, e in (cands[i] for i in sorted(picked))]
+    return [(texts[d][: s - 1], texts[d][s:e], texts[d][e:]) for d, s, e in (cands[i] for i in sorted(picked))]
 
 
-def line_break_ids(tok: Tokenizer) -> torch.Tensor:
-    """The base ids whose text holds a line break (generation stops after one)."""
-    return torch.tensor([i for i in range(tok.base_size) if "\n" in tok.decode([i])], dtype=torch.long)
+def first_line(generated: str) -> str | None:
+    """The line a generation wrote: the text after its leading line break up to the next one
+    (None when it does not start a new line)."""
+    return generated[1:].split("\n")[0] if generated.startswith("\n") else None
 
 
 @torch.no_grad()
@@ -67,29 +88,31 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     if context < max_new_tokens + 8:
         raise ValueError(f"infill_lines: context {context} leaves no room beside {max_new_tokens} new tokens")
     dev = next(model.parameters()).device
-    stops = line_break_ids(tok).to(dev)
     keep = (context - max_new_tokens - 3) // 2
     was = model.training
     model.eval()
     fim_ok = pre_ok = 0
+    fim_c = pre_c = 0.0
     examples = []
+    bos = torch.tensor([vocab.eos], device=dev)  # training documents start after an EOS, as here
     for k, (prefix, middle, suffix) in enumerate(lines):
-        pre = torch.tensor(tok.encode(prefix)[-keep:], dtype=torch.long, device=dev)
+        pre = torch.tensor(tok.encode(prefix)[-keep:] if prefix else [], dtype=torch.long, device=dev)
         suf = torch.tensor(tok.encode(suffix)[:keep], dtype=torch.long, device=dev)
-        got_fim = tok.decode(model.infill(pre, suf, vocab, max_new_tokens, temperature=0.0,
-                                          stop_ids=stops).tolist()).split("\n")[0]
-        bos = torch.tensor([vocab.eos], device=dev)  # training documents start after an EOS, as here
-        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, eos_id=vocab.eos, stop_ids=stops)
-        got_pre = tok.decode([int(i) for i in new if int(i) != vocab.eos]).split("\n")[0]
-        f, p = got_fim.rstrip() == middle.rstrip(), got_pre.rstrip() == middle.rstrip()
+        got_fim = first_line(tok.decode(model.infill(pre, suf, vocab, max_new_tokens, temperature=0.0).tolist()))
+        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0)
+        got_pre = first_line(tok.decode([int(i) for i in new if int(i) != vocab.eos]))
+        f = got_fim is not None and got_fim.rstrip() == middle.rstrip()
+        p = got_pre is not None and got_pre.rstrip() == middle.rstrip()
         fim_ok += f
         pre_ok += p
+        fim_c += right_before_mistake(got_fim, middle)
+        pre_c += right_before_mistake(got_pre, middle)
         if len(examples) < 6:
-            examples.append({"before": prefix.split("\n")[-2] if "\n" in prefix else "", "line": middle,
-                             "after": suffix.split("\n")[1] if suffix.count("\n") > 1 else "", "fim": got_fim,
-                             "prefix_only": got_pre})
+            examples.append({"before": prefix.split("\n")[-1], "line": middle,
+                             "after": suffix.split("\n")[1] if suffix.count("\n") > 1 else "",
+                             "fim": got_fim or "", "prefix_only": got_pre or ""})
         if progress is not None:
             progress(k + 1)
     model.train(was)
     n = max(1, len(lines))
-    return InfillResult(len(lines), fim_ok / n, pre_ok / n, examples)
+    return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, examples)
