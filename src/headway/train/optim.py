@@ -22,10 +22,14 @@ class Combined(torch.optim.Optimizer):
 
     def __init__(self, parts: dict[str, torch.optim.Optimizer]) -> None:
         self.parts = parts
-        self.param_groups = [g for o in parts.values() for g in o.param_groups]
         self.defaults: dict[str, Any] = {}
         self._optimizer_step_pre_hooks: dict = {}
         self._optimizer_step_post_hooks: dict = {}
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        # read through every time: load_state_dict gives the parts new group dicts
+        return [g for o in self.parts.values() for g in o.param_groups]
 
     @property
     def state(self):  # noqa: ANN201
