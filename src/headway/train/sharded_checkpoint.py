@@ -38,7 +38,7 @@ def save_sharded_checkpoint(out: Path, step: int, model: nn.Module, optimizer: t
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    msd, osd = get_state_dict(model, optimizer)
+    msd, osd = get_state_dict(model, _parts(optimizer))
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
@@ -59,8 +59,14 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
     if not (ck / "dcp").is_dir():
         raise CheckpointError(f"checkpoint {ck} has no dcp/ shards: it was written by an unsharded run; resume it "
                               "without --parallel fsdp / --tensor-parallel-head")
-    msd, osd = get_state_dict(model, optimizer)
+    msd, osd = get_state_dict(model, _parts(optimizer))
     sd = {"model": msd, "optim": osd}
     dcp.load(sd, checkpoint_id=str(ck / "dcp"))
-    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    set_state_dict(model, _parts(optimizer), model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     return state
+
+
+def _parts(optimizer):  # noqa: ANN001, ANN202
+    """The optimizers DCP should see: a `Combined` optimizer's parts (DCP takes several), else it."""
+    parts = getattr(optimizer, "parts", None)
+    return tuple(parts.values()) if parts else optimizer
