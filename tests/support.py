@@ -25,7 +25,7 @@ def write_corpus(d: Path) -> Path:
 def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(corpus), "--out", str(out), "--tokenizer", "bytes", "--size", "tiny",
             "--seq-len", "64", "--batch-size", "2", "--steps", "3", "--warmup", "2", "--log-every", "1",
-            "--val-fraction", "0.1", "--threads", "1", *extra]
+            "--val-fraction", "0.1", "--threads", "1", "--infill-lines", "0", *extra]
 
 
 _args = train_args

@@ -27,7 +27,8 @@ def corpus(tmp_path_factory) -> Path:
 def _train_args(corpus: Path, out: Path, batch: int, steps: int = 4) -> list[str]:
     return ["train", "--data", str(corpus), "--out", str(out), "--tokenizer", "bytes", "--size", "tiny",
             "--seq-len", "64", "--batch-size", str(batch), "--steps", str(steps), "--warmup", "2", "--log-every", "1",
-            "--val-fraction", "0.1", "--precision", "fp32", "--objective", "clm", "--threads", "1"]
+            "--val-fraction", "0.1", "--precision", "fp32", "--objective", "clm", "--threads", "1",
+            "--infill-lines", "0"]
 
 
 def _free_port() -> int:

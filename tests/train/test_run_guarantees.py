@@ -97,7 +97,7 @@ def test_resume_after_files_were_added_keeps_the_tokenizer(corpus, tmp_path):
     shutil.copytree(corpus, data)
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--out", str(out), "--vocab-size", "300", "--size", "tiny", "--seq-len",
-            "64", "--batch-size", "2", "--val-fraction", "0.1", "--threads", "1"]
+            "64", "--batch-size", "2", "--val-fraction", "0.1", "--threads", "1", "--infill-lines", "0"]
     assert main([*args, "--steps", "2"]) == 0
     before = (out / "tokenizer.json").read_bytes()
     for i in range(30):
