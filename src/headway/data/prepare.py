@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,6 @@ class Prepared:
     train: list[ShardSet]
     val: list[ShardSet]
     weights: list[float]
-    log_lines: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
