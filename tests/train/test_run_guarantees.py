@@ -159,9 +159,10 @@ def test_a_signal_saves_a_checkpoint_and_exits_non_zero(corpus, tmp_path, sig, c
     assert _latest_step(out) == step + 2
 
 
-def test_kill_minus_nine_leaves_a_loadable_latest(corpus, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])  # forked loader workers must not keep the run's lock alive
+def test_kill_minus_nine_leaves_a_loadable_latest(corpus, tmp_path, workers):
     out = tmp_path / "run"
-    proc = _spawn(_args(corpus, out, "--steps", "100000", "--checkpoint-every", "2"))
+    proc = _spawn(_args(corpus, out, "--steps", "100000", "--checkpoint-every", "2", "--loader-workers", workers))
     _wait_for_training(proc, out, 8)
     proc.kill()
     proc.wait(timeout=60)
