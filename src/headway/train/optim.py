@@ -4,16 +4,80 @@ Muon (`torch.optim.Muon`, Jordan et al. 2024) orthogonalizes each 2-D update by 
 iterations; it is meant for hidden weight matrices only, so embeddings, the LM head, norms and
 biases stay with AdamW. `adjust_lr_fn="match_rms_adamw"` scales Muon's update to AdamW's RMS, so
 one learning rate (and one schedule) drives both.
+
+`torch.optim.Muon` runs the iteration in bfloat16. A CPU without native bf16 products emulates
+them: on the default run that cost 32 ms of a 216 ms step, against 2.4 ms in float32. `Muon` below
+is `torch.optim.Muon` with the iteration's dtype as a choice (float32 on CPU, bfloat16 elsewhere);
+in bfloat16 it takes exactly torch's steps (tested).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 OPTIMIZERS = ("adamw", "muon")
+
+
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Approximate U V^T of G = U S V^T (M, K) by the quintic iteration X <- aX + (bA + cA^2) X with
+    A = X X^T, from X = G / |G|_F, computed in `dtype` on the wide orientation (as torch.optim.Muon)."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T  # (min, min)
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Muon):
+    """`torch.optim.Muon` (same arguments, state and update) whose Newton–Schulz iteration runs in
+    `ns_dtype` (None: float32 on CPU, bfloat16 elsewhere, as torch). Per matrix W (M, K), gradient G:
+        B <- mu B + (1 - mu) G;  U = NS(G + mu (B - G)) if nesterov else NS(B)
+        W <- W (1 - lr wd) - lr * 0.2 sqrt(max(M, K)) U      (adjust_lr_fn="match_rms_adamw")
+    """
+
+    def __init__(self, params, ns_dtype: torch.dtype | None = None, **kw: Any) -> None:  # noqa: ANN001
+        super().__init__(params, **kw)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201
+        if closure is not None:
+            raise ValueError("Muon.step: closures are not supported")
+        for group in self.param_groups:
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            bufs: list[torch.Tensor] = []
+            self._init_group(group, params, grads, bufs)
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            for p, g, buf in zip(params, grads, bufs):
+                buf.lerp_(g, 1 - mu)
+                u = g.lerp(buf, mu) if group["nesterov"] else buf
+                dtype = self.ns_dtype or (torch.float32 if p.device.type == "cpu" else torch.bfloat16)
+                u = newton_schulz(u, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                p.mul_(1 - lr * wd)
+                p.add_(u, alpha=-lr * adjust_ratio(group["adjust_lr_fn"], p.shape))
+        return None
+
+
+def adjust_ratio(fn: str | None, shape: torch.Size) -> float:
+    """Muon's learning-rate multiplier for a (M, K) matrix: sqrt(max(1, M/K)) ("original"/None) or
+    0.2 sqrt(max(M, K)) ("match_rms_adamw")."""
+    m, k = shape[:2]
+    if fn is None or fn == "original":
+        return math.sqrt(max(1, m / k))
+    if fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(m, k))
+    return 1.0
 
 
 class Combined(torch.optim.Optimizer):
@@ -64,6 +128,6 @@ def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float) 
                               lr=lr, betas=(0.9, 0.95))
     if kind == "adamw":
         return adamw
-    muon = torch.optim.Muon([p for p in model.parameters() if id(p) in hidden], lr=lr, weight_decay=weight_decay,
+    muon = Muon([p for p in model.parameters() if id(p) in hidden], lr=lr, weight_decay=weight_decay,
                             adjust_lr_fn="match_rms_adamw")
     return Combined({"adamw": adamw, "muon": muon})
