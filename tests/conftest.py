@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from headway.types import Vocab
+
+# property tests assert results, not speed: a loaded 2-core machine must not fail them on time
+settings.register_profile("headway", deadline=None)
+settings.load_profile("headway")
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from headway.constants import FIM_LAYOUTS
+
 TRAIN_HELP = {
     "objective": "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, "
                  "or e.g. 'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)",
@@ -145,8 +147,9 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
     if s.infill_eval:
         e = s.infill_eval
         print("-" * 60 + f"\nsingle-line infilling, {e['lines']} validation lines (greedy, exact match):")
-        print(f"  prefix + suffix (FIM)   {e['fim_exact']:6.1%}   (characters right before the first mistake: "
-              f"{e['fim_chars']:.1%})\n  prefix alone            {e['prefix_exact']:6.1%}   ({e['prefix_chars']:.1%})")
+        fim = f"prefix + suffix (FIM, {e.get('layout', 'psm').upper()})"
+        print(f"  {fim}  {e['fim_exact']:6.1%}   (characters right before the first mistake: {e['fim_chars']:.1%})\n"
+              f"  {'prefix alone':<{len(fim)}}  {e['prefix_exact']:6.1%}   ({e['prefix_chars']:.1%})")
     print("=" * 60)
     print(f"outputs in {cfg.out}: metrics.jsonl, loss.png, summary.json, checkpoints (step-*/)")
 
@@ -243,7 +246,7 @@ def cmd_infill(a: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(a.seed)
     mid = model.infill(torch.tensor(_encode_arg(tok, a.prefix, "--prefix"), dtype=torch.long),
                        torch.tensor(_encode_arg(tok, a.suffix, "--suffix"), dtype=torch.long), vocab, a.max_new_tokens,
-                       temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=g)
+                       a.layout, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=g)
     color = sys.stdout.isatty()
     print(a.prefix + ("\033[32m" if color else "") + tok.decode(mid.tolist()) + ("\033[0m" if color else "")
           + a.suffix)
@@ -338,7 +341,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         if not model.backbone.causal:
             raise ValueError("--infill: this model is bidirectional (MLM) and cannot generate")
-        res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S)
+        res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S, layout=a.infill_layout)
         print(res)
         for e in res.examples:
             ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
@@ -456,6 +459,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", help="checkpoint folder or run folder")
     i.add_argument("--prefix", required=True, help="text before the gap")
     i.add_argument("--suffix", required=True, help="text after the gap")
+    i.add_argument("--layout", choices=FIM_LAYOUTS, default="spm", help="prompt layout: spm (<fim_prefix><fim_suffix> "
+                   "suffix <fim_middle> prefix, the default) or psm (<fim_prefix> prefix <fim_suffix> suffix "
+                   "<fim_middle>)")
     _sampling(i)
     sh = sub.add_parser("show", help="print one example of an objective and save a PNG of its masks")
     sh.add_argument("--objective", default="fim", help="objective spec, as for train (default: fim)")
@@ -475,6 +481,9 @@ def parser() -> argparse.ArgumentParser:
                    "of the texts drawn by --seed: exact match of greedy FIM (prefix + suffix) next to completing the "
                    "line from the prefix alone")
     e.add_argument("--seed", type=int, default=0, help="which lines --infill draws")
+    e.add_argument("--infill-layout", choices=FIM_LAYOUTS, default="spm", help="FIM prompt for --infill: spm "
+                   "(<fim_prefix><fim_suffix> suffix <fim_middle> prefix, the default) or psm (<fim_prefix> prefix "
+                   "<fim_suffix> suffix <fim_middle>)")
     e.add_argument("--seq-len", type=int, default=None, help="evaluation window (default: the training seq_len)")
     e.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: seq_len // 2)")

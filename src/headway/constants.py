@@ -2,3 +2,7 @@
 
 IGNORE_INDEX: int = -100
 """Label value that contributes nothing to the loss (same as PyTorch's and HuggingFace's)."""
+
+FIM_LAYOUTS: tuple[str, ...] = ("spm", "psm")
+"""Where the prefix goes in an infilling prompt: SPM `<fim_prefix> <fim_suffix> suf <fim_middle> pre`
+(the middle continues the prefix; the default) or PSM `<fim_prefix> pre <fim_suffix> suf <fim_middle>`."""

@@ -10,6 +10,7 @@ from headway.data.packing import Packer, examples_from_documents
 from headway.masks import sdpa_mask
 from headway.models import GatedSSM, GatedSSMConfig, Transformer, TransformerConfig, build_model, sample
 from headway.objectives import build_objective
+from headway.objectives.fim import FIM
 from headway.types import Vocab
 
 V = Vocab(base_size=61, num_sentinels=8)
@@ -131,13 +132,22 @@ def test_bidirectional_ssm_refuses_to_generate():
 
 
 def test_infill_prompt_layout_and_stop_at_eos():
-    """infill = greedy generation after `<fim_prefix> pre <fim_suffix> suf <fim_middle>` (PSM),
-    cut before the first EOS."""
+    """infill = greedy generation after `<fim_prefix> <fim_suffix> suf <fim_middle> pre` (SPM, the
+    default) or `<fim_prefix> pre <fim_suffix> suf <fim_middle>` (PSM), cut before the first EOS;
+    the same prompts `fim` trains on."""
     model = build_model(V, "transformer", "tiny").eval()
     pre, suf = torch.tensor([1, 2]), torch.tensor([3])
-    psm = torch.tensor([V.id("<fim_prefix>"), 1, 2, V.id("<fim_suffix>"), 3, V.id("<fim_middle>")])
-    mid = model.infill(pre, suf, V, max_new_tokens=5, temperature=0)
-    assert torch.equal(mid, model.generate(psm, 5, temperature=0, eos_id=V.eos)[: len(mid)])
+    P, S, M = V.id("<fim_prefix>"), V.id("<fim_suffix>"), V.id("<fim_middle>")
+    for layout, prompt in (("spm", [P, S, 3, M, 1, 2]), ("psm", [P, 1, 2, S, 3, M])):
+        mid = model.infill(pre, suf, V, max_new_tokens=5, layout=layout, temperature=0)
+        assert torch.equal(mid, model.generate(torch.tensor(prompt), 5, temperature=0, eos_id=V.eos)[: len(mid)])
+        # the training example of a document pre + mid + suf starts with the same prompt
+        fim = FIM(V, rate=1.0, spm_rate=1.0 if layout == "spm" else 0.0)
+        fim.split = lambda tokens, rng: (np.array([1, 2]), np.array([7, 8]), np.array([3]))
+        ex = fim(np.array([1, 2, 7, 8, 3]), np.random.default_rng(0))
+        assert ex.input_ids.tolist()[: len(prompt)] == prompt
+    with pytest.raises(ValueError, match="layout"):
+        model.infill(pre, suf, V, layout="pms")
     # a head that predicts EOS from the third step on: the middle is the two tokens before it
     logits, calls = model.head.logits, []
 

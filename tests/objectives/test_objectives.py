@@ -78,6 +78,32 @@ def test_fim_reassembles_into_the_original_text(text, seed):
     np.testing.assert_array_equal(ex.labels[:-1], ex.input_ids[1:])
 
 
+@given(st.lists(st.text(alphabet=st.characters(max_codepoint=0x3FF, blacklist_characters="\n"), max_size=12),
+                max_size=8).map("\n".join), seeds)
+def test_fim_line_splits_cut_right_before_line_breaks(text, seed):
+    """line_rate 1: every middle is whole lines, each opening with "\n" (or empty), and the suffix
+    starts at a line break or the end; the parts still reassemble, non-ASCII included."""
+    enc, dec = _text_codec()
+    fim = FIM(Vocab(base_size=256, num_sentinels=1), rate=1.0, line_rate=1.0, encode=enc, decode=dec)
+    pre, mid, suf = fim.split(np.array(enc(text), dtype=np.int64), np.random.default_rng(seed))
+    pre, mid, suf = (dec(x.tolist()) for x in (pre, mid, suf))
+    assert pre + mid + suf == text
+    assert mid == "" or mid.startswith("\n")
+    assert suf == "" or suf.startswith("\n")
+
+
+def test_fim_line_rate_is_the_share_of_line_splits():
+    enc, dec = _text_codec()
+    text = "".join(f"line {k} of the file, with some words\n" for k in range(40))
+    fim = FIM(Vocab(base_size=256, num_sentinels=1), rate=1.0, line_rate=0.3, encode=enc, decode=dec)
+    rng = np.random.default_rng(0)
+    on_lines = 0
+    for _ in range(2000):
+        pre, mid, _ = fim.split(np.array(enc(text), dtype=np.int64), rng)
+        on_lines += len(mid) > 0 and mid[0] == ord("\n") and (len(pre) == 0 or pre[-1] != ord("\n"))
+    assert 0.27 < on_lines / 2000 < 0.34  # a character split lands right before a break 1 time in 38
+
+
 @given(docs, seeds)
 def test_fim_token_level_reassembles(doc, seed):
     ex = FIM(V, rate=1.0)(doc, np.random.default_rng(seed))
@@ -254,6 +280,7 @@ def test_same_seed_same_examples(vocab):
     (lambda v: MLM(v, mask_rate=0.95, random_rate=0.1), "mask_rate"),
     (lambda v: FIM(v, rate=-0.1), "rate"),
     (lambda v: FIM(v, spm_rate=2), "spm_rate"),
+    (lambda v: FIM(v, line_rate=-1), "line_rate"),
     (lambda v: FIM(Vocab(10, specials=("<eos>",))), "fim_prefix"),
     (lambda v: MLM(Vocab(10, specials=("<eos>",))), "mask"),
     (lambda v: SpanCorruption(v, noise_density=1.2), "noise_density"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from headway.constants import FIM_LAYOUTS
 from headway.heads.lm_head import HeadBase
 from headway.types import Batch, Vocab
 
@@ -61,14 +62,23 @@ class LanguageModel(nn.Module):
         return new[0] if single else new
 
     @torch.no_grad()
-    def infill(self, prefix: Tensor, suffix: Tensor, vocab: Vocab, max_new_tokens: int = 64, **kw) -> Tensor:
-        """Generate the middle between `prefix` and `suffix` (1-D ids) in the PSM layout
-        `<fim_prefix> pre <fim_suffix> suf <fim_middle>`; stops at EOS (not returned)."""
+    def infill(self, prefix: Tensor, suffix: Tensor, vocab: Vocab, max_new_tokens: int = 64, layout: str = "spm",
+               **kw) -> Tensor:
+        """Generate the middle between `prefix` and `suffix` (1-D ids); stops at EOS (not returned).
+        layout "spm": `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, so the middle continues the
+        prefix right where it ends; "psm": `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, so the
+        model must find where the prefix ended. FIM training (`fim`) shows both."""
+        if layout not in FIM_LAYOUTS:
+            raise ValueError(f"infill: `layout` must be one of {' | '.join(FIM_LAYOUTS)}, got {layout!r}")
         t = lambda name: torch.tensor([vocab.id(name)], device=prefix.device)  # noqa: E731
-        prompt = torch.cat([t("<fim_prefix>"), prefix, t("<fim_suffix>"), suffix, t("<fim_middle>")])
+        if layout == "spm":
+            prompt = torch.cat([t("<fim_prefix>"), t("<fim_suffix>"), suffix, t("<fim_middle>"), prefix])
+        else:
+            prompt = torch.cat([t("<fim_prefix>"), prefix, t("<fim_suffix>"), suffix, t("<fim_middle>")])
         mid = self.generate(prompt, max_new_tokens, eos_id=vocab.eos, **kw)
         stop = (mid == vocab.eos).nonzero()
         return mid[: int(stop[0])] if len(stop) else mid
+
 
 
 def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,

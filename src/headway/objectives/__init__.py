@@ -19,13 +19,16 @@ __all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Exampl
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None
 
 
+FIM_LINE_RATE = 0.5  # `fim`: the share of examples split at line breaks (FIM.line_rate)
+
+
 def _single(name: str, vocab: Vocab, codec: Codec) -> Objective:
     enc, dec = codec if codec is not None else (None, None)
     makers: dict[str, Callable[[], Objective]] = {
         "clm": lambda: CLM(vocab.eos),
         "mlm": lambda: MLM(vocab),
         "prefix_lm": lambda: PrefixLM(vocab.eos),
-        "fim": lambda: FIM(vocab, rate=1.0, encode=enc, decode=dec),
+        "fim": lambda: FIM(vocab, rate=1.0, line_rate=FIM_LINE_RATE, encode=enc, decode=dec),
         "span": lambda: SpanCorruption(vocab),
         "ul2": lambda: ul2(vocab),
         "ul2r": lambda: ul2r(vocab),

@@ -21,14 +21,18 @@ class FIM:
         SPM: <fim_prefix> <fim_suffix> suf <fim_middle> pre mid            (share spm_rate)
 
     as a causal example whose every token after the first, then EOS, is a target; otherwise a plain
-    CLM example. With `encode`/`decode` the two split points are uniform *character* positions
-    (the parts are re-encoded; empty parts allowed); without them, token positions. No filler
-    token is ever emitted (FIM examples pack like any other; padding is never a target).
+    CLM example. With `encode`/`decode` the two split points are *character* positions (the parts
+    are re-encoded; empty parts allowed): with probability `line_rate` both are drawn uniformly
+    from the positions right before a line break (and the end), so the middle is whole lines
+    opening with "\n" — the shape of line infilling; else uniformly from all positions. Without
+    a codec, uniform token positions. No filler token is ever emitted (FIM examples pack like any
+    other; padding is never a target).
     """
 
     vocab: Vocab
     rate: float = 0.5
     spm_rate: float = 0.5
+    line_rate: float = 0.0
     encode: Callable[[str], list[int]] | None = None
     decode: Callable[[list[int]], str] | None = None
     name: str = "fim"
@@ -38,6 +42,7 @@ class FIM:
     def __post_init__(self) -> None:
         check_rate("FIM: `rate`", self.rate)
         check_rate("FIM: `spm_rate`", self.spm_rate)
+        check_rate("FIM: `line_rate`", self.line_rate)
         if (self.encode is None) != (self.decode is None):
             raise ValueError("FIM: give both `encode` and `decode` (character-level splits) or neither")
         self.pre, self.mid, self.suf = (self.vocab.id(n) for n in ("<fim_prefix>", "<fim_middle>", "<fim_suffix>"))
@@ -47,7 +52,11 @@ class FIM:
         """(prefix, middle, suffix) token arrays whose concatenated text is the document's."""
         if self.decode is not None and self.encode is not None:
             text = self.decode(tokens.tolist())
-            i, j = sorted(rng.integers(0, len(text) + 1, size=2))
+            if self.line_rate and rng.random() < self.line_rate:
+                cuts = [k for k, c in enumerate(text) if c == "\n"] + [len(text)]  # right before each line break
+                i, j = sorted(rng.choice(cuts, size=2))
+            else:
+                i, j = sorted(rng.integers(0, len(text) + 1, size=2))
             enc = self.encode
             return tuple(np.asarray(enc(s), dtype=np.int64) for s in (text[:i], text[i:j], text[j:]))  # type: ignore
         i, j = sorted(rng.integers(0, len(tokens) + 1, size=2))

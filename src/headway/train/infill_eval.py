@@ -4,8 +4,10 @@ Lines are drawn by seed from the validation documents (non-blank, 4 to 80 charac
 document's first line). The prefix ends *before* the line break that opens the line, so the
 model writes "\n" + line: a byte-level BPE merges a line break with the next line's indentation
 ("\n        "), and a prompt cut after the bare "\n" would end on a token boundary training never
-shows. With FIM the model sees the text before and after (the PSM prompt
-`<fim_prefix> pre <fim_suffix> suf <fim_middle>`) and generates greedily until EOS; from the
+shows. With FIM the model sees the text before and after and generates greedily until EOS; by
+default in the SPM layout `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, where the middle
+continues the prefix where it ends (PSM, `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, asks
+the model to find the prefix's end across the suffix, which a small model learns last). From the
 prefix alone it continues left to right. Score: exact match of the generated text up to the
 next line break with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM
 gets the suffix too — the difference is what the objective buys.
@@ -33,12 +35,13 @@ class InfillResult:
     prefix_exact: float  # the same, completing from the prefix alone
     fim_chars: float = 0.0  # mean fraction of each line's characters right before the first mistake (FIM)
     prefix_chars: float = 0.0  # the same from the prefix alone
+    layout: str = "spm"  # the FIM prompt's layout (LanguageModel.infill)
     examples: list[dict] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (f"single-line infilling on {self.lines} validation lines: exact match {self.fim_exact:.1%} with "
-                f"prefix + suffix (FIM), {self.prefix_exact:.1%} from the prefix alone; characters right before "
-                f"the first mistake {self.fim_chars:.1%} vs {self.prefix_chars:.1%}")
+                f"prefix + suffix (FIM, {self.layout.upper()}), {self.prefix_exact:.1%} from the prefix alone; "
+                f"characters right before the first mistake {self.fim_chars:.1%} vs {self.prefix_chars:.1%}")
 
 
 def right_before_mistake(got: str | None, line: str) -> float:
@@ -80,9 +83,9 @@ def first_line(generated: str) -> str | None:
 
 @torch.no_grad()
 def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list[tuple[str, str, str]],
-                 context: int, max_new_tokens: int = 32,
+                 context: int, max_new_tokens: int = 32, layout: str = "spm",
                  progress: Callable[[int], None] | None = None) -> InfillResult:
-    """Exact match of greedy single-line infilling (FIM) and left-to-right completion on `lines`,
+    """Exact match of greedy single-line infilling (FIM in `layout`) and left-to-right completion on `lines`,
     each prompt within `context` tokens (prefix and suffix cut to (context - max_new - 3) / 2). The
     left-to-right prompt is EOS + prefix, as documents start in training."""
     if context < max_new_tokens + 8:
@@ -98,7 +101,8 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     for k, (prefix, middle, suffix) in enumerate(lines):
         pre = torch.tensor(tok.encode(prefix)[-keep:] if prefix else [], dtype=torch.long, device=dev)
         suf = torch.tensor(tok.encode(suffix)[:keep], dtype=torch.long, device=dev)
-        got_fim = first_line(tok.decode(model.infill(pre, suf, vocab, max_new_tokens, temperature=0.0).tolist()))
+        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0)
+        got_fim = first_line(tok.decode(mid.tolist()))
         new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0)
         got_pre = first_line(tok.decode([int(i) for i in new if int(i) != vocab.eos]))
         f = got_fim is not None and got_fim.rstrip() == middle.rstrip()
@@ -115,4 +119,4 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
             progress(k + 1)
     model.train(was)
     n = max(1, len(lines))
-    return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, examples)
+    return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, layout, examples)

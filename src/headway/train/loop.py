@@ -498,7 +498,8 @@ def final_evaluation(run: Run) -> None:
             with _autocast(run.precision, run.device):
                 res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len)
             s.infill_eval = {"lines": res.lines, "fim_exact": res.fim_exact, "prefix_exact": res.prefix_exact,
-                             "fim_chars": res.fim_chars, "prefix_chars": res.prefix_chars, "examples": res.examples}
+                             "fim_chars": res.fim_chars, "prefix_chars": res.prefix_chars, "layout": res.layout,
+                             "examples": res.examples}
 
 
 def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
