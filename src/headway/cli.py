@@ -148,8 +148,9 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
         e = s.infill_eval
         print("-" * 60 + f"\nsingle-line infilling, {e['lines']} validation lines (greedy, exact match):")
         fim = f"prefix + suffix (FIM, {e.get('layout', 'psm').upper()})"
-        print(f"  {fim}  {e['fim_exact']:6.1%}   (characters right before the first mistake: {e['fim_chars']:.1%})\n"
-              f"  {'prefix alone':<{len(fim)}}  {e['prefix_exact']:6.1%}   ({e['prefix_chars']:.1%})")
+        print(f"  {'':<{len(fim)}}  exact  chars before 1st mistake  line bits/byte (teacher-forced)")
+        for name, k in ((fim, "fim"), ("prefix alone", "prefix")):
+            print(f"  {name:<{len(fim)}}  {e[k + '_exact']:5.1%}  {e[k + '_chars']:24.1%}  {e.get(k + '_bits', 0):.3f}")
     print("=" * 60)
     print(f"outputs in {cfg.out}: metrics.jsonl, loss.png, summary.json, checkpoints (step-*/)")
 

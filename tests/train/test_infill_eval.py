@@ -5,11 +5,14 @@ import json
 import sysconfig
 from pathlib import Path
 
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway.cli import main
-from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, pick_lines
+from headway.models import build_model
+from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, nll, pick_lines
+from headway.types import Vocab
 from tests.support import train_args
 
 
@@ -47,15 +50,31 @@ def test_the_generated_line_is_the_text_between_the_first_two_line_breaks():
     assert first_line("return x\n") is None  # did not start the line: never an exact match
 
 
+@torch.no_grad()
+def test_line_nll_is_the_teacher_forced_sum_of_next_token_losses():
+    torch.manual_seed(0)
+    model = build_model(Vocab(53), "transformer", "16x2").eval()
+    prompt, target = torch.tensor([3, 9, 4, 1]), torch.tensor([7, 7, 2])
+    want = 0.0
+    for t in range(len(target)):  # one position at a time, as generation sees it
+        z = model.logits(torch.cat([prompt, target[:t]])[None])[0, -1]
+        want -= float(torch.log_softmax(z.double(), -1)[target[t]])
+    assert abs(nll(model, prompt, target) - want) < 1e-4
+
+
 def test_eval_infill_and_the_end_of_a_run_report_both_scores(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(corpus, out, "--infill-lines", "7", "--steps", "2")) == 0
     s = json.loads((out / "summary.json").read_text())
     e = s["infill_eval"]
     assert e["lines"] == 7 and 0 <= e["fim_exact"] <= 1 and 0 <= e["prefix_exact"] <= 1
+    assert e["layout"] == "spm" and e["fim_bits"] > 0 and e["prefix_bits"] > 0 and e["fim_bits"] != e["prefix_bits"]
     assert {"line", "fim", "prefix_only"} <= set(e["examples"][0])
     capsys.readouterr()
     assert main(["eval", str(out), "--infill", "5", "--data", str(corpus)]) == 0
     text = capsys.readouterr().out
-    assert "single-line infilling on 5 validation lines" in text and "FIM" in text and "prefix alone" in text
+    assert "single-line infilling on 5 validation lines" in text and "FIM, SPM" in text and "prefix alone" in text
+    assert "bits per byte of the lines" in text
+    assert main(["eval", str(out), "--infill", "5", "--data", str(corpus), "--infill-layout", "psm"]) == 0
+    assert "FIM, PSM" in capsys.readouterr().out
     assert main(["eval", str(out), "--infill", "-1"]) == 2

@@ -61,20 +61,25 @@ class LanguageModel(nn.Module):
         new = torch.stack(out, 1) if out else ids[:, :0]
         return new[0] if single else new
 
-    @torch.no_grad()
-    def infill(self, prefix: Tensor, suffix: Tensor, vocab: Vocab, max_new_tokens: int = 64, layout: str = "spm",
-               **kw) -> Tensor:
-        """Generate the middle between `prefix` and `suffix` (1-D ids); stops at EOS (not returned).
-        layout "spm": `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, so the middle continues the
-        prefix right where it ends; "psm": `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, so the
-        model must find where the prefix ended. FIM training (`fim`) shows both."""
+    @staticmethod
+    def fim_prompt(prefix: Tensor, suffix: Tensor, vocab: Vocab, layout: str = "spm") -> Tensor:
+        """The infilling prompt (1-D ids) whose continuation is the middle, as `fim` trains it:
+        "spm": `<fim_prefix> <fim_suffix> suf <fim_middle> pre` (the middle continues the prefix
+        right where it ends); "psm": `<fim_prefix> pre <fim_suffix> suf <fim_middle>` (the model
+        must find where the prefix ended)."""
         if layout not in FIM_LAYOUTS:
             raise ValueError(f"infill: `layout` must be one of {' | '.join(FIM_LAYOUTS)}, got {layout!r}")
         t = lambda name: torch.tensor([vocab.id(name)], device=prefix.device)  # noqa: E731
         if layout == "spm":
-            prompt = torch.cat([t("<fim_prefix>"), t("<fim_suffix>"), suffix, t("<fim_middle>"), prefix])
-        else:
-            prompt = torch.cat([t("<fim_prefix>"), prefix, t("<fim_suffix>"), suffix, t("<fim_middle>")])
+            return torch.cat([t("<fim_prefix>"), t("<fim_suffix>"), suffix, t("<fim_middle>"), prefix])
+        return torch.cat([t("<fim_prefix>"), prefix, t("<fim_suffix>"), suffix, t("<fim_middle>")])
+
+    @torch.no_grad()
+    def infill(self, prefix: Tensor, suffix: Tensor, vocab: Vocab, max_new_tokens: int = 64, layout: str = "spm",
+               **kw) -> Tensor:
+        """Generate the middle between `prefix` and `suffix` (1-D ids) after `fim_prompt` in `layout`;
+        stops at EOS (not returned)."""
+        prompt = self.fim_prompt(prefix, suffix, vocab, layout)
         mid = self.generate(prompt, max_new_tokens, eos_id=vocab.eos, **kw)
         stop = (mid == vocab.eos).nonzero()
         return mid[: int(stop[0])] if len(stop) else mid

@@ -499,7 +499,7 @@ def final_evaluation(run: Run) -> None:
                 res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len)
             s.infill_eval = {"lines": res.lines, "fim_exact": res.fim_exact, "prefix_exact": res.prefix_exact,
                              "fim_chars": res.fim_chars, "prefix_chars": res.prefix_chars, "layout": res.layout,
-                             "examples": res.examples}
+                             "fim_bits": res.fim_bits, "prefix_bits": res.prefix_bits, "examples": res.examples}
 
 
 def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
