@@ -36,6 +36,12 @@ RECIPES = {  # each row: the flags on top of the defaults (the last rows are the
     "new default + untied head": ["--tensor-parallel-head"],
     "new default, 96x3": ["--size", "96x3"],
     "new default, weight decay 0": ["--weight-decay", "0"],
+    # session 5 (float32 Newton-Schulz, FIM line splits); vocabulary rows: prepare with --vocab-size, pass --data
+    "new default, cosine to 0": ["--min-lr-ratio", "0"],
+    "new default, min lr ratio 0.3": ["--min-lr-ratio", "0.3"],
+    "new default, batch 8": ["--batch-size", "8"],
+    "new default, batch 32": ["--batch-size", "32"],
+    "new default, 512-token rows, batch 8": ["--seq-len", "512", "--batch-size", "8"],
 }
 
 
