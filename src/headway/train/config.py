@@ -14,7 +14,7 @@ from pathlib import Path
 class TrainConfig:
     objective: str = "clm:0.5,fim:0.5"
     backbone: str = "transformer"
-    size: str = "tiny"
+    size: str = "64x3"  # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm (README, session 5)
     seq_len: int = 256
     batch_size: int = 16
     grad_accum: int = 1
