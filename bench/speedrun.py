@@ -20,28 +20,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # session 3's recipe: AdamW, GELU, tied head, lr 3e-3
-OLD = {"lr": 3e-3, "optimizer": "adamw", "activation": "gelu", "qk_norm": False, "zero_init": False}
-OLD_FLAGS = ["--lr", "3e-3", "--optimizer", "adamw", "--activation", "gelu", "--no-qk-norm", "--no-zero-init"]
+OLD = {"lr": 3e-3, "optimizer": "adamw", "activation": "gelu", "qk_norm": False, "zero_init": False, "size": "tiny"}
+OLD_FLAGS = ["--lr", "3e-3", "--optimizer", "adamw", "--activation", "gelu", "--no-qk-norm", "--no-zero-init",
+             "--size", "tiny"]
 ALL4 = ["--qk-norm", "--zero-init", "--optimizer", "muon", "--activation", "relu2"]
 
-RECIPES = {  # each row: the flags on top of the defaults (the last rows are the new default and its variants)
+RECIPES = {  # each row: the flags on top of the defaults; "session 4 default" = 64x2 (--size tiny)
     "session 3 recipe": OLD_FLAGS,
     "+ ReLU²": OLD_FLAGS + ["--activation", "relu2"],
     "+ QK-norm + zero-init projections": OLD_FLAGS + ["--qk-norm", "--zero-init"],
     "+ Muon": OLD_FLAGS + ["--optimizer", "muon"],
     "all four": OLD_FLAGS + ALL4,
     "all four, lr 1.5e-3": OLD_FLAGS + ALL4 + ["--lr", "1.5e-3"],
-    "all four, lr 6e-3 (new default)": [],
-    "all four, lr 1.2e-2": ["--lr", "1.2e-2"],
-    "new default + untied head": ["--tensor-parallel-head"],
-    "new default, 96x3": ["--size", "96x3"],
-    "new default, weight decay 0": ["--weight-decay", "0"],
+    "all four, lr 6e-3 (session 4 default)": ["--size", "tiny"],
+    "all four, lr 1.2e-2": ["--lr", "1.2e-2", "--size", "tiny"],
+    "session 4 default + untied head": ["--tensor-parallel-head", "--size", "tiny"],
+    "session 4 default, 96x3": ["--size", "96x3"],
+    "session 4 default, weight decay 0": ["--weight-decay", "0", "--size", "tiny"],
     # session 5 (float32 Newton-Schulz, FIM line splits); vocabulary rows: prepare with --vocab-size, pass --data
-    "new default, cosine to 0": ["--min-lr-ratio", "0"],
-    "new default, min lr ratio 0.3": ["--min-lr-ratio", "0.3"],
-    "new default, batch 8": ["--batch-size", "8"],
-    "new default, batch 32": ["--batch-size", "32"],
-    "new default, 512-token rows, batch 8": ["--seq-len", "512", "--batch-size", "8"],
+    "session 4 default, cosine to 0": ["--min-lr-ratio", "0", "--size", "tiny"],
+    "session 4 default, min lr ratio 0.3": ["--min-lr-ratio", "0.3", "--size", "tiny"],
+    "session 4 default, batch 8": ["--batch-size", "8", "--size", "tiny"],
+    "session 4 default, batch 32": ["--batch-size", "32", "--size", "tiny"],
+    "session 4 default, 512-token rows, batch 8": ["--seq-len", "512", "--batch-size", "8", "--size", "tiny"],
+    "64x3 (session 5 default)": [],
 }
 
 
