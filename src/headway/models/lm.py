@@ -85,7 +85,6 @@ class LanguageModel(nn.Module):
         return mid[: int(stop[0])] if len(stop) else mid
 
 
-
 def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
            generator: torch.Generator | None = None) -> Tensor:
     """Draw one id per row of logits (B, V) with temperature, top-k and nucleus (top-p) filtering."""
