@@ -67,18 +67,20 @@ def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
     from headway.train.loop import build, lr_at, train_step
     from headway.train.signals import Stopper
 
-    print(f"\n## throughput: old vs new default, {blocks} alternating blocks of {steps} steps, same batches")
+    print(f"\n## throughput: old vs new default (and new with --compile), {blocks} alternating blocks of {steps} "
+          "steps, same batches")
     runs, batches = {}, None
+    variants = {"old": OLD, "new": new_flags, "new --compile": {**new_flags, "compile": True}}
     with Stopper() as st:
-        for name, kw in (("old", OLD), ("new", new_flags)):
+        for name, kw in variants.items():
             cfg = TrainConfig(out=str(tmp / name), steps=10**6, infill_lines=0, **kw)
             runs[name] = build(cfg, None, None, True, lambda *_: None, st)
         batches = [next(runs["new"].loader) for _ in range(steps)]
         bytes_per_token = runs["new"].data.prepared.totals("train")["bytes"] / runs["new"].data.prepared.totals(
             "train")["tokens"]
-        times: dict[str, list[float]] = {"old": [], "new": []}
-        for b in range(blocks + 1):
-            for name in ("old", "new") if b % 2 else ("new", "old"):
+        times: dict[str, list[float]] = {n: [] for n in variants}
+        for b in range(blocks + 1):  # block 0 warms up (and compiles)
+            for name in list(variants)[:: 1 if b % 2 else -1]:
                 run = runs[name]
                 ctx = old_loss() if name == "old" else contextlib.nullcontext()
                 with ctx:
@@ -86,17 +88,18 @@ def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
                     t = time.perf_counter()
                     for i in range(steps):
                         train_step(run, it, lr_at(i, 10**6, run.cfg))
-                    if b:  # block 0 warms up
+                    if b:
                         times[name].append((time.perf_counter() - t) / steps)
     tok = {n: runs[n].cfg.batch_size * runs[n].cfg.seq_len for n in runs}
-    for name in ("old", "new"):
+    for name in variants:
         per = min(times[name])
         s = runs[name].summary
         rate = tok[name] / per
         print(f"{name}: {per * 1000:6.1f} ms/step, {rate:8,.0f} tokens/s, {rate * bytes_per_token:9,.0f} bytes/s, "
               f"MFU {rate * s.flops_per_token / s.matmul_peak:.1%} ({s.flops_per_token / 1e6:.2f} MFLOP/token, "
               f"matmul peak {s.matmul_peak / 1e9:.0f} GFLOP/s)")
-    print(f"new / old tokens/s: {min(times['old']) / min(times['new']):.2f}x")
+    for name in list(variants)[1:]:
+        print(f"{name} / old tokens/s: {min(times['old']) / min(times[name]):.2f}x")
 
 
 def recipes(tmp: Path, budget: int, seeds: list[int], names: list[str] | None) -> None:

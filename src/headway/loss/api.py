@@ -23,6 +23,7 @@ def _reduce(per_token: Tensor, n_valid: Tensor, a: LossArgs) -> Tensor:
     return total * mean_scale(n_valid, a.num_items_in_batch, acc_dtype(a.hidden.dtype))
 
 
+@torch.compiler.disable  # a hand-scheduled kernel with buffers kept across calls: torch.compile runs it as is
 def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     """Loss (reduced) and lse (N,) through the chunked autograd Function, ignored rows dropped."""
     h, y = a.hidden, a.labels
