@@ -76,7 +76,9 @@ TRAIN_HELP = {
     "log_every": "write a metrics.jsonl line every N steps",
     "threads": "torch CPU threads (0: every core)",
     "allow_leak": "train a causal objective even when the causality check finds a leak (experts only)",
-    "compile": "torch.compile the model",
+    "compile": "torch.compile the model (inductor; the fused loss runs as written). The first steps compile "
+               "(10-30 s on 2 cores); on the 2-core CPU default model it was 8%% slower per step than eager "
+               "(bench/speedrun.py), so it is off by default",
     "parallel": "under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters, gradients and "
                 "optimizer state sharded over ranks; distributed checkpoints). Ignored in a single process",
     "tensor_parallel_head": "untie the LM head from the embedding and, under torchrun, shard it by vocabulary rows "
