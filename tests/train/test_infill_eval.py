@@ -5,13 +5,15 @@ import json
 import sysconfig
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway.cli import main
 from headway.models import build_model
-from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, nll, pick_lines
+from headway.data.tokenizer import BPETokenizer
+from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, line_openers, nll, pick_lines
 from headway.types import Vocab
 from tests.support import train_args
 
@@ -60,6 +62,34 @@ def test_line_nll_is_the_teacher_forced_sum_of_next_token_losses():
         z = model.logits(torch.cat([prompt, target[:t]])[None])[0, -1]
         want -= float(torch.log_softmax(z.double(), -1)[target[t]])
     assert abs(nll(model, prompt, target) - want) < 1e-4
+
+
+def test_first_allowed_constrains_the_first_new_token_only():
+    torch.manual_seed(0)
+    model = build_model(Vocab(53), "transformer", "16x2").eval()
+    prompt = torch.tensor([3, 9, 4, 1])
+    free = model.generate(prompt, 5, temperature=0.0)
+    allowed = torch.zeros(model.head.full_weight().shape[0], dtype=torch.bool)
+    a = (int(free[0]) + 1) % 53  # not the unconstrained choice
+    allowed[a] = True
+    got = model.generate(prompt, 5, temperature=0.0, first_allowed=allowed)
+    assert int(got[0]) == a and int(free[0]) != a
+    assert torch.equal(got[1:], model.generate(torch.cat([prompt, got[:1]]), 4, temperature=0.0))  # then free
+    for bad in (allowed.float(), torch.zeros_like(allowed), allowed[:-1], allowed[None]):
+        with pytest.raises(ValueError, match="first_allowed"):
+            model.generate(prompt, 2, temperature=0.0, first_allowed=bad)
+
+
+def test_line_openers_are_the_ids_whose_text_opens_a_line():
+    texts = _stdlib_texts()
+    tok = BPETokenizer.train(texts, 600, progress=False)
+    vocab = Vocab(tok.base_size)
+    opens = line_openers(tok, vocab)
+    assert opens.shape == (vocab.size,) and opens.dtype == torch.bool
+    assert all(tok.decode([i]).startswith("\n") == bool(opens[i]) for i in range(vocab.base_size))
+    assert not opens[vocab.base_size:].any()  # special ids never open a line
+    for prefix, line, _ in pick_lines(texts, 30, 0):  # how each drawn line's "\n" + line starts
+        assert opens[tok.encode("\n" + line)[0]]
 
 
 def test_eval_infill_and_the_end_of_a_run_report_both_scores(corpus, tmp_path, capsys):

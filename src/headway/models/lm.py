@@ -32,10 +32,15 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_id: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Continue `prompt` (S,) or (B, S); temperature 0 is greedy. Returns only the new tokens."""
+                 generator: torch.Generator | None = None, first_allowed: Tensor | None = None) -> Tensor:
+        """Continue `prompt` (S,) or (B, S); temperature 0 is greedy. Returns only the new tokens.
+        `first_allowed` (V,) bool: the ids the first new token may take (e.g. those that open a line)."""
         if max_new_tokens < 0:
             raise ValueError(f"generate: `max_new_tokens` must be >= 0, got {max_new_tokens}")
+        if first_allowed is not None and (first_allowed.dtype != torch.bool or first_allowed.dim() != 1
+                                          or not bool(first_allowed.any())):
+            raise ValueError(f"generate: `first_allowed` must be a (V,) bool tensor with a True entry, got "
+                             f"{first_allowed.dtype} {tuple(first_allowed.shape)}")
         if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
             raise ValueError(f"generate: need temperature >= 0, top_p in (0, 1], top_k >= 1; got "
                              f"{temperature}, {top_p}, {top_k}")
@@ -47,9 +52,14 @@ class LanguageModel(nn.Module):
         out: list[Tensor] = []
         step_in = ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
+        for t in range(max_new_tokens):
             h = self.backbone(self.embedding(step_in), None, cache)
             z = self.head.logits(h, keep_last=1)[:, -1]  # (B, V)
+            if t == 0 and first_allowed is not None:
+                if first_allowed.shape[0] != z.shape[-1]:
+                    raise ValueError(f"generate: `first_allowed` has {first_allowed.shape[0]} entries for a "
+                                     f"vocabulary of {z.shape[-1]}")
+                z = z.masked_fill(~first_allowed.to(z.device), float("-inf"))
             nxt = sample(z, temperature, top_k, top_p, generator)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)

@@ -8,8 +8,9 @@ shows. With FIM the model sees the text before and after and generates greedily 
 default in the SPM layout `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, where the middle
 continues the prefix where it ends (PSM, `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, asks
 the model to find the prefix's end across the suffix, which a small model learns last). From the
-prefix alone it continues left to right. Score: exact match of the generated text up to the
-next line break with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM
+prefix alone it continues left to right. Both are told that the middle opens a line: their first token is one whose
+text starts with "\n" (`line_openers`), as an editor inserting a line would ask. Score: exact
+match of the generated text up to the next line break with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM
 gets the suffix too — the difference is what the objective buys. Exact match is a hard, coarse
 score for a small model, so each line ("\n" + line) is also scored teacher-forced, in bits per
 byte after either prompt: the suffix helps exactly when the FIM figure is the lower.
@@ -95,6 +96,11 @@ def first_line(generated: str) -> str | None:
     return generated[1:].split("\n")[0] if generated.startswith("\n") else None
 
 
+def line_openers(tok: Tokenizer, vocab: Vocab) -> torch.Tensor:
+    """(V,) bool: the ids whose text starts with a line break ("\n", "\n    ", ...); special ids never."""
+    return torch.tensor([i < vocab.base_size and tok.decode([i]).startswith("\n") for i in range(vocab.size)])
+
+
 @torch.no_grad()
 def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list[tuple[str, str, str]],
                  context: int, max_new_tokens: int = 32, layout: str = "spm",
@@ -113,13 +119,14 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     n_bytes = 0
     examples = []
     bos = torch.tensor([vocab.eos], device=dev)  # training documents start after an EOS, as here
+    opens = line_openers(tok, vocab).to(dev)
     for k, (prefix, middle, suffix) in enumerate(lines):
         pre = torch.tensor(tok.encode(prefix)[-keep:] if prefix else [], dtype=torch.long, device=dev)
         suf = torch.tensor(tok.encode(suffix)[:keep], dtype=torch.long, device=dev)
         fim_prompt = model.fim_prompt(pre, suf, vocab, layout)
-        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0)
+        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0, first_allowed=opens)
         got_fim = first_line(tok.decode(mid.tolist()))
-        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0)
+        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, first_allowed=opens)
         want = torch.tensor(tok.encode("\n" + middle), dtype=torch.long, device=dev)
         fim_nll += nll(model, fim_prompt, want)
         pre_nll += nll(model, torch.cat([bos, pre]), want)
