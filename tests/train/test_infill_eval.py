@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from headway.cli import main
 from headway.models import build_model
 from headway.data.tokenizer import BPETokenizer
-from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, line_openers, nll, pick_lines
+from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, line_breaks, nll, pick_lines
 from headway.types import Vocab
 from tests.support import train_args
 
@@ -64,7 +64,7 @@ def test_line_nll_is_the_teacher_forced_sum_of_next_token_losses():
     assert abs(nll(model, prompt, target) - want) < 1e-4
 
 
-def test_first_allowed_constrains_the_first_new_token_only():
+def test_first_allowed_constrains_the_first_new_token_only_and_stop_when_ends_it():
     torch.manual_seed(0)
     model = build_model(Vocab(53), "transformer", "16x2").eval()
     prompt = torch.tensor([3, 9, 4, 1])
@@ -75,19 +75,23 @@ def test_first_allowed_constrains_the_first_new_token_only():
     got = model.generate(prompt, 5, temperature=0.0, first_allowed=allowed)
     assert int(got[0]) == a and int(free[0]) != a
     assert torch.equal(got[1:], model.generate(torch.cat([prompt, got[:1]]), 4, temperature=0.0))  # then free
+    stopped = model.generate(prompt, 5, temperature=0.0, stop_when=lambda new: new[:, -1] == free[2])
+    assert torch.equal(stopped, free[:3])  # ends right after the stop token, the tokens before unchanged
     for bad in (allowed.float(), torch.zeros_like(allowed), allowed[:-1], allowed[None]):
         with pytest.raises(ValueError, match="first_allowed"):
             model.generate(prompt, 2, temperature=0.0, first_allowed=bad)
 
 
-def test_line_openers_are_the_ids_whose_text_opens_a_line():
+def test_line_breaks_mark_the_ids_that_open_or_hold_a_line_break():
     texts = _stdlib_texts()
     tok = BPETokenizer.train(texts, 600, progress=False)
     vocab = Vocab(tok.base_size)
-    opens = line_openers(tok, vocab)
-    assert opens.shape == (vocab.size,) and opens.dtype == torch.bool
-    assert all(tok.decode([i]).startswith("\n") == bool(opens[i]) for i in range(vocab.base_size))
-    assert not opens[vocab.base_size:].any()  # special ids never open a line
+    opens, holds = line_breaks(tok, vocab)
+    assert opens.shape == holds.shape == (vocab.size,) and opens.dtype == holds.dtype == torch.bool
+    for i in range(vocab.base_size):
+        t = tok.decode([i])
+        assert bool(opens[i]) == t.startswith("\n") and bool(holds[i]) == ("\n" in t)
+    assert not opens[vocab.base_size:].any() and not holds[vocab.base_size:].any()  # special ids: neither
     for prefix, line, _ in pick_lines(texts, 30, 0):  # how each drawn line's "\n" + line starts
         assert opens[tok.encode("\n" + line)[0]]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -32,9 +34,12 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_id: int | None = None,
-                 generator: torch.Generator | None = None, first_allowed: Tensor | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, first_allowed: Tensor | None = None,
+                 stop_when: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Continue `prompt` (S,) or (B, S); temperature 0 is greedy. Returns only the new tokens.
-        `first_allowed` (V,) bool: the ids the first new token may take (e.g. those that open a line)."""
+        `first_allowed` (V,) bool: the ids the first new token may take (e.g. those that open a line).
+        Generation ends when every row is done: it emitted `eos_id`, or `stop_when(new)` ((B, t) new
+        ids so far -> (B,) bool) said so; a done row's later tokens are `eos_id` (when given)."""
         if max_new_tokens < 0:
             raise ValueError(f"generate: `max_new_tokens` must be >= 0, got {max_new_tokens}")
         if first_allowed is not None and (first_allowed.dtype != torch.bool or first_allowed.dim() != 1
@@ -66,7 +71,9 @@ class LanguageModel(nn.Module):
                 done |= nxt == eos_id
             out.append(nxt)
             step_in = nxt[:, None]
-            if eos_id is not None and bool(done.all()):
+            if stop_when is not None:
+                done |= stop_when(torch.stack(out, 1))
+            if bool(done.all()):
                 break
         new = torch.stack(out, 1) if out else ids[:, :0]
         return new[0] if single else new

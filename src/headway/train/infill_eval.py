@@ -9,7 +9,8 @@ default in the SPM layout `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, wher
 continues the prefix where it ends (PSM, `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, asks
 the model to find the prefix's end across the suffix, which a small model learns last). From the
 prefix alone it continues left to right. Both are told that the middle opens a line: their first token is one whose
-text starts with "\n" (`line_openers`), as an editor inserting a line would ask. Score: exact
+text starts with "\n" (`line_breaks`), as an editor inserting a line would ask, and each stops
+at the next line break (what follows it is never scored). Score: exact
 match of the generated text up to the next line break with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM
 gets the suffix too — the difference is what the objective buys. Exact match is a hard, coarse
 score for a small model, so each line ("\n" + line) is also scored teacher-forced, in bits per
@@ -96,9 +97,11 @@ def first_line(generated: str) -> str | None:
     return generated[1:].split("\n")[0] if generated.startswith("\n") else None
 
 
-def line_openers(tok: Tokenizer, vocab: Vocab) -> torch.Tensor:
-    """(V,) bool: the ids whose text starts with a line break ("\n", "\n    ", ...); special ids never."""
-    return torch.tensor([i < vocab.base_size and tok.decode([i]).startswith("\n") for i in range(vocab.size)])
+def line_breaks(tok: Tokenizer, vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V,) bool masks: the ids whose text starts with a line break ("\n", "\n    ", ...), and those
+    whose text holds one anywhere ("):\n"); special ids are in neither."""
+    texts = [tok.decode([i]) if i < vocab.base_size else "" for i in range(vocab.size)]
+    return torch.tensor([t.startswith("\n") for t in texts]), torch.tensor(["\n" in t for t in texts])
 
 
 @torch.no_grad()
@@ -119,14 +122,17 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     n_bytes = 0
     examples = []
     bos = torch.tensor([vocab.eos], device=dev)  # training documents start after an EOS, as here
-    opens = line_openers(tok, vocab).to(dev)
+    opens, breaks = (m.to(dev) for m in line_breaks(tok, vocab))
+    line_done = lambda new: breaks[new[:, 1:]].any(1)  # noqa: E731  (a break after the opening one ends the line)
     for k, (prefix, middle, suffix) in enumerate(lines):
         pre = torch.tensor(tok.encode(prefix)[-keep:] if prefix else [], dtype=torch.long, device=dev)
         suf = torch.tensor(tok.encode(suffix)[:keep], dtype=torch.long, device=dev)
         fim_prompt = model.fim_prompt(pre, suf, vocab, layout)
-        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0, first_allowed=opens)
+        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0, first_allowed=opens,
+                           stop_when=line_done)
         got_fim = first_line(tok.decode(mid.tolist()))
-        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, first_allowed=opens)
+        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, first_allowed=opens,
+                             stop_when=line_done)
         want = torch.tensor(tok.encode("\n" + middle), dtype=torch.long, device=dev)
         fim_nll += nll(model, fim_prompt, want)
         pre_nll += nll(model, torch.cat([bos, pre]), want)
