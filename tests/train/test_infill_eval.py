@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway.cli import main
-from headway.models import build_model
 from headway.data.tokenizer import BPETokenizer
+from headway.models import build_model
 from headway.train.infill_eval import MAX_CHARS, MIN_CHARS, first_line, line_breaks, nll, pick_lines
 from headway.types import Vocab
 from tests.support import train_args
@@ -92,7 +92,7 @@ def test_line_breaks_mark_the_ids_that_open_or_hold_a_line_break():
         t = tok.decode([i])
         assert bool(opens[i]) == t.startswith("\n") and bool(holds[i]) == ("\n" in t)
     assert not opens[vocab.base_size:].any() and not holds[vocab.base_size:].any()  # special ids: neither
-    for prefix, line, _ in pick_lines(texts, 30, 0):  # how each drawn line's "\n" + line starts
+    for _, line, _ in pick_lines(texts, 30, 0):  # how each drawn line's "\n" + line starts
         assert opens[tok.encode("\n" + line)[0]]
 
 

@@ -4,17 +4,17 @@ Lines are drawn by seed from the validation documents (non-blank, 4 to 80 charac
 document's first line). The prefix ends *before* the line break that opens the line, so the
 model writes "\n" + line: a byte-level BPE merges a line break with the next line's indentation
 ("\n        "), and a prompt cut after the bare "\n" would end on a token boundary training never
-shows. With FIM the model sees the text before and after and generates greedily until EOS; by
-default in the SPM layout `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, where the middle
-continues the prefix where it ends (PSM, `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, asks
-the model to find the prefix's end across the suffix, which a small model learns last). From the
-prefix alone it continues left to right. Both are told that the middle opens a line: their first token is one whose
-text starts with "\n" (`line_breaks`), as an editor inserting a line would ask, and each stops
-at the next line break (what follows it is never scored). Score: exact
-match of the generated text up to the next line break with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM
-gets the suffix too — the difference is what the objective buys. Exact match is a hard, coarse
-score for a small model, so each line ("\n" + line) is also scored teacher-forced, in bits per
-byte after either prompt: the suffix helps exactly when the FIM figure is the lower.
+shows. With FIM the model sees the text before and after and generates greedily; by default in
+the SPM layout `<fim_prefix> <fim_suffix> suf <fim_middle> pre`, where the middle continues the
+prefix where it ends (PSM, `<fim_prefix> pre <fim_suffix> suf <fim_middle>`, asks the model to
+find the prefix's end across the suffix, which a small model learns last). From the prefix alone
+it continues left to right. Both are told that the middle opens a line: their first token is one
+whose text starts with "\n" (`line_breaks`), as an editor inserting a line would ask, and each
+stops at the next line break (what follows is never scored). Score: exact match of the generated
+line with the line (trailing whitespace ignored). Both get the same prefix tokens; FIM gets the
+suffix too — the difference is what the objective buys. Exact match is a hard, coarse score for a
+small model, so each line ("\n" + line) is also scored teacher-forced, in bits per byte after
+either prompt: the suffix helps exactly when the FIM figure is the lower.
 """
 
 from __future__ import annotations
