@@ -579,15 +579,19 @@ def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given:
         return finish(r, ended, message, t_wall)
 
 
-DEMO = ("import os\nimport ", "\n\n\ndef main():\n    print(sys.argv[1:], os.getcwd())\n")
+# the prefix ends on a token boundary: a byte-level BPE attaches a word's leading space to the word
+# (" sys"), so a prefix ending in "import " would end on a token training never shows there
+DEMO = ("import os\nimport", "\n\n\ndef main():\n    print(sys.argv[1:], os.getcwd())\n")
 
 
 def demo_infill(model: LanguageModel, data: RunData, prefix: str = DEMO[0], suffix: str = DEMO[1]) -> dict:
-    """Single-line infilling (greedy, cut at the first line break), as in single-line FIM evals."""
-    tok = data.tokenizer
+    """Single-line infilling (greedy, cut at the first line break), as in single-line FIM evals; the
+    middle is not empty (its first token is not a special one)."""
+    tok, vocab = data.tokenizer, data.vocab
     dev = next(model.parameters()).device
+    text_ids = torch.arange(vocab.size, device=dev) < vocab.base_size
     mid = model.infill(torch.tensor(tok.encode(prefix), device=dev), torch.tensor(tok.encode(suffix), device=dev),
-                       data.vocab, max_new_tokens=16, temperature=0.0)
+                       vocab, max_new_tokens=16, temperature=0.0, first_allowed=text_ids)
     return {"prefix": prefix, "suffix": suffix, "middle": tok.decode(mid.tolist()).split("\n")[0]}
 
 
