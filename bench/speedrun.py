@@ -49,17 +49,17 @@ RECIPES = {  # each row: the flags on top of the defaults; "session 4 default" =
 
 @contextlib.contextmanager
 def old_loss() -> Iterator[None]:
-    """The session-3 loss on CPU: oneDNN products, chunks up to the 64 MiB budget."""
+    """The session-3 loss on CPU: oneDNN products, chunks up to the 64 MiB budget, separate softmax passes."""
     import headway.loss.core as core
     from headway.loss.matmul import onednn
 
-    cache = core.CPU_CACHE_BYTES
-    core.CPU_CACHE_BYTES = core.DEFAULT_BUDGET_BYTES
+    cache, fused = core.CPU_CACHE_BYTES, core.FUSED_ON_CPU
+    core.CPU_CACHE_BYTES, core.FUSED_ON_CPU = core.DEFAULT_BUDGET_BYTES, False
     try:
         with onednn(True):
             yield
     finally:
-        core.CPU_CACHE_BYTES = cache
+        core.CPU_CACHE_BYTES, core.FUSED_ON_CPU = cache, fused
 
 
 def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:

@@ -85,6 +85,19 @@ def _headway_mm(h, w, y):
     return loss.detach()
 
 
+def _headway_passes(h, w, y):
+    """headway with the session-3 softmax: separate max, exp, sum and scale passes over each chunk."""
+    from headway.loss import core
+
+    core.FUSED_ON_CPU = False
+    try:
+        loss = hw.linear_cross_entropy(h, w, y, impl="chunked")
+        loss.backward()
+    finally:
+        core.FUSED_ON_CPU = True
+    return loss.detach()
+
+
 def methods(device: str) -> dict[str, Fn]:
     m: dict[str, Fn] = {"floor (3 matmuls)": _floor, "naive": _naive}
     if importlib.util.find_spec("transformers"):
@@ -99,6 +112,7 @@ def methods(device: str) -> dict[str, Fn]:
         m["liger"] = _liger
     if device == "cpu":
         m["headway, torch.mm products"] = _headway_mm
+        m["headway, separate softmax passes"] = _headway_passes
     m["headway"] = _headway
     return m
 

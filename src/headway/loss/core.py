@@ -19,6 +19,12 @@ from which each chunk adds dE = dz @ W, dW += dz.T @ h, db += sum(dz). `run_chun
 this in one pass when the lse needs no combining (one process: stats and gradients together, the
 three-product floor); the vocab-parallel loss calls it once for statistics, combines, and once
 more in backward for gradients.
+
+On CPU, without softcap, label smoothing or a vocabulary slice, a chunk takes a shorter road
+(`_fused_chunk`): one in-place softmax (row by row, in cache) instead of separate max, exp, sum
+and scale passes over the (n, V) block; lse_t = z_y - log p_y (recomputed from the logits for the
+rare rows whose p_y is below float range); and the per-row weights and the one-hot term go to the
+small (n, H) side of the products: dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (c ⊙ h) - index_add(y, g ⊙ h).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from headway.loss.matmul import mm_nt, use_onednn
 
 DEFAULT_BUDGET_BYTES = 64 * 2**20
 CPU_CACHE_BYTES = 4 * 2**20  # a CPU chunk that fits in cache (see default_chunk_size)
+FUSED_ON_CPU = True  # the in-place softmax road on CPU (`_fused_chunk`); bench/speedrun's "old" turns it off
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,44 @@ def _accumulate(dz: Tensor, h: Tensor, w: Tensor, dh: Tensor | None, dw: Tensor 
             db.add_(dz.sum(dim=0))
 
 
+def _coef(grads: Grads, g: Tensor, lse_c: Tensor, o: ChunkOpts, s: int, e: int) -> Tensor:
+    """c_t: the weight of softmax(z)_t in dz_t (the z-loss and the lse's own gradient included)."""
+    coef = g * (1.0 + 2.0 * o.z_loss * lse_c) if o.z_loss > 0 else g
+    return coef if grads.gl is None else coef + grads.gl[s:e]
+
+
+def _fused_chunk(z: Tensor, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(z_y, lse) (n,) of a chunk's logits z (n, V), which become softmax(z) in place."""
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    p = torch._softmax(z, 1, False, out=z)  # one pass per row, in cache; same values as torch.softmax
+    py = p.gather(1, y[:, None]).squeeze(1)
+    lse = zy - torch.log(py)
+    low = py < torch.finfo(p.dtype).tiny  # p_y lost to underflow (z_y far below the max): recompute
+    if bool(low.any()):
+        rows = low.nonzero().squeeze(1)
+        zr = torch.mm(h[rows], w.t())
+        lse[rows] = torch.logsumexp(zr if b is None else zr + b, dim=1)
+    return zy, lse
+
+
+def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, y: Tensor, dh: Tensor | None,
+                      dw: Tensor | None, db: Tensor | None, first: bool) -> None:
+    """dz = c ⊙ p - g ⊙ onehot(y) without forming it: the row weights and the one-hot term act on
+    the small (n, H) side of each product."""
+    _accumulate(p, h * coef[:, None], w, dh, dw, None, first, None)  # dh = p @ W; dW (+)= pᵀ (c ⊙ h)
+    if dh is not None:
+        dh.mul_(coef[:, None]).sub_(g[:, None] * w[y])
+    if dw is not None:
+        dw.index_add_(0, y, h * g[:, None], alpha=-1)
+    if db is not None:
+        pc = torch.mv(p.t(), coef)
+        if first:
+            db.copy_(pc)
+        else:
+            db.add_(pc)
+        db.index_add_(0, y, g, alpha=-1)
+
+
 def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, V: int,
                on_slice: Tensor | None = None, grads: Grads | None = None) -> Stats:
     """The chunk driver: statistics of every token against this weight slice, and (with `grads`)
@@ -218,9 +263,18 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
     zsum = torch.empty(N, dtype=acc, device=h.device) if o.label_smoothing > 0 else None
     eps = o.label_smoothing
     bufs = ChunkBuffers.get(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
+    fused = (FUSED_ON_CPU and h.device.type == "cpu" and o.softcap is None and eps == 0 and on_slice is None
+             and bufs.low is None and (grads is None or grads.lse is None))
     for s in range(0, N, o.chunk_size):
         e = min(s + o.chunk_size, N)
         z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)
+        if fused:
+            zy[s:e], lse[s:e] = _fused_chunk(z, h[s:e], w, b, y[s:e])
+            if grads is not None:
+                g = grads.g.expand(N)[s:e]
+                _accumulate_fused(z, _coef(grads, g, lse[s:e], o, s, e), g, h[s:e], w, y[s:e],
+                                  None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0)
+            continue
         yc = y[s:e, None]
         zyc = z.gather(1, yc).squeeze(1)
         zy[s:e] = zyc if on_slice is None else torch.where(on_slice[s:e], zyc, 0.0)
@@ -236,10 +290,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
         g = grads.g.expand(N)[s:e]
         # softmax = exp(z - m) * exp(m - lse); exactly 1 / sum when the slice is the vocabulary
         norm = 1.0 / ssum if grads.lse is None else torch.exp(m - lse_c)
-        coef = g * (1.0 + 2.0 * o.z_loss * lse_c) if o.z_loss > 0 else g
-        if grads.gl is not None:
-            coef = coef + grads.gl[s:e]
-        p.mul_((coef * norm)[:, None])
+        p.mul_((_coef(grads, g, lse_c, o, s, e) * norm)[:, None])
         tgt = -(1.0 - eps) * g
         if on_slice is not None:
             tgt = torch.where(on_slice[s:e], tgt, 0.0)
