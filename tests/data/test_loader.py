@@ -80,6 +80,24 @@ def test_resume_yields_exactly_the_batches_of_the_uninterrupted_run(prepared, wo
         assert all(_same(a, b) for a, b in zip(ref[cut:], rest)), f"cut at {cut}"
 
 
+def test_a_batch_mixes_the_documents_of_its_window(prepared):
+    """Rows are shuffled within a window: a batch is not consecutive pieces of one file (it was: BFD
+    keeps full rows in document order, so every batch of a long file was that file)."""
+    docs = [prepared.train[0].doc(i).tobytes() for i in range(len(prepared.train[0]))]
+    spec = StreamSpec(96, 8, "bfd", 0, Vocab(256).pad)
+    loader = Loader(prepared.train, prepared.weights, _objective("clm"), spec, prepared.tokenizer.starts_char())
+    per_batch = []
+    for _ in range(20):
+        b = next(loader)
+        found = set()
+        for r in range(b.input_ids.shape[0]):
+            seg = b.input_ids[r][b.document_ids[r] == 0].numpy()
+            first = seg[seg < 256][:32].astype(np.int64).tobytes()  # its text, without BOS / EOS
+            found.add(next(i for i, d in enumerate(docs) if first in d))
+        per_batch.append(len(found))
+    assert sum(per_batch) / len(per_batch) >= 2, per_batch  # 1.05 before the shuffle, 2.8 with it
+
+
 def test_workers_zero_and_one_give_the_same_batches(prepared):
     a, b = _loader(prepared, workers=0), _loader(prepared, workers=1)
     assert all(_same(next(a), next(b)) for _ in range(12))

@@ -137,3 +137,31 @@ def test_bad_packer_config(kw, match):
 def test_row_below_two_is_refused():
     with pytest.raises(ValueError, match="row_length"):
         list(examples_from_documents([np.arange(3)], CLM(V.eos), 1, np.random.default_rng(0)))
+
+
+def _bfd_reference(lengths: list[int], S: int) -> list[list[int]]:
+    """Best-fit decreasing, the plain quadratic way: each example (longest first, stable) into the
+    open row with the least room that fits (the first such row on ties), else a new row."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for k in sorted(range(len(lengths)), key=lambda j: lengths[j], reverse=True):
+        fits = [i for i, r in enumerate(room) if r >= lengths[k]]
+        if fits:
+            i = min(fits, key=lambda j: room[j])
+            rows[i].append(k)
+            room[i] -= lengths[k]
+        else:
+            rows.append([k])
+            room.append(S - lengths[k])
+    return rows
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=300), st.integers(40, 64))
+def test_bfd_equals_the_quadratic_reference(lengths, S):
+    """The packer's sorted-rooms BFD builds exactly the reference's rows, in the same order."""
+    from headway.types import Example
+
+    exs = [Example(np.full(n, k, dtype=np.int64), np.full(n, k, dtype=np.int64), 0) for k, n in enumerate(lengths)]
+    rows = list(Packer(S, "bfd", buffer_size=len(exs))._flush(exs))
+    assert [[int(e.input_ids[0]) for e in r] for r in rows] == _bfd_reference(lengths, S)

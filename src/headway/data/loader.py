@@ -10,7 +10,9 @@ every document once per epoch. The next document's source is drawn with probabil
 another throws away.
 
 Windows. A stream reads documents until it holds `buffer_size` examples (a window), packs the
-window into rows and groups rows into batches. A window is fully determined by its start: the
+window into rows, shuffles the rows and groups them into batches: a batch draws its rows from every
+document of the window, not from consecutive pieces of one file (which made each batch one file, and
+the last steps of a run a few files). A window is fully determined by its start: the
 per-source positions and the two RNG states (source draws, objective). Each batch carries the
 stream's state after it: (window start, rows of that window already used). Resuming regenerates
 one window and skips those rows: the time does not depend on the step, and the batches are exactly
@@ -132,10 +134,11 @@ class ShardStream(IterableDataset):
                 s, i = next(docs)
                 doc = self.sets[s].doc(i)
                 examples.extend(examples_from_documents([doc], self.objective, spec.seq_len, obj, self.starts_char))
-            for r, row in enumerate(packer.pack(examples)):
+            packed = list(packer.pack(examples))
+            for r, k in enumerate(obj.permutation(len(packed))):  # drawn after the window: resumes exactly
                 if r < skip:
                     continue
-                rows.append(row)
+                rows.append(packed[k])
                 if len(rows) == spec.batch_size:
                     yield collate(rows, spec.seq_len, spec.pad), {**start, "skip": r + 1}
                     rows = []

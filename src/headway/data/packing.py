@@ -7,6 +7,7 @@ strategies stream with bounded memory (BFD holds at most `buffer_size` examples)
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -131,15 +132,17 @@ class Packer:
     def _flush(self, buf: list[Example]) -> Iterator[list[Example]]:
         """Best-fit decreasing: longest first, each into the open row with the least room that fits."""
         rows: list[list[Example]] = []
-        room: list[int] = []
+        open_rows: list[tuple[int, int]] = []  # (room left, row) of the rows not yet full, sorted
         for ex in sorted(buf, key=len, reverse=True):
-            fits = [i for i, r in enumerate(room) if r >= len(ex)]
-            if fits:
-                i = min(fits, key=lambda j: room[j])
+            n = len(ex)
+            k = bisect.bisect_left(open_rows, (n, -1))  # least room that fits; the first such row on ties
+            if k < len(open_rows):
+                room, i = open_rows.pop(k)
                 rows[i].append(ex)
-                room[i] -= len(ex)
             else:
+                room, i = self.S, len(rows)
                 rows.append([ex])
-                room.append(self.S - len(ex))
+            if room > n:
+                bisect.insort(open_rows, (room - n, i))
         for r in rows:
             yield self._emit(r)
