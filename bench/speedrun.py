@@ -53,13 +53,13 @@ def old_loss() -> Iterator[None]:
     import headway.loss.core as core
     from headway.loss.matmul import onednn
 
-    cache, fused = core.CPU_CACHE_BYTES, core.FUSED_ON_CPU
-    core.CPU_CACHE_BYTES, core.FUSED_ON_CPU = core.DEFAULT_BUDGET_BYTES, False
+    cache = core.CPU_CACHE_BYTES
+    core.CPU_CACHE_BYTES = core.DEFAULT_BUDGET_BYTES
     try:
-        with onednn(True):
+        with onednn(True), core.separate_passes():
             yield
     finally:
-        core.CPU_CACHE_BYTES, core.FUSED_ON_CPU = cache, fused
+        core.CPU_CACHE_BYTES = cache
 
 
 def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:

@@ -1,5 +1,6 @@
 """The chunked loss against the materializing reference, F.cross_entropy and HF's ForCausalLMLoss."""
 
+import contextlib
 import itertools
 import os
 
@@ -341,3 +342,24 @@ def test_no_gradient_work_when_autograd_is_off(mode):
     with ctx():
         assert _products(lambda: hw.linear_cross_entropy(h, w, y, bias=b, chunk_size=8)) == chunks
     assert _products(lambda: hw.linear_cross_entropy(h, w, y, bias=b, chunk_size=8)) == 3 * chunks
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(z_loss=1e-2)])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_single_softmax_road_equals_the_separate_passes(opts, reduction):
+    """The CPU chunk's one in-place softmax (`_fused_chunk`) and the separate max/exp/sum passes give
+    the same loss, lse and gradients (with bias, z-loss and a used lse), and the switch is scoped."""
+    from headway.loss import core
+
+    h, w, b, y = make(bias=True, lead=(3, 13))
+    results = []
+    for passes in (False, True):
+        with core.separate_passes() if passes else contextlib.nullcontext():
+            assert core.FUSED_ON_CPU is not passes
+            loss, lse = hw.linear_cross_entropy(h, w, y, bias=b, reduction=reduction, chunk_size=5,
+                                                return_lse=True, **opts)
+            obj = loss.sum() + 0.3 * lse.square().sum()
+            results.append((loss, lse, *torch.autograd.grad(obj, (h, w, b))))
+    assert core.FUSED_ON_CPU
+    for a_, b_ in zip(*results):
+        torch.testing.assert_close(a_, b_, rtol=1e-12, atol=1e-12)

@@ -87,14 +87,11 @@ def _headway_mm(h, w, y):
 
 def _headway_passes(h, w, y):
     """headway with the session-3 softmax: separate max, exp, sum and scale passes over each chunk."""
-    from headway.loss import core
+    from headway.loss.core import separate_passes
 
-    core.FUSED_ON_CPU = False
-    try:
+    with separate_passes():
         loss = hw.linear_cross_entropy(h, w, y, impl="chunked")
         loss.backward()
-    finally:
-        core.FUSED_ON_CPU = True
     return loss.detach()
 
 

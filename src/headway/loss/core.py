@@ -29,7 +29,9 @@ small (n, H) side of the products: dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,19 @@ from headway.loss.matmul import mm_nt, use_onednn
 
 DEFAULT_BUDGET_BYTES = 64 * 2**20
 CPU_CACHE_BYTES = 4 * 2**20  # a CPU chunk that fits in cache (see default_chunk_size)
-FUSED_ON_CPU = True  # the in-place softmax road on CPU (`_fused_chunk`); bench/speedrun's "old" turns it off
+FUSED_ON_CPU = True  # the in-place softmax road on CPU (`_fused_chunk`); `separate_passes()` turns it off
+
+
+@contextlib.contextmanager
+def separate_passes() -> Iterator[None]:
+    """Within the block, CPU chunks take the separate max / exp / sum / scale passes (the benchmarks'
+    "before" rows), not the one in-place softmax."""
+    global FUSED_ON_CPU
+    before, FUSED_ON_CPU = FUSED_ON_CPU, False
+    try:
+        yield
+    finally:
+        FUSED_ON_CPU = before
 
 
 @dataclass(frozen=True)
