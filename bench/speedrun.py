@@ -64,6 +64,7 @@ def old_loss() -> Iterator[None]:
 
 def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
     from headway.train.config import TrainConfig
+    from headway.train.flops import head_shape
     from headway.train.loop import build, lr_at, train_step
     from headway.train.signals import Stopper
 
@@ -100,6 +101,11 @@ def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
               f"matmul peak {s.matmul_peak / 1e9:.0f} GFLOP/s)")
     for name in list(variants)[1:]:
         print(f"{name} / old tokens/s: {min(times['old']) / min(times[name]):.2f}x")
+    new = runs["new"]
+    V, H = head_shape(new.model)
+    need = 2 * tok["old"] / min(times["old"]) * new.summary.flops_per_token / new.summary.matmul_peak
+    print(f"2x old's tokens/s on the new model would need MFU {need:.0%}; the LM head's products are "
+          f"{6 * V * H / new.summary.flops_per_token:.0%} of its FLOPs")
 
 
 def recipes(tmp: Path, budget: int, seeds: list[int], names: list[str] | None) -> None:

@@ -212,6 +212,13 @@ def load_run(ckpt: str, device: str = "cpu", generating: bool = False):  # noqa:
     return model.to(device).eval(), tok, vocab, cfg
 
 
+def _lead(cfg, vocab) -> int:  # noqa: ANN001
+    """The id the run's objective opens a document's text with (EOS, or UL2's [S2S])."""
+    from headway.objectives import build_objective, text_lead
+
+    return text_lead(build_objective(cfg.objective, vocab), vocab.eos)
+
+
 def _encode_arg(tok, text: str, flag: str) -> list[int]:  # noqa: ANN001
     try:
         text.encode("utf-8")
@@ -231,11 +238,9 @@ def _sampling(p: argparse.ArgumentParser) -> None:
 def cmd_sample(a: argparse.Namespace) -> int:
     import torch
 
-    model, tok, vocab, _ = load_run(a.checkpoint, generating=True)
+    model, tok, vocab, cfg = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
-    ids = _encode_arg(tok, a.prompt, "--prompt")
-    if not ids:
-        ids = [vocab.eos]
+    ids = [_lead(cfg, vocab)] + _encode_arg(tok, a.prompt, "--prompt")  # a document opens as in training
     new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                          top_p=a.top_p, eos_id=vocab.eos, generator=g)
     print(a.prompt + tok.decode(new.tolist()))
@@ -334,7 +339,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     ids, n_bytes, texts, what = _eval_docs(a, tok, cfg)
     S = a.seq_len or cfg.seq_len
     r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
-                 stride=a.stride or S // 2)
+                 stride=a.stride or S // 2, lead=_lead(cfg, vocab))
     print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
     print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
     for k, v in compressor_bits_per_byte(texts).items():
@@ -344,7 +349,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         if not model.backbone.causal:
             raise ValueError("--infill: this model is bidirectional (MLM) and cannot generate")
-        res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S, layout=a.infill_layout)
+        res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S, layout=a.infill_layout,
+                           lead=_lead(cfg, vocab))
         print(res)
         for e in res.examples:
             ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]

@@ -126,6 +126,8 @@ class Objective(Protocol):
     # what the objective needs of the model (declared, never inferred from the name):
     needs_bidirectional: bool  # examples predict tokens from both sides without a mask (MLM)
     trains_left_to_right: bool  # some targets must be predicted from the left only (CLM, FIM, ...)
+    # optional `text_lead: int | None`: the id before a document's text in its left-to-right rows
+    # (EOS for CLM; UL2's [S2S]); validation, sampling and infilling open documents with it
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example: ...
 

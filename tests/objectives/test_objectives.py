@@ -16,6 +16,7 @@ from headway.objectives import (
     build_objective,
     fim_parts,
     reconstruct,
+    text_lead,
     ul2,
     ul2r,
 )
@@ -264,6 +265,29 @@ def test_mixture_frequencies_and_parse(vocab):
     n_prefix = sum(mix(np.arange(8), rng).prefix_length > 0 for _ in range(4000))
     assert 900 < n_prefix < 1100
     assert len(ul2(vocab).members) == 7 and abs(ul2r(vocab).probs[0] - 0.5) < 1e-12
+
+
+@pytest.mark.parametrize("spec", ["clm", "mlm", "prefix_lm", "fim", "span", "ul2", "ul2r", "ul2_decoder",
+                                  "clm:0.5,fim:0.5", "span:3,prefix_lm:1", "ul2:1,clm:1"])
+def test_text_lead_is_the_id_that_opens_the_objectives_plain_text_rows(spec):
+    """Validation, sampling and infilling open a document with `text_lead`; it must be the special id
+    that opens most of the rows where the objective predicts the document's text left to right
+    (targets = a tail of the document, then EOS). UL2 has no such row opening with EOS: scoring it
+    behind EOS scores it on inputs it never saw."""
+    obj = build_objective(spec, V)
+    rng = np.random.default_rng(0)
+    doc = np.arange(40) % 90
+    opens: dict[int, int] = {}
+    for _ in range(1500):
+        ex = obj(doc, rng)
+        y = ex.labels[ex.labels != IGNORE_INDEX]
+        tail = len(y) - 1
+        plain = 1 <= tail <= len(doc) and y[-1] == V.eos and (y[:-1] == doc[len(doc) - tail:]).all()
+        if plain and ex.input_ids[0] >= V.base_size:  # a lead id, not the document's own first token
+            opens[int(ex.input_ids[0])] = opens.get(int(ex.input_ids[0]), 0) + 1
+    expected = max(opens, key=opens.__getitem__) if opens else V.eos
+    assert text_lead(obj, V.eos) == expected
+    assert (text_lead(obj, V.eos) == V.id("[S2S]")) == (spec in ("ul2", "ul2r"))
 
 
 def test_same_seed_same_examples(vocab):

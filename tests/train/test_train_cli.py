@@ -162,3 +162,30 @@ def test_causal_objective_on_a_leaky_model_is_refused():
     warned = []
     _guard_causality(leaky, TrainConfig(objective="clm", allow_leak=True), warned.append)
     assert warned and "WARNING" in warned[0]
+
+
+def test_validation_sampling_and_eval_open_a_ul2_document_with_its_s2s_token(corpus, tmp_path, capsys):
+    """UL2 trains no row that opens with EOS; its left-to-right rows open with [S2S]. The run's own
+    validation and `headway eval` must score it that way (and agree to the last digit), not behind
+    EOS, which scores the model on inputs it never saw."""
+    import argparse
+
+    from headway.cli import _eval_docs, load_run
+    from headway.train.metrics import eval_windows, evaluate
+
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--objective", "ul2", "--precision", "fp32")) == 0
+    val = json.loads((out / "summary.json").read_text())["val"]
+    model, tok, vocab, cfg = load_run(str(out))
+    docs, n_bytes, _, _ = _eval_docs(argparse.Namespace(checkpoint=str(out), data=None, max_tokens=None), tok, cfg)
+    score = lambda lead: evaluate(model, docs, n_bytes, vocab.eos, vocab.pad, cfg.seq_len, cfg.batch_size,  # noqa: E731
+                                  torch.device("cpu"), cfg.seq_len // 2, lead=lead).loss
+    s2s, eos = score(vocab.id("[S2S]")), score(vocab.eos)
+    assert val["loss"] == pytest.approx(s2s, rel=1e-6) and abs(s2s - eos) > 1e-6
+    (x, y), (x0, y0) = eval_windows(docs[:1], vocab.eos, 16, lead=vocab.id("[S2S]"))[0], \
+        eval_windows(docs[:1], vocab.eos, 16)[0]
+    assert x[0] == vocab.id("[S2S]") and (x[1:] == x0[1:]).all() and (y == y0).all()
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert f"loss {s2s:.4f} nats/token" in capsys.readouterr().out
+    assert main(["sample", str(out), "--prompt", "def ", "--max-new-tokens", "3", "--temperature", "0"]) == 0

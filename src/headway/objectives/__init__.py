@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from headway.objectives.base import Example, Objective, decoder_only
+from headway.objectives.base import Example, Objective, decoder_only, text_lead
 from headway.objectives.clm import CLM
 from headway.objectives.fim import FIM, fim_parts
 from headway.objectives.mlm import MLM
@@ -14,7 +14,7 @@ from headway.objectives.ul2 import Mixture, ul2, ul2_decoder, ul2r
 from headway.types import Vocab
 
 __all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Example", "Objective", "decoder_only",
-           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec"]
+           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec", "text_lead"]
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None
 

@@ -7,7 +7,7 @@ import numpy as np
 from headway.constants import IGNORE_INDEX
 from headway.types import Example, Objective
 
-__all__ = ["Example", "Objective", "decoder_only", "check_rate"]
+__all__ = ["Example", "Objective", "decoder_only", "check_rate", "text_lead"]
 
 
 def decoder_only(inputs: np.ndarray, targets: np.ndarray, eos: int, bidirectional_inputs: bool) -> Example:
@@ -33,3 +33,13 @@ def check_rate(name: str, value: float, low: float = 0.0, high: float = 1.0) -> 
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
     return float(value)
+
+
+def text_lead(objective: Objective, eos: int) -> int:
+    """The id that opens a document where `objective` predicts its text left to right, and so the
+    one validation, sampling and infilling must open documents with: EOS for CLM and FIM, the mode id
+    of a prefix-LM denoiser (UL2's [S2S]) for a mixture that opens most of its left-to-right text with
+    it, EOS for an objective that declares none (`text_lead` = None, or no such attribute). A model
+    scored behind another lead is scored on inputs it never saw: UL2 trains no row that starts with EOS."""
+    lead = getattr(objective, "text_lead", None)
+    return eos if lead is None else int(lead)

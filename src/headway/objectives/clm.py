@@ -26,5 +26,10 @@ class CLM:
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
         return decoder_only(np.array([self.eos]), tokens, self.eos, bidirectional_inputs=False)
 
+    @property
+    def text_lead(self) -> int:
+        """The id before a document's text where it is predicted left to right (see `text_lead`)."""
+        return self.eos
+
     def max_tokens(self, row_length: int) -> int:
         return row_length - 1

@@ -77,6 +77,11 @@ class FIM:
     def max_tokens(self, row_length: int) -> int:
         return row_length - 4 - (RETOKENIZE_MARGIN if self.encode is not None else 0)
 
+    @property
+    def text_lead(self) -> int:
+        """The id before a document's text where it is predicted left to right (see `text_lead`)."""
+        return self.eos
+
 
 def fim_parts(input_ids: np.ndarray, vocab: Vocab) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     """Parse a FIM example back into ("psm"|"spm", prefix, middle, suffix) token arrays.

@@ -30,6 +30,7 @@ class MLM:
     name: str = "mlm"
     needs_bidirectional = True  # (class attributes, not fields: what the objective needs of the model)
     trains_left_to_right = False
+    text_lead = None
 
     def __post_init__(self) -> None:
         check_rate("MLM: `rate`", self.rate)

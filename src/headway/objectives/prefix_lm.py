@@ -36,3 +36,8 @@ class PrefixLM:
 
     def max_tokens(self, row_length: int) -> int:
         return row_length - 1 - (self.mode_id is not None)
+
+    @property
+    def text_lead(self) -> int:
+        """The id before a document's text where it is predicted left to right (see `text_lead`)."""
+        return self.eos if self.mode_id is None else self.mode_id

@@ -52,6 +52,7 @@ class SpanCorruption:
     name: str = "span"
     needs_bidirectional = False  # (class attributes, not fields: what the objective needs of the model)
     trains_left_to_right = True
+    text_lead = None  # never predicts a document's text from its start
 
     def __post_init__(self) -> None:
         d, mu = self.noise_density, self.mean_span_length

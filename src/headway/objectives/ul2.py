@@ -27,6 +27,17 @@ class Mixture:
         live = [m for m, p in zip(self.members, self.probs) if p > 0]
         self.needs_bidirectional = any(m.needs_bidirectional for m in live)
         self.trains_left_to_right = any(m.trains_left_to_right for m in live)
+        # lead id -> the probability that an example opens the document's text with it (nested mixtures
+        # pass on their own shares); `text_lead` is the most likely one
+        self.lead_shares: dict[int, float] = {}
+        for m, p in zip(self.members, self.probs):
+            shares = getattr(m, "lead_shares", None)
+            if shares is None:
+                lead = getattr(m, "text_lead", None)
+                shares = {} if lead is None or p == 0 else {int(lead): 1.0}
+            for k, q in shares.items():
+                self.lead_shares[k] = self.lead_shares.get(k, 0.0) + float(p) * q
+        self.text_lead = max(self.lead_shares, key=self.lead_shares.__getitem__) if self.lead_shares else None
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
         i = int(rng.choice(len(self.members), p=self.probs))

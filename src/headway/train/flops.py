@@ -22,7 +22,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     """6·N + 12·L·H·S for a headway `LanguageModel` (see the module docstring)."""
     backbone = model.backbone
     mats = sum(p.numel() for p in backbone.parameters() if p.dim() >= 2)
-    vocab, hidden = _head_shape(model)
+    vocab, hidden = head_shape(model)
     flops = 6.0 * (mats + vocab * hidden)
     cfg = getattr(backbone, "config", None)
     if hasattr(backbone, "layers") and hasattr(cfg, "num_heads"):  # attention
@@ -30,7 +30,8 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     return flops
 
 
-def _head_shape(model: nn.Module) -> tuple[int, int]:
+def head_shape(model: nn.Module) -> tuple[int, int]:
+    """(V, H) of the LM head's products: its own weight(s) when untied, else the embedding's."""
     head = model.head
     weights = [p for p in head.parameters() if p.dim() == 2]
     if weights:  # untied: its own (V, H) weight(s), possibly split

@@ -107,10 +107,11 @@ def line_breaks(tok: Tokenizer, vocab: Vocab) -> tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list[tuple[str, str, str]],
                  context: int, max_new_tokens: int = 32, layout: str = "spm",
-                 progress: Callable[[int], None] | None = None) -> InfillResult:
+                 progress: Callable[[int], None] | None = None, lead: int | None = None) -> InfillResult:
     """Exact match of greedy single-line infilling (FIM in `layout`) and left-to-right completion on `lines`,
     each prompt within `context` tokens (prefix and suffix cut to (context - max_new - 3) / 2). The
-    left-to-right prompt is EOS + prefix, as documents start in training."""
+    left-to-right prompt is `lead` + prefix (the objective's `text_lead`, default EOS), as documents
+    start in training."""
     if context < max_new_tokens + 8:
         raise ValueError(f"infill_lines: context {context} leaves no room beside {max_new_tokens} new tokens")
     dev = next(model.parameters()).device
@@ -121,7 +122,7 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     fim_c = pre_c = fim_nll = pre_nll = 0.0
     n_bytes = 0
     examples = []
-    bos = torch.tensor([vocab.eos], device=dev)  # training documents start after an EOS, as here
+    bos = torch.tensor([vocab.eos if lead is None else lead], device=dev)  # as training opens documents
     opens, breaks = (m.to(dev) for m in line_breaks(tok, vocab))
     line_done = lambda new: breaks[new[:, 1:]].any(1)  # noqa: E731  (a break after the opening one ends the line)
     for k, (prefix, middle, suffix) in enumerate(lines):
@@ -137,7 +138,7 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
         fim_nll += nll(model, fim_prompt, want)
         pre_nll += nll(model, torch.cat([bos, pre]), want)
         n_bytes += len(("\n" + middle).encode("utf-8"))
-        got_pre = first_line(tok.decode([int(i) for i in new if int(i) != vocab.eos]))
+        got_pre = first_line(tok.decode([int(i) for i in new if int(i) < vocab.base_size]))
         f = got_fim is not None and got_fim.rstrip() == middle.rstrip()
         p = got_pre is not None and got_pre.rstrip() == middle.rstrip()
         fim_ok += f

@@ -26,7 +26,7 @@ from headway.check import check_causal
 from headway.data.loader import Loader, merge_rank_states
 from headway.models import build_model
 from headway.models.lm import LanguageModel
-from headway.objectives import build_objective
+from headway.objectives import build_objective, text_lead
 from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
@@ -352,7 +352,7 @@ def validate(run: Run, max_tokens: int | None) -> tuple[EvalResult, list[np.ndar
     with _autocast(run.precision, run.device):
         r = evaluate(run.model, docs, nbytes, run.data.vocab.eos, run.data.vocab.pad, cfg.seq_len, cfg.batch_size,
                      run.device, cfg.eval_stride or cfg.seq_len // 2, run.rank, run.world,
-                     should_stop=run.stopper.raise_if_requested)
+                     should_stop=run.stopper.raise_if_requested, lead=text_lead(run.objective, run.data.vocab.eos))
     return r, docs
 
 
@@ -496,7 +496,8 @@ def final_evaluation(run: Run) -> None:
             lines = pick_lines(texts, run.cfg.infill_lines, run.cfg.seed)
             run.log(f"scoring single-line infilling on {len(lines)} validation lines")
             with _autocast(run.precision, run.device):
-                res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len)
+                res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len,
+                                   lead=text_lead(run.objective, run.data.vocab.eos))
             s.infill_eval = {"lines": res.lines, "fim_exact": res.fim_exact, "prefix_exact": res.prefix_exact,
                              "fim_chars": res.fim_chars, "prefix_chars": res.prefix_chars, "layout": res.layout,
                              "fim_bits": res.fim_bits, "prefix_bits": res.prefix_bits, "examples": res.examples}

@@ -32,9 +32,10 @@ class EvalResult:
         return math.exp(self.loss) if self.tokens else float("nan")
 
 
-def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
-                 stride: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each document as `[eos] doc [eos]` in windows of `seq_len` inputs that start every `stride`
+def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int, stride: int | None = None,
+                 lead: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each document as `[lead] doc [eos]` (`lead`: the objective's `text_lead`, default EOS) in
+    windows of `seq_len` inputs that start every `stride`
     positions (sliding-window evaluation; default: non-overlapping). Every document token and the
     closing EOS is a target exactly once, in the first window that has it, so with a stride below
     seq_len each target after the first window sees at least seq_len - stride tokens of context."""
@@ -43,7 +44,7 @@ def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
         raise ValueError(f"eval stride must be in [1, {seq_len}], got {stride}")
     out = []
     for d in docs:
-        seq = np.concatenate([[eos], d, [eos]]).astype(np.int64)
+        seq = np.concatenate([[eos if lead is None else lead], d, [eos]]).astype(np.int64)
         n = len(seq) - 1  # number of targets
         done = 0
         s = 0
@@ -60,8 +61,9 @@ def eval_windows(docs: list[np.ndarray], eos: int, seq_len: int,
 @torch.no_grad()
 def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: int, pad: int, seq_len: int,
              batch_size: int, device: torch.device, stride: int | None = None, rank: int = 0, world: int = 1,
-             should_stop: Callable[[], None] | None = None) -> EvalResult:
+             should_stop: Callable[[], None] | None = None, lead: int | None = None) -> EvalResult:
     """Summed next-token NLL over the documents (CLM, no FIM), in nats, and bits per byte of text.
+    Each document opens with `lead` (the objective's `text_lead`: EOS, or UL2's [S2S]; default EOS).
     Under torch.distributed each rank scores every world-th window and the sums are all-reduced.
 
     Each forward pass is as long as its longest window, not `seq_len`: memory follows the data
@@ -70,7 +72,7 @@ def evaluate(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, eos: 
     batches (it raises to abandon the evaluation)."""
     was_training = model.training
     model.eval()
-    windows = eval_windows(docs, eos, seq_len, stride)
+    windows = eval_windows(docs, eos, seq_len, stride, lead)
     nats, count = 0.0, 0
     n_batches = math.ceil(math.ceil(len(windows) / world) / batch_size)  # the same on every rank
     per_rank = [windows[r::world] for r in range(world)]
