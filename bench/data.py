@@ -6,7 +6,8 @@
 2. `headway prepare` throughput in MB/s with 1 process and with every core, and the speedup.
 3. Step time of the default model fed by the real loader (in-process and with a worker) vs. the
    same batches already in memory, interleaved in one process.
-4. Time from a saved data state to the first batch, at step 50 and at a late step.
+4. Time from a saved data state to the first batch, at step 50 and at a late step, and what the
+   loader alone costs per batch, its window builds included.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,7 +126,7 @@ def step_time(tmp: Path, steps: int) -> None:
 
 
 def resume_time(tmp: Path, late: int) -> None:
-    from headway.data.loader import Loader
+    from headway.data.loader import BUFFER_SIZE, Loader
     from headway.data.prepare import Settings, prepare
     from headway.objectives import build_objective
     from headway.train.config import TrainConfig
@@ -137,13 +139,18 @@ def resume_time(tmp: Path, late: int) -> None:
     data = RunData(p, p.tokenizer, Vocab(p.tokenizer.base_size))
     obj = build_objective(cfg.objective, data.vocab, (p.tokenizer.encode, p.tokenizer.decode))
     loader = data.loader(obj, cfg, 0, 1, None)
-    states = {}
-    t = time.perf_counter()
+    states, gaps = {}, []
     for step in range(1, late + 1):
+        t = time.perf_counter()
         next(loader)
+        gaps.append(time.perf_counter() - t)
         if step in (50, late):
             states[step] = loader.state_dict()
-    per_batch = (time.perf_counter() - t) / late
+    per_batch = sum(gaps) / late
+    builds = [g for g in gaps if g > 20 * statistics.median(gaps)]  # the batches that built a window
+    print(f"the loader alone: {per_batch * 1000:.1f} ms per batch on average over {late} batches; "
+          f"{len(builds)} windows of {BUFFER_SIZE} examples, each built in "
+          f"{sum(builds) / max(1, len(builds)):.2f} s (one every ~{late / max(1, len(builds)):.0f} batches)")
     for step, state in states.items():
         best = float("inf")
         for _ in range(5):
