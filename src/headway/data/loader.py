@@ -38,7 +38,7 @@ from headway.data.packing import Packer, examples_from_documents
 from headway.data.shards import ShardSet
 from headway.types import Batch, Objective
 
-BUFFER_SIZE = 2048  # examples per window: the packing buffer, and the rows a batch is drawn from
+BUFFER_SIZE = 8192  # examples per window: the packing buffer, and the rows a batch is drawn from
 
 
 @dataclass(frozen=True)
