@@ -52,6 +52,16 @@ def test_exported_folder_loads_without_headway_and_generates_the_same(corpus, tm
     assert got["specials"] == {n: vocab.id(n) for n in ("<eos>", "<fim_prefix>", "<extra_id_0>")}
 
 
+@pytest.mark.parametrize("objective,lead", [("clm:0.5,fim:0.5", "<eos>"), ("ul2", "[S2S]")])
+def test_exported_bos_is_the_id_the_objective_opens_text_with(corpus, tmp_path, objective, lead):
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert main(train_args(corpus, run, "--objective", objective, "--steps", "1")) == 0
+    assert main(["export", str(run), str(out)]) == 0
+    _, _, vocab, _ = load_run(str(run))
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((out / name).read_text())["bos_token_id"] == vocab.id(lead)
+
+
 def test_export_refuses_a_used_folder_and_an_mlm_model(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_args(corpus, run, "--objective", "mlm")) == 0

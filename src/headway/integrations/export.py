@@ -149,7 +149,7 @@ def export(run: str | Path, out: str | Path) -> Path:
     """Write the HF folder for a headway run (or checkpoint) folder; returns `out`."""
     from safetensors.torch import save_file
 
-    from headway.cli import load_run
+    from headway.cli import _lead, load_run
     from headway.train.checkpoint import resolve
 
     model, tok, vocab, cfg = load_run(str(run), generating=True)
@@ -166,16 +166,18 @@ def export(run: str | Path, out: str | Path) -> Path:
     save_file({k: v.clone() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
 
     bcfg = dataclasses.asdict(body.config)
+    bos = _lead(cfg, vocab)  # what the objective opens a document with: HF generation starts from it
     config = {
         "architectures": ["HeadwayExportForCausalLM"], "model_type": "headway_export", "backbone": cfg.backbone,
         "backbone_config": bcfg, "vocab_size": vocab.size, "hidden_size": body.config.hidden_size,
-        "tie_word_embeddings": tied, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad, "torch_dtype": "float32",
+        "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad,
+        "torch_dtype": "float32",
         "auto_map": {"AutoConfig": "configuration_headway.HeadwayExportConfig",
                      "AutoModelForCausalLM": "modeling_headway.HeadwayExportForCausalLM"},
     }
     (out / "config.json").write_text(json.dumps(config, indent=1))
-    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab.eos, "pad_token_id": vocab.pad,
-                                                            "use_cache": False}, indent=1))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": vocab.eos,
+                                                            "pad_token_id": vocab.pad, "use_cache": False}, indent=1))
     (out / "configuration_headway.py").write_text(CONFIG_PY)
     (out / "modeling_headway.py").write_text(modeling_source(cfg.backbone))
     _hf_tokenizer(tok, vocab, out)
