@@ -212,8 +212,8 @@ def load_run(ckpt: str, device: str = "cpu", generating: bool = False):  # noqa:
     return model.to(device).eval(), tok, vocab, cfg
 
 
-def _lead(cfg, vocab) -> int:  # noqa: ANN001
-    """The id the run's objective opens a document's text with (EOS, or UL2's [S2S])."""
+def run_lead(cfg, vocab) -> int:  # noqa: ANN001
+    """The id a run's objective opens a document's text with (`text_lead`: EOS, or UL2's [S2S])."""
     from headway.objectives import build_objective, text_lead
 
     return text_lead(build_objective(cfg.objective, vocab), vocab.eos)
@@ -240,7 +240,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     model, tok, vocab, cfg = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
-    ids = [_lead(cfg, vocab)] + _encode_arg(tok, a.prompt, "--prompt")  # a document opens as in training
+    ids = [run_lead(cfg, vocab)] + _encode_arg(tok, a.prompt, "--prompt")  # a document opens as in training
     new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                          top_p=a.top_p, eos_id=vocab.eos, generator=g)
     print(a.prompt + tok.decode(new.tolist()))
@@ -338,8 +338,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     model, tok, vocab, cfg = load_run(a.checkpoint)
     ids, n_bytes, texts, what = _eval_docs(a, tok, cfg)
     S = a.seq_len or cfg.seq_len
+    lead = run_lead(cfg, vocab)
     r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
-                 stride=a.stride or S // 2, lead=_lead(cfg, vocab))
+                 stride=a.stride or S // 2, lead=lead)
     print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
     print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
     for k, v in compressor_bits_per_byte(texts).items():
@@ -350,7 +351,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         if not model.backbone.causal:
             raise ValueError("--infill: this model is bidirectional (MLM) and cannot generate")
         res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S, layout=a.infill_layout,
-                           lead=_lead(cfg, vocab))
+                           lead=lead)
         print(res)
         for e in res.examples:
             ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]

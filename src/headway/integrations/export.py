@@ -149,7 +149,7 @@ def export(run: str | Path, out: str | Path) -> Path:
     """Write the HF folder for a headway run (or checkpoint) folder; returns `out`."""
     from safetensors.torch import save_file
 
-    from headway.cli import _lead, load_run
+    from headway.cli import load_run, run_lead
     from headway.train.checkpoint import resolve
 
     model, tok, vocab, cfg = load_run(str(run), generating=True)
@@ -166,7 +166,7 @@ def export(run: str | Path, out: str | Path) -> Path:
     save_file({k: v.clone() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
 
     bcfg = dataclasses.asdict(body.config)
-    bos = _lead(cfg, vocab)  # what the objective opens a document with: HF generation starts from it
+    bos = run_lead(cfg, vocab)  # what the objective opens a document with: HF generation starts from it
     config = {
         "architectures": ["HeadwayExportForCausalLM"], "model_type": "headway_export", "backbone": cfg.backbone,
         "backbone_config": bcfg, "vocab_size": vocab.size, "hidden_size": body.config.hidden_size,
