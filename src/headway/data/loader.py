@@ -9,10 +9,12 @@ every document once per epoch. The next document's source is drawn with probabil
 (a mixture by sampling). We shard the document order, not the rows, so no stream builds rows that
 another throws away.
 
-Windows. A stream reads documents until it holds `buffer_size` examples (a window), packs the
-window into rows, shuffles the rows and groups them into batches: a batch draws its rows from every
-document of the window, not from consecutive pieces of one file (which made each batch one file, and
-the last steps of a run a few files). A window is fully determined by its start: the
+Windows. A stream reads documents until it holds `BUFFER_SIZE` examples (a window), or until it
+has read as many documents as one pass over its share of the corpus (a small corpus: a window does
+not hold the same documents many times over), packs the window into rows, shuffles the rows and
+groups them into batches: a batch draws its rows from every document of the window, not from
+consecutive pieces of one file (which made each batch one file, and the last steps of a run a few
+files). A batch may finish with the next window's rows. A window is fully determined by its start: the
 per-source positions and the two RNG states (source draws, objective). Each batch carries the
 stream's state after it: (window start, rows of that window already used). Resuming regenerates
 one window and skips those rows: the time does not depend on the step, and the batches are exactly
@@ -126,11 +128,14 @@ class ShardStream(IterableDataset):
         docs = self.documents(c, pos, mix)
         skip = state["skip"]
         packer = Packer(spec.seq_len, spec.packing, buffer_size=BUFFER_SIZE)
+        per_window = max(1, sum(len(x) for x in self.sets) // spec.streams)  # one pass of this stream's share
         rows: list = []
         while True:
             start = {"pos": list(pos), "mix": mix.bit_generator.state, "obj": obj.bit_generator.state}
             examples = []
-            while len(examples) < BUFFER_SIZE:
+            for _ in range(per_window):  # a small corpus: one pass, not the same documents over and over
+                if len(examples) >= BUFFER_SIZE:
+                    break
                 s, i = next(docs)
                 doc = self.sets[s].doc(i)
                 examples.extend(examples_from_documents([doc], self.objective, spec.seq_len, obj, self.starts_char))
