@@ -98,6 +98,18 @@ def test_a_batch_mixes_the_documents_of_its_window(prepared):
     assert sum(per_batch) / len(per_batch) >= 2, per_batch  # 1.05 before the shuffle, 2.8 with it
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_window_of_a_small_corpus_reads_each_document_at_most_once(prepared, monkeypatch, world):
+    """The 36 training files hold far fewer than BUFFER_SIZE examples: a window stops after one pass
+    over the stream's share, instead of packing the same files many times into one window."""
+    reads = []
+    original = ShardSet.doc
+    monkeypatch.setattr(ShardSet, "doc", lambda self, i: reads.append(i) or original(self, i))
+    next(_loader(prepared, rank=world - 1, world=world))  # the first batch: one window built
+    n = len(prepared.train[0])
+    assert len(reads) == n // world and len(set(reads)) == len(reads)
+
+
 def test_workers_zero_and_one_give_the_same_batches(prepared):
     a, b = _loader(prepared, workers=0), _loader(prepared, workers=1)
     assert all(_same(next(a), next(b)) for _ in range(12))
