@@ -16,6 +16,7 @@ packing. `module` is the nn.Module whose submodules are hooked to find the first
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -172,11 +173,8 @@ def make_probe(model: object, vocab_size: int | None = None, hidden_size: int | 
     `hidden_size`; "auto" picks by which of the two is given)."""
     if isinstance(model, Probe):
         return model
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # transformers is an optional extra
-        PreTrainedModel = ()  # type: ignore[assignment]  # noqa: N806
-    if PreTrainedModel and isinstance(model, PreTrainedModel):  # type: ignore[arg-type]
+    hf = sys.modules.get("transformers")  # a transformers model exists only once transformers is imported (2 s)
+    if hf is not None and isinstance(model, hf.PreTrainedModel):
         return hf_probe(model)  # type: ignore[arg-type]
     if isinstance(model, nn.Module) and (hasattr(model, "backbone") or hasattr(model, "layers")
                                          and hasattr(model, "causal")):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headway.eager import eager_under_compile
 from headway.heads.lm_head import HeadBase
 
 
@@ -23,7 +24,7 @@ class _Joined(torch.autograd.Function):
         return (None, *g.split(ctx.sizes, dim=0))
 
 
-@torch.compiler.disable  # storage aliasing (Tensor.set_) that torch.compile cannot trace: run as is
+@eager_under_compile  # storage aliasing (Tensor.set_) that torch.compile cannot trace: run as is
 def _alias_if_adjacent(ws: list[Tensor]) -> Tensor | None:
     """A (V, H) tensor over the splits' shared storage if they are contiguous and adjacent, else None."""
     first = ws[0]

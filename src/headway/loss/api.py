@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
+from headway.eager import eager_under_compile
 from headway.loss import backends
 from headway.loss.chunked import ChunkedLinearCrossEntropy
 from headway.loss.core import ChunkOpts, acc_dtype, default_chunk_size, mean_scale
@@ -23,7 +24,7 @@ def _reduce(per_token: Tensor, n_valid: Tensor, a: LossArgs) -> Tensor:
     return total * mean_scale(n_valid, a.num_items_in_batch, acc_dtype(a.hidden.dtype))
 
 
-@torch.compiler.disable  # a hand-scheduled kernel with buffers kept across calls: torch.compile runs it as is
+@eager_under_compile  # a hand-scheduled kernel with buffers kept across calls: torch.compile runs it as is
 def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     """Loss (reduced) and lse (N,) through the chunked autograd Function, ignored rows dropped."""
     h, y = a.hidden, a.labels
