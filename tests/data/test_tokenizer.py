@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headway.data.tokenizer import BPETokenizer, ByteTokenizer, split_for_encoding
+from headway.data.tokenizer import BPETokenizer, ByteTokenizer, encode_edge, split_for_encoding
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,21 @@ def test_byte_tokenizer_round_trips(texts):
     tok = ByteTokenizer()
     for t in texts[:20]:
         assert tok.decode(tok.encode(t)) == t
+
+
+@pytest.mark.parametrize("kind", ["bpe", "bytes"])
+def test_the_edge_of_a_text_encodes_to_the_whole_texts_first_or_last_ids(bpe, texts, kind):
+    # the infill prompts' prefix tail and suffix head, encoded from a window: exactly the whole text's ids
+    tok = bpe if kind == "bpe" else ByteTokenizer()
+    rng = np.random.default_rng(0)
+    sample = [t for t in texts if any(ord(c) > 127 for c in t)][:8] + texts[::25][:16]
+    sample += ["日本語" * 3000 + "x = f(1)", "x = f(1)" + " " * 5000, "a"]  # few or no cuts; trailing spaces
+    for t in sample:
+        whole = tok.encode(t)
+        for i in rng.integers(0, len(t) + 1, size=6):
+            before, after = t[:i], t[i:]
+            full_before, full_after = tok.encode(before), tok.encode(after)
+            for n in (0, 1, 7, 110, 5000):
+                assert encode_edge(tok, before, n, last=True) == (full_before[-n:] if n else [])
+                assert encode_edge(tok, after, n, last=False) == full_after[:n]
+        assert encode_edge(tok, t, 110, last=True) == whole[-110:]

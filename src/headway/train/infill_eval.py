@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from headway.data.tokenizer import Tokenizer
+from headway.data.tokenizer import Tokenizer, encode_edge
 from headway.models.lm import LanguageModel
 from headway.types import Vocab
 
@@ -126,8 +126,8 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     opens, breaks = (m.to(dev) for m in line_breaks(tok, vocab))
     line_done = lambda new: breaks[new[:, 1:]].any(1)  # noqa: E731  (a break after the opening one ends the line)
     for k, (prefix, middle, suffix) in enumerate(lines):
-        pre = torch.tensor(tok.encode(prefix)[-keep:] if prefix else [], dtype=torch.long, device=dev)
-        suf = torch.tensor(tok.encode(suffix)[:keep], dtype=torch.long, device=dev)
+        pre = torch.tensor(encode_edge(tok, prefix, keep, last=True), dtype=torch.long, device=dev)
+        suf = torch.tensor(encode_edge(tok, suffix, keep, last=False), dtype=torch.long, device=dev)
         fim_prompt = model.fim_prompt(pre, suf, vocab, layout)
         mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0, first_allowed=opens,
                            stop_when=line_done)
