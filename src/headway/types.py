@@ -174,9 +174,17 @@ class Batch:
         return bool((self.document_ids == 0).all())
 
     @property
+    def is_one_document_per_row_then_padding(self) -> bool:
+        """Every row is one document from position 0, then only padding (document id -1), if any."""
+        d = self.document_ids
+        return bool((d.amax(dim=1) <= 0).all() and (d[:, 1:] <= d[:, :-1]).all())
+
+    @property
     def is_one_causal_document_per_row(self) -> bool:
-        """One causal document per row, no padding: a plain causal mask is exact (the fast path)."""
-        return self.is_causal and self.is_one_document_per_row
+        """One causal document per row, then only padding: a plain causal mask is exact (the fast
+        path). Each real position sees exactly its document's earlier positions, since the padding
+        comes after them; padded positions carry IGNORE_INDEX labels, so their outputs feed no loss."""
+        return self.is_causal and self.is_one_document_per_row_then_padding
 
 
 

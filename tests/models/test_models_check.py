@@ -82,6 +82,48 @@ def test_packed_rows_equal_documents_run_alone(backbone):
             torch.testing.assert_close(model.hidden(alone, one)[0], h[r][sel], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
+def test_rows_of_one_document_then_padding_equal_each_document_alone(backbone):
+    # the default run's batches: one document per row, padded at the end; they take the plain causal
+    # path, which must give real positions, the loss and every gradient exactly what each row alone gives
+    from headway.constants import IGNORE_INDEX
+    from headway.types import Example
+
+    torch.manual_seed(0)
+    model = build_model(V, backbone, "tiny").double()
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, 61, n) for n in (48, 17, 30, 1)]
+    rows = [[Example(d, np.r_[d[1:], IGNORE_INDEX])] for d in docs]
+    b = collate(rows, 48, V.pad)
+    assert b.is_one_causal_document_per_row and not b.is_one_document_per_row  # padded, yet the plain path
+    model.zero_grad()
+    model(b, reduction="sum").backward()
+    batched = [p.grad.clone() for p in model.parameters()]
+    h = model.hidden(b.input_ids, b)
+    model.zero_grad()
+    for r, row in enumerate(rows):
+        alone = collate([row], len(docs[r]), V.pad)
+        torch.testing.assert_close(model.hidden(alone.input_ids, alone)[0], h[r, : len(docs[r])], rtol=1e-9,
+                                   atol=1e-9)
+        if len(docs[r]) > 1:
+            model(alone, reduction="sum").backward()
+    for p, g in zip(model.parameters(), batched):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+
+
+def test_only_trailing_padding_counts_as_one_document_per_row():
+    from headway.types import Batch
+
+    def batch(doc):
+        d = torch.tensor(doc)
+        return Batch(d.clamp(min=0), d, d.clamp(min=0), d, torch.zeros(len(doc), 1, dtype=torch.long))
+
+    assert batch([[0, 0, -1, -1], [0, 0, 0, 0], [-1, -1, -1, -1]]).is_one_document_per_row_then_padding
+    assert not batch([[-1, 0, 0, 0]]).is_one_document_per_row_then_padding  # padding first
+    assert not batch([[0, -1, 0, -1]]).is_one_document_per_row_then_padding  # padding inside
+    assert not batch([[0, 0, 1, -1]]).is_one_document_per_row_then_padding  # two documents
+
+
 def test_transformer_prefix_lm_mask_is_used():
     b = _batch("prefix_lm")
     m = sdpa_mask(b)

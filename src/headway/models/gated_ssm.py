@@ -177,7 +177,10 @@ class GatedSSM(nn.Module):
 
     def forward(self, x: Tensor, batch: Batch | None = None, cache: SSMCache | None = None) -> Tensor:
         layout = None
-        if batch is not None and not batch.is_one_document_per_row:
+        # causal: trailing padding comes after every real position, so it changes none of them
+        plain = batch is None or batch.is_one_document_per_row or (
+            self.causal and batch.is_one_document_per_row_then_padding)
+        if not plain:
             layout = segments(batch)
         for i, layer in enumerate(self.layers):
             x = layer(x, layout, None if cache is None else cache.states[i])
