@@ -9,6 +9,7 @@ from headway.data.collate import collate
 from headway.data.packing import Packer, examples_from_documents
 from headway.masks import sdpa_mask
 from headway.models import GatedSSM, GatedSSMConfig, Transformer, TransformerConfig, build_model, sample
+from headway.models.transformer import rope_table
 from headway.objectives import build_objective
 from headway.objectives.fim import FIM
 from headway.types import Vocab
@@ -23,8 +24,9 @@ class AllOnesMaskTransformer(Transformer):
         B, S, _ = x.shape
         pos = torch.arange(S).expand(B, S)
         mask = torch.ones(B, 1, S, S, dtype=torch.bool)
+        rot = rope_table(pos, self.config.hidden_size // self.config.num_heads, self.config.rope_theta)
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, mask, False, None, i)
+            x = layer(x, rot, mask, False, None, i)
         return self.norm(x)
 
 

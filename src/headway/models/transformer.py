@@ -42,12 +42,17 @@ class ReLU2(nn.Module):
         return torch.square(F.relu(x))
 
 
-def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
-    """Rotary embedding of x (B, nh, S, hd) at integer positions pos (B, S)."""
-    hd = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
+def rope_table(pos: Tensor, hd: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin (B, 1, S, hd/2) float32 of the rotary angles pos · θ^(-2i/hd) at integer positions
+    pos (B, S): built once per forward and shared by every layer's queries and keys."""
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd)  # (hd/2,)
     ang = pos[:, None, :, None].float() * inv  # (B, 1, S, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    return ang.cos(), ang.sin()
+
+
+def rope(x: Tensor, rot: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary embedding of x (B, nh, S, hd): each interleaved pair (x1, x2) turned by its angle."""
+    cos, sin = rot[0].to(x.dtype), rot[1].to(x.dtype)
     x1, x2 = x[..., ::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
@@ -70,19 +75,19 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
-        self.nh, self.hd, self.theta = c.num_heads, c.hidden_size // c.num_heads, c.rope_theta
+        self.nh, self.hd = c.num_heads, c.hidden_size // c.num_heads
         self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=False)
         self.out = nn.Linear(c.hidden_size, c.hidden_size, bias=False)
         self.q_norm = nn.RMSNorm(self.hd) if c.qk_norm else None
         self.k_norm = nn.RMSNorm(self.hd) if c.qk_norm else None
 
-    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None, causal: bool,
+    def forward(self, x: Tensor, rot: tuple[Tensor, Tensor], mask: Tensor | None, causal: bool,
                 cache: KVCache | None, layer: int) -> Tensor:
         B, S, H = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.nh, self.hd).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
+        q, k = rope(q, rot), rope(k, rot)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
@@ -103,9 +108,9 @@ class Block(nn.Module):
             nn.init.zeros_(self.mlp[2].weight)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None, causal: bool, cache: KVCache | None,
-                layer: int) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), pos, mask, causal, cache, layer))
+    def forward(self, x: Tensor, rot: tuple[Tensor, Tensor], mask: Tensor | None, causal: bool,
+                cache: KVCache | None, layer: int) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rot, mask, causal, cache, layer))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -141,8 +146,9 @@ class Transformer(nn.Module):
             elif S > 1:  # several new tokens after a cache: query q sees keys up to start + q
                 keys = torch.arange(start + S, device=x.device)
                 mask = keys[None, :] <= (start + torch.arange(S, device=x.device))[:, None]
+        rot = rope_table(pos, self.config.hidden_size // self.config.num_heads, self.config.rope_theta)
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, mask, causal, cache, i)
+            x = layer(x, rot, mask, causal, cache, i)
         if cache is not None:
             cache.length += S
         return self.norm(x)
