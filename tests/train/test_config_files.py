@@ -37,7 +37,7 @@ def test_print_config_round_trips(tmp_path, capsys):
     f.write_text(first)
     assert _printed(capsys, "--config", str(f)) == first
     cfg = TrainConfig(**load_config_file(f))
-    assert cfg.steps == 7 and cfg.objective == "span" and cfg.time_budget == 440.0
+    assert cfg.steps == 7 and cfg.objective == "span" and cfg.time_budget == 400.0
 
 
 @pytest.mark.parametrize("text,match", [
