@@ -47,6 +47,24 @@ class Vocab:
             raise ValueError("Vocab: special token names must be unique")
         object.__setattr__(self, "_ids", {n: self.base_size + i for i, n in enumerate(names)})
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, specials: tuple[str, ...] = DEFAULT_SPECIALS,
+                       num_sentinels: int = 100) -> Vocab:
+        """The vocabulary of `tokenizer`: its whole vocabulary is the base split (its own special
+        tokens included, as base ids) and headway's specials follow. Takes a headway tokenizer
+        (`base_size`), a `tokenizers.Tokenizer` (`get_vocab_size()`) or a transformers tokenizer
+        (`len(tokenizer)`, added tokens included). Build every `Vocab` this way: one whose base split
+        is smaller than the tokenizer's turns corpus tokens into <eos>, <pad>, sentinels, ..."""
+        size = getattr(tokenizer, "base_size", None)
+        if size is None and hasattr(tokenizer, "get_vocab_size"):
+            size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if size is None and hasattr(tokenizer, "__len__"):
+            size = len(tokenizer)
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ValueError(f"Vocab.from_tokenizer: cannot tell the vocabulary size of {type(tokenizer).__name__} "
+                             "(expected `base_size`, `get_vocab_size()` or `len()`)")
+        return cls(size, specials, num_sentinels)
+
     @property
     def special_size(self) -> int:
         return len(self._ids)

@@ -90,3 +90,53 @@ def test_chunks_never_split_a_character_on_any_text(text, limit):
     for p in pieces:
         bytes(p.tolist()).decode("utf-8")  # every piece is valid UTF-8 on its own (raises otherwise)
     assert "".join(tok.decode(p.tolist()) for p in pieces) == text
+
+
+def _example_text(ex, vocab: Vocab, tok) -> str:
+    """The document text an example was made from: a FIM example's three parts, or a CLM example's
+    tokens after its leading EOS."""
+    if vocab.id("<fim_prefix>") in ex.input_ids:
+        _, pre, mid, suf = fim_parts(ex.input_ids, vocab)
+        return tok.decode(pre.tolist()) + tok.decode(mid.tolist()) + tok.decode(suf.tolist())
+    return tok.decode(ex.input_ids[1:].tolist())
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+@pytest.mark.parametrize("spec", ["fim", "clm:0.5,fim:0.5"])
+def test_the_public_path_never_cuts_inside_a_character_without_a_table(tokenizers, kind, spec):
+    """`build_objective(spec, vocab, (encode, decode))` then `examples_from_documents(docs, objective, S,
+    rng)` with no `starts_char`: the objective knows its codec, so every piece is cut between characters
+    and the examples of a document reassemble into exactly its text."""
+    from headway.objectives import build_objective
+
+    tok = tokenizers[kind]
+    vocab = Vocab.from_tokenizer(tok, num_sentinels=2)
+    objective = build_objective(spec, vocab, (tok.encode, tok.decode))
+    naive_cuts_inside = 0
+    for n, text in enumerate(TEXTS):
+        doc = np.asarray(tok.encode(text), dtype=np.int64)
+        exs = list(examples_from_documents([doc], objective, 61, np.random.default_rng(n)))
+        assert "".join(_example_text(ex, vocab, tok) for ex in exs) == text
+        limit = objective.max_tokens(61)
+        naive_cuts_inside += sum(not tok.starts_char()[doc[i]] for i in range(limit, len(doc), limit))
+    assert naive_cuts_inside > 0  # cutting every `limit` tokens would have split characters: the test has teeth
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_fim_keeps_the_ids_of_a_piece_cut_inside_a_character(tokenizers, kind):
+    """A caller that cuts a document anywhere and hands FIM the piece gets an example of exactly that
+    piece's ids (a character-level split of its broken text would change them)."""
+    tok = tokenizers[kind]
+    vocab = Vocab.from_tokenizer(tok, num_sentinels=2)
+    fim = FIM(vocab, rate=1.0, encode=tok.encode, decode=tok.decode)
+    starts = tok.starts_char()
+    tried = 0
+    for text in TEXTS:
+        doc = np.asarray(tok.encode(text), dtype=np.int64)
+        for i in [k for k in range(1, len(doc)) if not starts[doc[k]]][:5]:
+            piece = doc[max(0, i - 30) : i]  # ends inside a character
+            for seed in range(4):
+                _, pre, mid, suf = fim_parts(fim(piece, np.random.default_rng(seed)).input_ids, vocab)
+                assert np.concatenate([pre, mid, suf]).tolist() == piece.tolist()
+            tried += 1
+    assert tried > 0

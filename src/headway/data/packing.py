@@ -8,7 +8,7 @@ strategies stream with bounded memory (BFD holds at most `buffer_size` examples)
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from headway.types import Example, Objective
 
 STRATEGIES = ("bfd", "concat")
+MAX_CHAR_TOKENS = 8  # a character is at most 4 UTF-8 bytes, so a boundary lies within this many tokens
 
 
 @dataclass
@@ -34,38 +35,55 @@ class PackStats:
         return self.tokens / total if total else 0.0
 
 
-def chunks(doc: np.ndarray, limit: int, starts_char: np.ndarray | None = None) -> Iterator[np.ndarray]:
+Boundary = Callable[[np.ndarray, int], "bool | None"]
+
+
+def chunks(doc: np.ndarray, limit: int, starts_char: np.ndarray | None = None,
+           boundary: Boundary | None = None) -> Iterator[np.ndarray]:
     """Consecutive pieces of `doc` of at most `limit` tokens that together are the whole document.
 
-    With `starts_char` (a tokenizer's table: does token i begin a UTF-8 character?) every cut falls
-    on a character boundary, so each piece decodes to exactly its own text: a cut inside a
-    multi-byte character would decode to U+FFFD on both sides, and an objective that works on
-    characters (FIM) would then alter the text. A piece is only shortened for this, never lengthened.
+    With `starts_char` (a tokenizer's table: does token i begin a UTF-8 character?) or `boundary`
+    (`boundary(doc, i)`: may the document be cut before position i? e.g. an objective's
+    `is_character_boundary`) every cut falls on a character boundary, so each piece decodes to
+    exactly its own text: a cut inside a multi-byte character would decode to U+FFFD on both sides,
+    and an objective that works on characters (FIM) would then alter the text. A piece is only
+    shortened for this, never lengthened; `boundary` is asked about at most `MAX_CHAR_TOKENS` positions
+    before each cut.
     """
+    def ok(c: int) -> bool:
+        if starts_char is not None:
+            return bool(starts_char[doc[c]])
+        said = boundary(doc, c) if boundary is not None else None
+        return True if said is None else bool(said)  # None: the objective does not work on characters
+
     s, n = 0, len(doc)
     while s < n:
         e = min(s + limit, n)
-        if starts_char is not None and e < n:
+        if e < n and (starts_char is not None or boundary is not None):
             c = e
-            while c > s and not starts_char[doc[c]]:
+            floor = s if starts_char is not None else max(s, e - MAX_CHAR_TOKENS)
+            while c > floor and not ok(c):
                 c -= 1
-            e = c if c > s else e  # no boundary within the piece (not valid UTF-8 anyway): cut by length
+            e = c if c > floor else e  # no boundary within reach (not valid UTF-8 anyway): cut by length
         yield doc[s:e]
         s = e
 
 
 def examples_from_documents(docs: Iterable[np.ndarray], objective: Objective, row_length: int,
                             rng: np.random.Generator, starts_char: np.ndarray | None = None) -> Iterator[Example]:
-    """Cut each document into chunks of at most `objective.max_tokens(row_length)` tokens (at
-    character boundaries when `starts_char` is given, see `chunks`) and apply the objective to each
-    chunk (context-level FIM, T5-style chunking)."""
+    """Cut each document into chunks of at most `objective.max_tokens(row_length)` tokens and apply the
+    objective to each chunk (context-level FIM, T5-style chunking). Where the objective works on
+    characters (it has an `is_character_boundary` that answers), every cut falls between characters,
+    checked through its own codec, or through the tokenizer's `starts_char` table when one is given
+    (faster; see `chunks`)."""
     if row_length < 2:
         raise ValueError(f"row_length must be >= 2, got {row_length}")
     limit = objective.max_tokens(row_length)
     if limit < 1:
         raise ValueError(f"objective {objective.name!r} cannot fit any document in rows of {row_length} tokens")
+    boundary = getattr(objective, "is_character_boundary", None) if starts_char is None else None
     for doc in docs:
-        for piece in chunks(np.asarray(doc, dtype=np.int64), limit, starts_char):
+        for piece in chunks(np.asarray(doc, dtype=np.int64), limit, starts_char, boundary):
             yield objective(piece, rng)
 
 

@@ -29,6 +29,7 @@ from headway.constants import IGNORE_INDEX
 from headway.data.packing import chunks
 from headway.loss import linear_cross_entropy
 from headway.models import build_model
+from headway.models.lm import check_token_ids
 from headway.types import Batch, Objective, Vocab
 
 # logits = lm_head(h) * factor: (config attribute, whether the model divides by it)
@@ -85,6 +86,11 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
             return original(input_ids=input_ids, attention_mask=attention_mask, **kw)
         kw.pop("logits_to_keep", None)
         kw.pop("return_dict", None)
+        head = model.get_output_embeddings()  # looked up per call: resize_token_embeddings replaces the module
+        if input_ids is not None:
+            check_token_ids(input_ids, model.get_input_embeddings().weight.shape[0], name, "input_ids")
+        y = shift_labels if shift_labels is not None else labels
+        check_labels(y, head.weight.shape[0], name)
         out, h = hidden_states(input_ids, attention_mask, kw)
         aligned = shift_labels is not None
         y = shift_labels if aligned else labels
@@ -95,6 +101,27 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
                                       hidden_states=getattr(out, "hidden_states", None))
 
     model.forward = forward  # type: ignore[method-assign]
+    return model
+
+
+def check_labels(labels: Tensor, size: int, who: str) -> None:
+    """A ValueError unless every label is IGNORE_INDEX or in [0, size) (the head's rows)."""
+    valid = labels[labels != IGNORE_INDEX]
+    check_token_ids(valid, size, who, "labels")
+
+
+def fit_vocab(model: PreTrainedModel, vocab: Vocab, resize: bool = True) -> PreTrainedModel:
+    """Make a HF model take every id of `vocab` (the ids headway's objectives emit: the tokenizer's base
+    vocabulary, then <eos>, <pad>, <mask>, FIM and sentinel tokens). A model with fewer embedding rows
+    than `vocab.size` is resized with `resize_token_embeddings(vocab.size)` (new rows initialized by
+    transformers), or refused with a ValueError when `resize` is False; a larger one is kept as it is.
+    Use it with `ObjectiveCollator` (before or after `use_fused_loss`, which reads the head per call)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < vocab.size:
+        if not resize:
+            raise ValueError(f"fit_vocab: {type(model).__name__} has {rows} embedding rows, the Vocab has {vocab.size} "
+                             f"ids (base {vocab.base_size} + {vocab.special_size} specials); pass resize=True")
+        model.resize_token_embeddings(vocab.size)
     return model
 
 
@@ -272,7 +299,8 @@ class ObjectiveCollator:
         for f in features:
             toks = np.asarray(f["input_ids"], dtype=np.int64)
             if self.max_length is not None:
-                toks = next(chunks(toks, self.objective.max_tokens(self.max_length), self.starts_char), toks)
+                boundary = getattr(self.objective, "is_character_boundary", None) if self.starts_char is None else None
+                toks = next(chunks(toks, self.objective.max_tokens(self.max_length), self.starts_char, boundary), toks)
             ex = self.objective(toks, self.rng)
             if ex.prefix_length > 1 and not self.allow_prefix:
                 raise ValueError(f"ObjectiveCollator: objective {self.objective.name!r} made a bidirectional prefix, "

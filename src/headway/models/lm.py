@@ -20,9 +20,23 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.embedding, self.backbone, self.head = embedding, backbone, head
 
+    @property
+    def vocab_size(self) -> int:
+        """V: the ids the model takes, [0, V) (the rows of its embedding table, every split counted)."""
+        rows = getattr(self.embedding, "num_embeddings", None)
+        return int(rows) if rows is not None else sum(p.shape[0] for p in self.embedding.parameters() if p.dim() == 2)
+
     def hidden(self, input_ids: Tensor, batch: Batch | None = None, cache=None) -> Tensor:  # noqa: ANN001
-        """(B, S) ids -> (B, S, H) final hidden states."""
+        """(B, S) ids -> (B, S, H) final hidden states; ids outside [0, V) are refused with a ValueError."""
+        check_token_ids(input_ids, self.vocab_size, "LanguageModel")
         return self.backbone(self.embedding(input_ids), batch, cache)
+
+    def check_vocab(self, vocab: Vocab) -> None:
+        """Refuse a `vocab` with more ids than the model takes (its specials would index past the table)."""
+        if vocab.size > self.vocab_size:
+            raise ValueError(f"LanguageModel: the Vocab has {vocab.size} ids (base {vocab.base_size} + "
+                             f"{vocab.special_size} specials) but the model takes {self.vocab_size}; build the model "
+                             "from this Vocab (build_model(vocab, ...))")
 
     def forward(self, batch: Batch, num_items_in_batch: Tensor | int | None = None, reduction: str = "mean") -> Tensor:
         return self.head(self.hidden(batch.input_ids, batch), batch.labels, num_items_in_batch=num_items_in_batch,
@@ -53,6 +67,7 @@ class LanguageModel(nn.Module):
             raise ValueError("generate: this backbone is bidirectional and cannot generate left to right")
         single = prompt.dim() == 1
         ids = prompt[None] if single else prompt
+        check_token_ids(ids, self.vocab_size, "generate", "prompt")
         cache = self.backbone.new_cache(ids.shape[0])
         out: list[Tensor] = []
         step_in = ids
@@ -96,10 +111,24 @@ class LanguageModel(nn.Module):
                **kw) -> Tensor:
         """Generate the middle between `prefix` and `suffix` (1-D ids) after `fim_prompt` in `layout`;
         stops at EOS (not returned)."""
+        self.check_vocab(vocab)
         prompt = self.fim_prompt(prefix, suffix, vocab, layout)
         mid = self.generate(prompt, max_new_tokens, eos_id=vocab.eos, **kw)
         stop = (mid == vocab.eos).nonzero()
         return mid[: int(stop[0])] if len(stop) else mid
+
+
+def check_token_ids(ids: Tensor, size: int, who: str, name: str = "input_ids") -> None:
+    """A ValueError naming `name` unless every id is in [0, size) (an out-of-range id would otherwise
+    fail deep inside an embedding lookup, or read another token's row)."""
+    if ids.numel() and (ids.dtype.is_floating_point or ids.dtype == torch.bool):
+        raise ValueError(f"{who}: `{name}` must be integer token ids, got dtype {ids.dtype}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= size:
+            raise ValueError(f"{who}: `{name}` must be in [0, {size}) (the model's vocabulary), got ids in "
+                             f"[{lo}, {hi}]; the tokenizer, the Vocab and the model must agree "
+                             "(Vocab.from_tokenizer, then build the model from that Vocab)")
 
 
 def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,

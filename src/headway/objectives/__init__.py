@@ -14,7 +14,8 @@ from headway.objectives.ul2 import Mixture, ul2, ul2_decoder, ul2r
 from headway.types import Vocab
 
 __all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Example", "Objective", "decoder_only",
-           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec", "text_lead"]
+           "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec", "text_lead",
+           "sentinels_for", "vocab_for"]
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None
 
@@ -25,9 +26,9 @@ FIM_LINE_RATE = 0.5  # `fim`: the share of examples split at line breaks (FIM.li
 def _single(name: str, vocab: Vocab, codec: Codec) -> Objective:
     enc, dec = codec if codec is not None else (None, None)
     makers: dict[str, Callable[[], Objective]] = {
-        "clm": lambda: CLM(vocab.eos),
+        "clm": lambda: CLM(vocab),
         "mlm": lambda: MLM(vocab),
-        "prefix_lm": lambda: PrefixLM(vocab.eos),
+        "prefix_lm": lambda: PrefixLM(vocab),
         "fim": lambda: FIM(vocab, rate=1.0, line_rate=FIM_LINE_RATE, encode=enc, decode=dec),
         "span": lambda: SpanCorruption(vocab),
         "ul2": lambda: ul2(vocab),
@@ -70,10 +71,47 @@ def check_spec(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def build_objective(spec: str, vocab: Vocab, codec: Codec = None) -> Objective:
+def build_objective(spec: str, vocab: Vocab, codec: Codec = None, *, row_length: int | None = None) -> Objective:
     """'clm' -> CLM; 'clm:0.5,fim:0.5' -> a 50/50 Mixture. `fim` alone always transforms (rate 1);
-    mix it with clm for the usual FIM rate. `codec` = (encode, decode) for character-level FIM."""
+    mix it with clm for the usual FIM rate. `codec` = (encode, decode) for character-level FIM.
+    With `row_length`, a vocabulary with fewer sentinels than span corruption needs to fill rows of that
+    length is refused (`sentinels_for(spec, row_length)` says how many; `vocab_for` builds one)."""
     parsed = check_spec(spec)
+    if row_length is not None and (need := sentinels_for(spec, row_length)) > vocab.num_sentinels:
+        raise ValueError(f"build_objective: {spec!r} at rows of {row_length} tokens needs {need} sentinels to fill "
+                         f"them; the Vocab has {vocab.num_sentinels}. Build it with vocab_for(tokenizer, {spec!r}, "
+                         f"{row_length}) or Vocab.from_tokenizer(tokenizer, num_sentinels={need})")
     if len(parsed) == 1 and ":" not in spec:
         return _single(parsed[0][0], vocab, codec)
     return Mixture([(_single(name, vocab, codec), weight) for name, weight in parsed], name=spec)
+
+
+DEFAULT_SENTINELS = 100  # T5's count; enough for span corruption in rows of up to ~800 tokens
+
+
+def sentinels_for(spec: str, row_length: int) -> int:
+    """Sentinels a run of `spec` at rows of `row_length` tokens gets: T5's 100, or more where a span
+    denoiser's longest document that fits a row has more spans (UL2's X(μ=3, r=0.5) needs about S/8,
+    so 256 at S=2048), so that every denoiser fills its rows exactly or leaves 1-2 positions free.
+    Each sentinel above 100 is one more vocabulary id (an embedding row and a head row)."""
+    if not isinstance(row_length, int) or row_length < 2:
+        raise ValueError(f"sentinels_for: `row_length` must be an int >= 2, got {row_length!r}")
+    probe = Vocab(2, num_sentinels=1)
+    need = 0
+    for name, _ in check_spec(spec):
+        for m in _span_members(_single(name, probe, None)):
+            need = max(need, m.sentinels_needed(row_length))
+    return max(DEFAULT_SENTINELS, need)
+
+
+def _span_members(objective: Objective) -> list[SpanCorruption]:
+    if isinstance(objective, SpanCorruption):
+        return [objective]
+    return [s for m in getattr(objective, "members", []) for s in _span_members(m)]
+
+
+def vocab_for(tokenizer: object, spec: str, row_length: int) -> Vocab:
+    """The vocabulary a run of `spec` at rows of `row_length` trains with: the tokenizer's whole
+    vocabulary as the base split, then headway's specials and `sentinels_for(spec, row_length)`
+    sentinels. The trainer, `headway eval/sample/infill` and export all build it here, so they agree."""
+    return Vocab.from_tokenizer(tokenizer, num_sentinels=sentinels_for(spec, row_length))

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.objectives.base import check_rate, decoder_only
+from headway.objectives.base import check_document, check_rate, decoder_only
 from headway.types import Example, Vocab
 
 RETOKENIZE_MARGIN = 8  # tokens a character-level split may add when the parts are re-encoded
+CUT_WINDOW = 8  # tokens decoded on each side of a cut to tell whether it splits a character (<= 4 bytes)
 
 
 @dataclass
@@ -48,22 +49,39 @@ class FIM:
         self.pre, self.mid, self.suf = (self.vocab.id(n) for n in ("<fim_prefix>", "<fim_middle>", "<fim_suffix>"))
         self.eos = self.vocab.eos
 
+    def is_character_boundary(self, tokens: np.ndarray, i: int) -> bool | None:
+        """Whether cutting `tokens` before position i keeps every character whole (each side decodes to
+        exactly its own text), so a character-level split of a piece never alters the document: the two
+        sides of the cut, `CUT_WINDOW` tokens each, decoded apart give the same text as decoded together
+        (a cut inside a multi-byte character gives U+FFFD on both sides instead). None without a codec:
+        token-level FIM may cut anywhere. `examples_from_documents` cuts pieces only where this holds."""
+        if self.decode is None:
+            return None
+        a, b = tokens[max(0, i - CUT_WINDOW) : i].tolist(), tokens[i : i + CUT_WINDOW].tolist()
+        return self.decode(a) + self.decode(b) == self.decode(a + b)
+
     def split(self, tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(prefix, middle, suffix) token arrays whose concatenated text is the document's."""
+        """(prefix, middle, suffix) token arrays whose concatenated text is the document's. A piece whose
+        text does not survive decoding (it begins or ends inside a character: the text then holds U+FFFD
+        and re-encodes to other ids) is split at token positions instead, so its ids are kept exactly."""
         if self.decode is not None and self.encode is not None:
             text = self.decode(tokens.tolist())
+            if "\ufffd" in text and not np.array_equal(np.asarray(self.encode(text), dtype=np.int64), tokens):
+                i, j = sorted(rng.integers(0, len(tokens) + 1, size=2))
+                return tokens[:i], tokens[i:j], tokens[j:]
             if self.line_rate and rng.random() < self.line_rate:
                 cuts = [k for k, c in enumerate(text) if c == "\n"] + [len(text)]  # right before each line break
                 i, j = sorted(rng.choice(cuts, size=2))
             else:
                 i, j = sorted(rng.integers(0, len(text) + 1, size=2))
-            enc = self.encode
-            return tuple(np.asarray(enc(s), dtype=np.int64) for s in (text[:i], text[i:j], text[j:]))  # type: ignore
+            base = self.vocab.base_size
+            return tuple(check_document(np.asarray(self.encode(s), dtype=np.int64), base, f"{self.name} (encode)")
+                         for s in (text[:i], text[i:j], text[j:]))  # type: ignore[return-value]
         i, j = sorted(rng.integers(0, len(tokens) + 1, size=2))
         return tokens[:i], tokens[i:j], tokens[j:]
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = check_document(tokens, self.vocab.base_size, self.name)
         if rng.random() >= self.rate:
             return decoder_only(np.array([self.eos]), tokens, self.eos, bidirectional_inputs=False)
         pre, mid, suf = self.split(tokens, rng)

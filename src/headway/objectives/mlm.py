@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from headway.constants import IGNORE_INDEX
-from headway.objectives.base import check_rate
+from headway.objectives.base import check_document, check_rate
 from headway.types import Example, Vocab
 
 
@@ -52,7 +52,7 @@ class MLM:
         return candidates & chosen[word]
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = check_document(tokens, self.vocab.base_size, self.name)
         selected = self._select(tokens, rng)
         labels = np.where(selected, tokens, IGNORE_INDEX)
         u = rng.random(len(tokens))

@@ -6,16 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.objectives.base import decoder_only
-from headway.types import Example
+from headway.objectives.base import base_size_of, check_document, decoder_only
+from headway.types import Example, Vocab
 
 
 @dataclass
 class PrefixLM:
     """Split point k uniform in [1, L) (or `split` fixed): inputs x[:k] (bidirectional), targets
-    x[k:] then EOS. A one-token document has no split; its single token becomes the prefix."""
+    x[k:] then EOS. A one-token document has no split; its single token becomes the prefix.
 
-    eos: int
+    `eos`: the `Vocab` (or its EOS id, whose base vocabulary is then every id below it). A document
+    holding an id outside the base vocabulary is refused with a ValueError."""
+
+    eos: int | Vocab
     split: int | None = None
     mode_id: int | None = None  # e.g. UL2's [S2S]: prepended to the bidirectional prefix
     name: str = "prefix_lm"
@@ -23,10 +26,12 @@ class PrefixLM:
     trains_left_to_right = True
 
     def __post_init__(self) -> None:
+        self.eos, self.base_size = base_size_of(self.eos, "PrefixLM")
         if self.split is not None and self.split < 1:
             raise ValueError(f"PrefixLM: `split` must be >= 1, got {self.split}")
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
+        tokens = check_document(tokens, self.base_size, self.name)
         L = len(tokens)
         if L == 0:
             raise ValueError("PrefixLM: empty document")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headway.objectives.base import decoder_only
+from headway.objectives.base import check_document, decoder_only
 from headway.types import Example, Vocab
 
 
@@ -83,10 +83,20 @@ class SpanCorruption:
             return length + 1  # [mode or eos] + the document
         return length + 2 * spans + (self.mode_id is not None)
 
+    def sentinels_needed(self, row_length: int) -> int:
+        """Sentinels the longest document whose example fits `row_length` tokens needs: a `Vocab` with
+        at least this many lets `max_tokens` fill rows exactly or leave 1-2 positions free."""
+        return self.counts(self._longest(row_length, None))[1]
+
     def max_tokens(self, row_length: int) -> int:
         """Largest document length whose example fits `row_length` tokens and whose spans fit the
-        vocabulary's sentinels (the example then fills the row or leaves at most 2 positions)."""
-        ok = lambda n: self.example_length(n) <= row_length and self.counts(n)[1] <= self.vocab.num_sentinels  # noqa: E731
+        vocabulary's sentinels (with `sentinels_needed(row_length)` of them, the example then fills the
+        row or leaves at most 2 positions; with fewer, the chunks are shorter)."""
+        return self._longest(row_length, self.vocab.num_sentinels)
+
+    def _longest(self, row_length: int, sentinels: int | None) -> int:
+        cap = row_length if sentinels is None else sentinels
+        ok = lambda n: self.example_length(n) <= row_length and self.counts(n)[1] <= cap  # noqa: E731
         lo, hi = 0, row_length
         while lo < hi:  # both lengths are non-decreasing in n
             mid = (lo + hi + 1) // 2
@@ -99,7 +109,7 @@ class SpanCorruption:
         return lo
 
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> Example:
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = check_document(tokens, self.vocab.base_size, self.name)
         L = len(tokens)
         noise, spans = self.counts(L)
         if spans > self.vocab.num_sentinels:

@@ -46,6 +46,12 @@ class Mixture:
     def max_tokens(self, row_length: int) -> int:
         return min(m.max_tokens(row_length) for m in self.members)
 
+    def is_character_boundary(self, tokens: np.ndarray, i: int) -> bool | None:
+        """A cut is allowed where every member that works on characters allows it (None: none does)."""
+        said = [f(tokens, i) for m in self.members if (f := getattr(m, "is_character_boundary", None)) is not None]
+        said = [x for x in said if x is not None]
+        return all(said) if said else None
+
 
 def _r(v: Vocab) -> list[SpanCorruption]:
     return [SpanCorruption(v, 0.15, 3, "[NLU]", name="R(3,.15)"), SpanCorruption(v, 0.15, 8, "[NLU]", name="R(8,.15)")]
@@ -56,7 +62,7 @@ def _x(v: Vocab) -> list[SpanCorruption]:
 
 
 def _s(v: Vocab) -> PrefixLM:
-    return PrefixLM(v.eos, mode_id=v.id("[S2S]"), name="S")
+    return PrefixLM(v, mode_id=v.id("[S2S]"), name="S")
 
 
 def ul2(vocab: Vocab) -> Mixture:
@@ -75,5 +81,5 @@ def ul2r(vocab: Vocab) -> Mixture:
 def ul2_decoder(vocab: Vocab) -> Mixture:
     """A CLM-heavy mix for decoder-only models: 50% CLM, 20% S, 15% R, 15% X."""
     r, x = _r(vocab), _x(vocab)
-    return Mixture([(CLM(vocab.eos), 0.5), (_s(vocab), 0.2), *[(m, 0.15 / len(r)) for m in r],
+    return Mixture([(CLM(vocab), 0.5), (_s(vocab), 0.2), *[(m, 0.15 / len(r)) for m in r],
                     *[(m, 0.15 / len(x)) for m in x]], "ul2_decoder")

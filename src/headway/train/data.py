@@ -12,6 +12,7 @@ import numpy as np
 from headway.data.loader import Loader, StreamSpec
 from headway.data.prepare import Prepared, Settings, is_prepared, open_prepared, prepare, skipped_note
 from headway.data.tokenizer import Tokenizer
+from headway.objectives import vocab_for
 from headway.train.config import TrainConfig
 from headway.types import Objective, Vocab
 
@@ -85,4 +86,4 @@ def prepare_run_data(cfg: TrainConfig, out: Path, log=print, tokenizer_from: Pat
     tok = p.tokenizer
     if first:
         tok.save(out)
-    return RunData(p, tok, Vocab(tok.base_size))
+    return RunData(p, tok, vocab_for(tok, cfg.objective, cfg.seq_len))
