@@ -114,11 +114,12 @@ def test_models_take_ids_below_vocab_size_only(backbone, bad):
             model.generate(ids[1], 2)
 
 
-def test_a_model_smaller_than_the_vocab_is_refused():
-    small = build_model(Vocab(50, num_sentinels=1), "transformer", "tiny")
-    big = Vocab(50, num_sentinels=4)
-    with pytest.raises(ValueError, match="the Vocab has .* ids .* the model takes"):
-        small.infill(torch.tensor([1, 2]), torch.tensor([3]), big, max_new_tokens=2)
+def test_a_model_built_for_another_vocab_is_refused():
+    model = build_model(Vocab(50, num_sentinels=1), "transformer", "tiny")
+    for other in (Vocab(50, num_sentinels=4), Vocab(48, num_sentinels=3), Vocab(40)):  # bigger, same size, smaller
+        with pytest.raises(ValueError, match="splits .* are not the model's"):
+            model.infill(torch.tensor([1, 2]), torch.tensor([3]), other, max_new_tokens=2)
+    model.infill(torch.tensor([1, 2]), torch.tensor([3]), Vocab(50, num_sentinels=1), max_new_tokens=2)
 
 
 def test_the_hf_recipe_resizes_or_refuses_a_model_smaller_than_the_vocab():

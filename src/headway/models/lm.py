@@ -32,7 +32,12 @@ class LanguageModel(nn.Module):
         return self.backbone(self.embedding(input_ids), batch, cache)
 
     def check_vocab(self, vocab: Vocab) -> None:
-        """Refuse a `vocab` with more ids than the model takes (its specials would index past the table)."""
+        """Refuse a `vocab` the model was not built for: one whose splits differ from a split embedding's
+        (its special ids would name other tokens), or one with more ids than the model takes."""
+        splits = getattr(self.embedding, "split_sizes", None)
+        if isinstance(splits, dict) and set(splits) == {"base", "special"} and splits != vocab.split_sizes:
+            raise ValueError(f"LanguageModel: the Vocab's splits {vocab.split_sizes} are not the model's {splits}; "
+                             "use the Vocab the model was built from (vocab_for / Vocab.from_tokenizer)")
         if vocab.size > self.vocab_size:
             raise ValueError(f"LanguageModel: the Vocab has {vocab.size} ids (base {vocab.base_size} + "
                              f"{vocab.special_size} specials) but the model takes {self.vocab_size}; build the model "
