@@ -193,16 +193,15 @@ def load_run(ckpt: str, device: str = "cpu", generating: bool = False):  # noqa:
     """(model, tokenizer, vocab, config) from a checkpoint or run folder. `generating`: refuse a
     model that was never trained to predict left to right (MLM), whose samples would be noise."""
     from headway.data.tokenizer import load_tokenizer
-    from headway.objectives import build_objective
+    from headway.objectives import build_objective, vocab_for
     from headway.train.checkpoint import load_checkpoint, resolve
     from headway.train.config import TrainConfig
     from headway.train.loop import make_model
-    from headway.types import Vocab
 
     folder = resolve(Path(ckpt))
     cfg = TrainConfig.load(folder / "config.json")
     tok = load_tokenizer(folder)
-    vocab = Vocab(tok.base_size)
+    vocab = vocab_for(tok, cfg.objective, cfg.seq_len)
     objective = build_objective(cfg.objective, vocab, (tok.encode, tok.decode))
     if generating and not objective.trains_left_to_right:
         raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "
@@ -434,7 +433,7 @@ def _load_for_check(target: str):  # noqa: ANN202
     from headway.check.hf_table import tiny_config
 
     torch.manual_seed(0)
-    return cls(tiny_config(cls.config_class))
+    return cls(tiny_config(cls))
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -517,7 +516,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="does a model's output depend on later inputs, other rows or other packed "
                        "documents? (gradient and black-box detectors, train and eval mode)")
     c.add_argument("target", nargs="?", help="a headway run folder, a local HF checkpoint folder, or a transformers "
-                   "class name (built from a tiny random config, offline)")
+                   "class name (built from a tiny random config, offline: a causal-LM class as a decoder, any other "
+                   "class as it ships)")
     c.add_argument("--all-hf", action="store_true", help="check every *ForCausalLM class of the installed "
                    "transformers and print a table (architecture, verdict, first leak, seconds)")
     c.add_argument("--only", default=None, help="with --all-hf: only classes whose name contains one of these "

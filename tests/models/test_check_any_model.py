@@ -192,13 +192,31 @@ def test_headway_check_cli_on_classes_and_the_hf_table(capsys, tmp_path):
     assert main(["check", "LlamaForCausalLM", "--lengths", "9,16"]) == 0
     assert "causal:" in capsys.readouterr().out
     png = tmp_path / "bert.png"
-    assert main(["check", "BertForMaskedLM", "--lengths", "12", "--png", str(png)]) == 1
-    assert "NOT causal" in capsys.readouterr().out and png.exists()
+    assert main(["check", "BertForMaskedLM", "--lengths", "12", "--png", str(png)]) == 1  # bidirectional as it ships
+    out = capsys.readouterr().out
+    assert "NOT causal: future" in out and "out 0 <- in " in out and png.exists()
+    assert main(["check", "BertLMHeadModel", "--lengths", "12"]) == 0  # the same encoder built as a decoder
+    assert main(["check", "RobertaForCausalLM", "--lengths", "12"]) == 0
+    assert "causal:" in capsys.readouterr().out
     # a fixed subset of the table in CI; `python bench/check_hf.py` runs every class
     assert main(["check", "--all-hf", "--only", "LlamaForCausalLM,Qwen2ForCausalLM,BertLMHeadModel"]) in (0, 1)
     out = capsys.readouterr().out
     assert "| LlamaForCausalLM | causal |" in out and "| Qwen2ForCausalLM | causal |" in out
     assert main(["check", "NoSuchModel"]) == 2
+
+
+def test_hf_classes_are_built_the_way_their_users_build_them():
+    transformers = pytest.importorskip("transformers")
+    from headway.check.hf_table import builds_as_decoder, tiny_config
+
+    for name in ("BertLMHeadModel", "RobertaForCausalLM", "BertGenerationDecoder", "LlamaForCausalLM"):
+        assert builds_as_decoder(getattr(transformers, name)), name
+    for name in ("BertForMaskedLM", "RobertaForMaskedLM", "BertModel", "BertForSequenceClassification"):
+        assert not builds_as_decoder(getattr(transformers, name)), name
+    assert tiny_config(transformers.BertLMHeadModel).is_decoder is True
+    assert tiny_config(transformers.BertForMaskedLM).is_decoder is False  # the config's own default
+    with pytest.raises(ValueError, match="model_class"):
+        tiny_config(transformers.BertConfig)
 
 
 def test_headway_check_on_a_local_hf_folder_and_a_headway_run(tmp_path, corpus, capsys):

@@ -38,7 +38,8 @@ class CausalityReport:
 
     @property
     def leaks(self) -> list[tuple[int, int]]:
-        """(output, input) pairs of the first finding."""
+        """(output, input) pairs of the first finding: each a dependence the detector saw; empty when
+        it saw outputs move but could not isolate one input that moves them alone."""
         return self.findings[0].pairs if self.findings else []
 
     @property
@@ -58,10 +59,9 @@ class CausalityReport:
                  f"{self.seconds:.1f} s)")
         else:
             f = self.findings[0]
-            pairs = ", ".join(f"out {t} <- in {k}" for t, k in f.pairs[:5]) or "whole row"
             where = f"; first leaking submodule {f.module!r}" if f.module else ""
             s = (f"NOT causal: {f.kind} dependence found by the {f.detector} detector in {f.mode} mode at length "
-                 f"{f.length}: {pairs}{' ...' if len(f.pairs) > 5 else ''}{where} ({len(self.findings)} findings)")
+                 f"{f.length}: {f.describe()}{where} ({len(self.findings)} findings)")
         if self.skipped:
             s += " [not run: " + "; ".join(self.skipped) + "]"
         return s

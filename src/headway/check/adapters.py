@@ -80,22 +80,97 @@ def _batch(docs: Tensor | None, B: int, S: int, device: torch.device) -> Batch |
 
 
 def _hidden_size(m: nn.Module) -> int | None:
+    """The width a module states: `config.hidden_size` / `d_model` / `n_embd`, or the same attribute
+    on the module itself; None when it states none."""
     for obj in (getattr(m, "config", None), m):
         for attr in ("hidden_size", "d_model", "n_embd"):
             v = getattr(obj, attr, None)
-            if isinstance(v, int):
+            if isinstance(v, int) and not isinstance(v, bool):
                 return v
     return None
 
 
-def headway_probe(model: nn.Module, hidden_size: int | None = None) -> Probe:
-    """A headway `LanguageModel` (ids through its embedding; vectors into its backbone) or a bare
-    backbone `f(x, batch)` (vectors only)."""
-    backbone = getattr(model, "backbone", model)
-    H = hidden_size or _hidden_size(backbone)
+def _int_attr(m: object, *names: str) -> int | None:
+    for n in names:
+        v = getattr(m, n, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def embedding_sizes(emb: nn.Module) -> tuple[int | None, int | None]:
+    """(vocabulary size, hidden size) that a token embedding tells, each None when it cannot tell.
+
+    Hidden size: an `embedding_dim` / `hidden_size` attribute (`nn.Embedding`, `SplitEmbedding`),
+    else the width of what the embedding returns for token id 0 (run once in eval mode without
+    gradients, so factorized or scaled embeddings give the width the backbone receives), else the
+    common width of its 2-D weights. Vocabulary size: a `num_embeddings` attribute, else the rows of
+    its 2-D weights of that width summed (one table, or a split into several tables), else the
+    `num_embeddings` of its only `nn.Embedding` (a factorized embedding: a table, then a projection).
+    """
+    H = _int_attr(emb, "embedding_dim", "hidden_size")
+    tables = [p for p in emb.parameters() if p.dim() == 2]
     if H is None:
-        raise ValueError(f"check_causal: cannot tell the hidden size of {type(backbone).__name__}; pass hidden_size=")
+        H = _output_width(emb)
+    if H is None and tables and len({p.shape[1] for p in tables}) == 1:
+        H = int(tables[0].shape[1])
+    V = _int_attr(emb, "num_embeddings")
+    if V is None and H is not None:
+        rows = [int(p.shape[0]) for p in tables if p.shape[1] == H]
+        V = sum(rows) if rows else None
+    tables_in = [m for m in emb.modules() if isinstance(m, nn.Embedding)]
+    if V is None and len(tables_in) == 1:
+        V = tables_in[0].num_embeddings
+    return V, H
+
+
+def _output_width(emb: nn.Module) -> int | None:
+    """The last dimension of `emb(id 0)`, or None when the embedding cannot run on it; the module's
+    train/eval flags are restored."""
+    device = next((p.device for p in emb.parameters()), torch.device("cpu"))
+    flags = [(m, m.training) for m in emb.modules()]
+    try:
+        emb.eval()
+        with torch.no_grad():
+            out = emb(torch.zeros(1, 1, dtype=torch.long, device=device))
+    except Exception:  # noqa: BLE001 - an embedding that needs more than ids tells nothing this way
+        return None
+    finally:
+        for m, f in flags:
+            m.training = f
+    return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() == 3 else None
+
+
+def _agree(arg: str, given: int | None, told: int | None, source: str) -> int | None:
+    """The size the model tells, else the one given; a clear error when both exist and differ."""
+    if given is not None and told is not None and given != told:
+        raise ValueError(f"check_causal: {arg}={given} but {source} says {told}; leave {arg} out or pass {told}")
+    return told if told is not None else given
+
+
+def headway_probe(model: nn.Module, hidden_size: int | None = None, vocab_size: int | None = None) -> Probe:
+    """A headway `LanguageModel` (ids through its embedding; vectors into its backbone) or a bare
+    backbone `f(x, batch)` (vectors only).
+
+    The hidden size comes from the model: a `LanguageModel`'s embedding (`embedding_sizes`), else
+    the backbone's `hidden_size` / `d_model` / `n_embd` (or its config's); `hidden_size` is used only
+    when the model tells nothing, and must agree with what it tells. The vocabulary size likewise
+    from the embedding, else `vocab_size`; when neither tells it, the black-box detector feeds
+    random vectors into the backbone instead of random token ids.
+    """
+    backbone = getattr(model, "backbone", model)
     lm = model if hasattr(model, "embedding") and hasattr(model, "backbone") else None
+    V_told, H_told = embedding_sizes(lm.embedding) if lm is not None else (None, None)
+    emb_source = f"the model's embedding ({type(lm.embedding).__name__})" if lm is not None else ""
+    source = emb_source
+    if H_told is None:
+        H_told, source = _hidden_size(backbone), f"the backbone ({type(backbone).__name__})"
+    H = _agree("hidden_size", hidden_size, H_told, source)
+    if H is None:
+        what = "its embedding tells no width and its backbone" if lm is not None else "it has no embedding and"
+        raise ValueError(f"check_causal: cannot tell the hidden size of {type(model).__name__}: {what} has no "
+                         "`hidden_size` / `d_model` / `n_embd` attribute or config; pass hidden_size=")
+    V = _agree("vocab_size", vocab_size, V_told, emb_source) if lm is not None else None
 
     def vectors(x: Tensor, docs: Tensor | None) -> Tensor:
         return backbone(x, _batch(docs, x.shape[0], x.shape[1], x.device))
@@ -104,13 +179,8 @@ def headway_probe(model: nn.Module, hidden_size: int | None = None) -> Probe:
         assert lm is not None
         return lm.hidden(t, _batch(docs, t.shape[0], t.shape[1], t.device))
 
-    vocab = None
-    if lm is not None:
-        emb = lm.embedding
-        vocab = getattr(emb, "num_embeddings", None)
-
-    return Probe(type(model).__name__, model, vocab, H, vectors, ids if lm is not None else None, True,
-                 _cloner(model, lambda m: headway_probe(m, H)))
+    return Probe(type(model).__name__, model, V, H, vectors, ids if V is not None else None, True,
+                 _cloner(model, lambda m: headway_probe(m, H, V)))
 
 
 def hf_probe(model: nn.Module) -> Probe:
@@ -173,12 +243,15 @@ def make_probe(model: object, vocab_size: int | None = None, hidden_size: int | 
     `hidden_size`; "auto" picks by which of the two is given)."""
     if isinstance(model, Probe):
         return model
+    for arg, v in (("vocab_size", vocab_size), ("hidden_size", hidden_size)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"check_causal: {arg} must be a positive integer, got {v!r}")
     hf = sys.modules.get("transformers")  # a transformers model exists only once transformers is imported (2 s)
     if hf is not None and isinstance(model, hf.PreTrainedModel):
         return hf_probe(model)  # type: ignore[arg-type]
     if isinstance(model, nn.Module) and (hasattr(model, "backbone") or hasattr(model, "layers")
                                          and hasattr(model, "causal")):
-        return headway_probe(model, hidden_size)
+        return headway_probe(model, hidden_size, vocab_size)
     if callable(model):
         if takes == "vectors" or (takes == "auto" and vocab_size is None and hidden_size is not None):
             if hidden_size is None:

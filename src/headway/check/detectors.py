@@ -10,6 +10,10 @@ black-box (no gradient, the model's own dtype): replace every input after positi
     tokens / vectors (several draws) and compare every output up to c; also replace another row
     entirely, and the first packed document. A leak is |y' - y| > atol + rtol * max|y|. It sees
     leaks without a gradient path (a detached sequence mean, top-k routing over the sequence).
+    The input behind a leak is found by bisection: of the replaced inputs, keep replacing the
+    half that still moves the output (about log2 of their number extra forward passes), then
+    confirm with that one input replaced alone. A leak that needs several inputs replaced together
+    (an interaction) names the output and no input, never a guessed one.
 
 Randomness is reseeded before every forward pass, so dropout draws the same masks in both runs
 (train mode is checked too: BatchNorm over time leaks only there).
@@ -17,6 +21,7 @@ Randomness is reseeded before every forward pass, so dropout draws the same mask
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,17 +43,37 @@ BLACKBOX_TOL = Tolerance(atol=1e-6, rtol=1e-4)  # float32: FFT / reduction round
 
 @dataclass
 class Finding:
-    """One leak: which detector, mode, length and kind found it, and where."""
+    """One leak: which detector, mode, length and kind found it, and where.
+
+    Every pair is a dependence the detector saw: the gradient detector's nonzero entries; the
+    black-box detector's input cell replaced alone moving the output. `pairs` is empty when the
+    black-box detector saw `outputs` move but no single input moved them alone.
+    """
 
     detector: str  # "gradient" | "black-box"
     mode: str  # "train" | "eval"
     length: int
     kind: str  # "future" | "other row" | "other document"
-    pairs: list[tuple[int, int]]  # (output position of row 0, input position) pairs that leak, first ones
+    pairs: list[tuple[int, int]]  # (output, input) positions, first ones: both in row 0, but the input in
+    # another row for kind "other row"
     magnitude: float  # the largest forbidden dependence relative to the scale
     module: str | None = None  # the first submodule (in execution order) whose output leaks
     matrix: np.ndarray | None = field(default=None, repr=False)  # (S, S) output x input dependence of row 0
     allowed: np.ndarray | None = field(default=None, repr=False)  # (S, S) bool: allowed region
+    outputs: list[int] = field(default_factory=list)  # black-box: the output positions that moved, first ones
+
+    def describe(self, n: int = 5, more: bool = True) -> str:
+        """The first `n` pairs as text ("out t <- in k"; "... of another row" for that kind), with
+        " ..." when there are more and `more`; "out t <- input not isolated ..." when the outputs
+        moved but no single input moved them alone; "whole row" when neither is known."""
+        if self.pairs:
+            of = " of another row" if self.kind == "other row" else ""
+            s = ", ".join(f"out {t} <- in {k}{of}" for t, k in self.pairs[:n])
+            return s + (" ..." if more and len(self.pairs) > n else "")
+        if self.outputs:
+            outs = ", ".join(str(t) for t in self.outputs[:n]) + (" ..." if more and len(self.outputs) > n else "")
+            return f"out {outs} <- input not isolated (no single input moves it alone)"
+        return "whole row"
 
 
 def layout(S: int, rows: int, packed: bool) -> Tensor | None:
@@ -173,7 +198,10 @@ def _random_like(probe: Probe, base: Tensor, g: torch.Generator) -> Tensor:
 
 def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int, draws: int = 2,
               tol: Tolerance = BLACKBOX_TOL, dtype: torch.dtype = torch.float32) -> list[Finding]:
-    """The perturbation detector: no gradients, no float64."""
+    """The perturbation detector: no gradients, no float64. Each kind of forbidden dependence is a
+    (rows, S) set of input cells to replace and a (rows, S) set of output cells that must not move;
+    a finding's pairs name an input cell that moves an output alone (`_isolate`): in the output's
+    own row for "future" and "other document", in another row for "other row"."""
     g = torch.Generator().manual_seed(seed)
     on_ids = probe.ids is not None
     run_fn = probe.ids if on_ids else probe.vectors
@@ -200,53 +228,92 @@ def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: in
 
     y0, outs0 = run(base, record=True)
     thr = tol.atol + tol.rtol * float(y0.abs().max())
+
+    def change(inp: Tensor) -> Tensor:
+        """(rows, S): how far each output moved from the unperturbed run."""
+        return (run(inp)[0] - y0).abs().reshape(rows, S, -1).amax(-1)
+
+    def attempt(kind: str, replace: Tensor, watch: Tensor) -> Finding | None:
+        for _ in range(draws):
+            inp = base.clone()
+            sel = replace.to(dev)
+            inp[sel] = _random_like(probe, inp[sel], g)
+            diff = change(inp)
+            moved = (diff > thr) & watch
+            if not bool(moved.any()):
+                continue
+            b0 = 0 if bool(moved[0].any()) else int(moved.any(1).nonzero()[0])
+            ts = moved[b0].nonzero().flatten().tolist()
+            pairs = _isolate(change, base, inp, replace, watch, b0, ts[0], diff, thr, own_row=kind != "other row")
+            module = _first_module_black_box(run, inp, outs0, lambda o: o[watch], tol)
+            return Finding("black-box", mode, S, kind, pairs, float(diff[watch].max()) / max(thr, 1e-30), module,
+                           outputs=ts[:20])
+        return None
+
     found: list[Finding] = []
     # future: every input after c replaced; every output up to c must stay
     cuts = list(range(S - 1)) if S <= 64 else sorted({*(2**i - 1 for i in range(1, 12)), *(2**i for i in range(12)),
                                                       S // 2, S - 2} & set(range(S - 1)))
     for c in cuts:
-        for _ in range(draws):
-            inp = base.clone()
-            inp[:, c + 1 :] = _random_like(probe, inp[:, c + 1 :], g)
-            y, _ = run(inp)
-            diff = (y[:, : c + 1] - y0[:, : c + 1]).abs().reshape(rows, c + 1, -1).amax(-1)  # (rows, c+1)
-            if bool((diff > thr).any()):
-                ts = (diff[0] > thr).nonzero().flatten().tolist() or (diff.amax(0) > thr).nonzero().flatten().tolist()
-                module = _first_module_black_box(run, inp, outs0, lambda o, c=c: o[:, : c + 1], tol)
-                found.append(Finding("black-box", mode, S, "future", [(t, c + 1) for t in ts[:20]],
-                                     float(diff.max()) / max(thr, 1e-30), module))
-                break
-        if found:
+        replace = torch.zeros(rows, S, dtype=torch.bool)
+        replace[:, c + 1 :] = True
+        f = attempt("future", replace, ~replace)
+        if f is not None:
+            found.append(f)
             break
-    checks = []
     if rows > 1:
-        checks.append(("other row", lambda inp: _replace_rows(inp, probe, g), lambda o: o[0]))
+        replace = torch.zeros(rows, S, dtype=torch.bool)
+        replace[1:] = True
+        f = attempt("other row", replace, ~replace)
+        if f is not None:
+            found.append(f)
     if docs is not None:
-        first = docs[0] == 0
-        checks.append(("other document", lambda inp: _replace_where(inp, first.to(dev), probe, g),
-                       lambda o: o[:, ~first]))
-    for kind, perturb, keep in checks:
-        for _ in range(draws):
-            inp = perturb(base.clone())
-            y, _ = run(inp)
-            diff = (keep(y) - keep(y0)).abs()
-            if bool((diff > thr).any()):
-                module = _first_module_black_box(run, inp, outs0, keep, tol)
-                found.append(Finding("black-box", mode, S, kind, [], float(diff.max()) / max(thr, 1e-30), module))
-                break
+        replace = (docs == 0).expand(rows, S).clone()  # the first document of every row
+        f = attempt("other document", replace, ~replace)
+        if f is not None:
+            found.append(f)
     if found and found[0].kind == "future":
         found[0].matrix, found[0].allowed = _single_position_map(run, base, y0, probe, g, S, docs)
     return found
 
 
-def _replace_rows(inp: Tensor, probe: Probe, g: torch.Generator) -> Tensor:
-    inp[1:] = _random_like(probe, inp[1:], g)
-    return inp
+def _isolate(change: Callable[[Tensor], Tensor], base: Tensor, inp: Tensor, replace: Tensor, watch: Tensor,
+             b0: int, t0: int, diff: Tensor, thr: float, own_row: bool) -> list[tuple[int, int]]:
+    """[(t, k)]: output positions t of row b0 (in `watch`) that move when one input cell of `replace`
+    (of row b0 when `own_row`) alone takes its value in `inp`; [] when no single cell is found.
+
+    Bisection on output (b0, t0), which moved with every cell of `replace` replaced (`diff`): replace
+    the first half of the candidate cells; keep it if (b0, t0) still moves, else keep the other half;
+    the last cell is confirmed alone. At most ceil(log2 n) + 1 forward passes for n candidate cells;
+    a dependence that needs several cells replaced together yields [].
+    """
+    cells = replace.nonzero().tolist()  # [[b, k]] row-major
+    if own_row:
+        cells = [c for c in cells if c[0] == b0]
+    last, confirmed = diff, len(cells) == int(replace.sum())  # `diff` replaced exactly these cells
+    while len(cells) > 1:
+        half = cells[: len(cells) // 2]
+        d = change(_with_cells(base, inp, half))
+        if float(d[b0, t0]) > thr:
+            cells, last, confirmed = half, d, True
+        else:
+            cells, confirmed = cells[len(half) :], False
+    if not cells:
+        return []
+    if not confirmed:
+        last = change(_with_cells(base, inp, cells))
+        if not float(last[b0, t0]) > thr:
+            return []
+    k = cells[0][1]
+    return [(t, k) for t in (((last[b0] > thr) & watch[b0]).nonzero().flatten().tolist())[:20]]
 
 
-def _replace_where(inp: Tensor, cols: Tensor, probe: Probe, g: torch.Generator) -> Tensor:
-    inp[:, cols] = _random_like(probe, inp[:, cols], g)
-    return inp
+def _with_cells(base: Tensor, inp: Tensor, cells: list[list[int]]) -> Tensor:
+    """`base` with the (b, k) `cells` taken from `inp`."""
+    x = base.clone()
+    idx = torch.tensor(cells, dtype=torch.long, device=base.device)
+    x[idx[:, 0], idx[:, 1]] = inp[idx[:, 0], idx[:, 1]]
+    return x
 
 
 def _first_module_black_box(run, inp: Tensor, outs0: list[tuple[str, Tensor]], keep, tol: Tolerance) -> str | None:  # noqa: ANN001

@@ -2,8 +2,10 @@
 offline and checked: the table `headway check --all-hf` prints.
 
 A config is the class's own default config with its sizes shrunk (hidden 64, 2 layers, 4 heads,
-vocabulary 256, ...), sub-configs (`text_config`, ...) included. A class whose config or model
-cannot be built that way is listed as such with the error, never hidden.
+vocabulary 256, ...), sub-configs (`text_config`, ...) included, and the model is built the way
+its users build it (`builds_as_decoder`): a causal-LM class as a decoder, any other class as it
+ships. A class whose config or model cannot be built that way is listed as such with the error,
+never hidden.
 """
 
 from __future__ import annotations
@@ -29,18 +31,60 @@ SHRINK = {
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id")
 
 
-def tiny_config(config_class):  # noqa: ANN001, ANN201
-    """The class's default config with every size in SHRINK replaced (also in sub-configs)."""
+def builds_as_decoder(model_class: type) -> bool:
+    """Whether users build `model_class` as a left-to-right decoder, so its tiny config gets
+    `is_decoder=True` where the config has that field.
+
+    True for a causal-LM class: a name ending in `ForCausalLM`, or a class that transformers' own
+    `AutoModelForCausalLM` table lists (LM-head classes such as `BertLMHeadModel`,
+    `GPT2LMHeadModel`) and its `AutoModelForMaskedLM` table does not. False for every other class
+    (`*ForMaskedLM`, base models, classifiers, ...): those are checked as they ship, with the
+    config's own defaults, so a bidirectional encoder is checked bidirectional.
+    """
+    name = model_class.__name__
+    if name.endswith("ForMaskedLM"):
+        return False
+    if name.endswith("ForCausalLM"):
+        return True
+    causal, masked = _auto_table_names()
+    return name in causal and name not in masked
+
+
+def _auto_table_names() -> tuple[set[str], set[str]]:
+    """(class names of AutoModelForCausalLM's table, of AutoModelForMaskedLM's table); empty sets
+    when this transformers has no such tables."""
+    try:
+        from transformers.models.auto import modeling_auto
+    except ImportError:
+        return set(), set()
+    out = []
+    for table_name in ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"):
+        names: set[str] = set()
+        for v in getattr(modeling_auto, table_name, {}).values():
+            names.update([v] if isinstance(v, str) else v)
+        out.append(names)
+    return out[0], out[1]
+
+
+def tiny_config(model_class: type):  # noqa: ANN201 - a transformers PretrainedConfig
+    """`model_class`'s default config (`model_class.config_class()`) with every size in SHRINK
+    replaced (also in sub-configs), and `is_decoder=True` where the config has the field and
+    `builds_as_decoder(model_class)`."""
+    config_class = getattr(model_class, "config_class", None)
+    if not isinstance(model_class, type) or config_class is None:
+        raise ValueError(f"tiny_config: `model_class` must be a transformers model class with a `config_class`, "
+                         f"got {model_class!r}")
+    decoder = builds_as_decoder(model_class)
     cfg = config_class()
-    _shrink(cfg)
+    _shrink(cfg, decoder)
     for sub in ("text_config", "language_config", "llm_config", "decoder", "decoder_config"):
         c = getattr(cfg, sub, None)
         if c is not None and hasattr(c, "to_dict"):
-            _shrink(c)
+            _shrink(c, decoder)
     return cfg
 
 
-def _shrink(cfg) -> None:  # noqa: ANN001
+def _shrink(cfg, decoder: bool) -> None:  # noqa: ANN001
     for k, v in SHRINK.items():
         if hasattr(cfg, k) and isinstance(getattr(cfg, k), int) and not isinstance(getattr(cfg, k), bool):
             try:
@@ -55,7 +99,7 @@ def _shrink(cfg) -> None:  # noqa: ANN001
                 setattr(cfg, k, V - 1)
             except Exception:  # noqa: BLE001,S110
                 pass
-    if hasattr(cfg, "is_decoder"):
+    if decoder and hasattr(cfg, "is_decoder"):
         cfg.is_decoder = True  # encoder families (BERT, RoBERTa, ...) are causal LMs only as decoders
     lt = getattr(cfg, "layer_types", None)
     if isinstance(lt, list) and lt:
@@ -93,7 +137,7 @@ def check_class(name: str, lengths: tuple[int, ...] = (16, 17)) -> Row:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            model = cls(tiny_config(cls.config_class))
+            model = cls(tiny_config(cls))
     except Exception as e:  # noqa: BLE001 - reported in the table
         return Row(name, "build failed", f"{type(e).__name__}: {str(e).splitlines()[0][:90]}",
                    time.perf_counter() - t0)
@@ -108,7 +152,7 @@ def check_class(name: str, lengths: tuple[int, ...] = (16, 17)) -> Row:
         verdict, leak = "causal", ""
     elif rep.findings:
         f = rep.findings[0]
-        pair = f"out {f.pairs[0][0]} <- in {f.pairs[0][1]}, " if f.pairs else ""
+        pair = f"{f.describe(1, more=False)}, " if f.pairs or f.outputs else ""
         packed_only = all(x.kind == "other document" for x in rep.findings)
         verdict = "leaks across packed documents" if packed_only else "NOT causal"
         leak = f"{f.kind}: {pair}{f.detector}/{f.mode}/L={f.length}" + (f" in {f.module}" if f.module else "")
