@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
 from headway.constants import IGNORE_INDEX
 from headway.eager import eager_under_compile
 from headway.loss import backends
+from headway.loss.amp import cast
 from headway.loss.chunked import ChunkedLinearCrossEntropy
 from headway.loss.core import ChunkOpts, acc_dtype, default_chunk_size, mean_scale
 from headway.loss.reference import reference_token_losses
@@ -45,7 +48,9 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
         scale = mean_scale(n_valid, a.num_items_in_batch, acc_dtype(h.dtype))
     # gradients only when autograd records this call (never under no_grad / inference_mode)
     grad_now = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, a.weight, a.bias))
-    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token, grad_now)
+    # under autocast weight and bias are cast inside the Function: their float32 sums over chunks reach
+    # them without another rounding to the autocast dtype
+    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token, grad_now, a.amp)
     if idx is not None:
         lse = torch.zeros(N, dtype=lse.dtype, device=lse.device).index_copy(0, idx, lse)
         if per_token:
@@ -55,21 +60,36 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     return out, lse
 
 
+def _cast_all(a: LossArgs) -> LossArgs:
+    """`a` with weight and bias cast as autocast casts them for `F.linear` (hidden already is)."""
+    dev = a.hidden.device.type
+    return dataclasses.replace(a, weight=cast(a.weight, a.amp, dev), bias=cast(a.bias, a.amp, dev))
+
+
 def _dispatch(a: LossArgs) -> tuple[Tensor, Tensor | None]:
+    """Loss (reduced) and lse (N,) (None from cce/liger), with autocast's casts applied (`amp.py`)."""
+    if a.amp is None:
+        return _run(a)
+    # the products run in the autocast dtype once the inputs are cast; autocast must not cast again
+    with torch.autocast(a.hidden.device.type, enabled=False):
+        return _run(dataclasses.replace(a, hidden=cast(a.hidden, a.amp, a.hidden.device.type)))
+
+
+def _run(a: LossArgs) -> tuple[Tensor, Tensor | None]:
     if a.impl == "reference":
-        per_token, lse = reference_token_losses(a)
+        per_token, lse = reference_token_losses(_cast_all(a))
         return _reduce(per_token, (a.labels != a.ignore_index).sum(), a), lse
     use_cce = a.impl == "cce" or (a.impl == "auto" and backends.available("cce") and backends.cce_supports(a))
     if use_cce:
         if not backends.cce_supports(a):
             raise ValueError("linear_cross_entropy: impl='cce' needs CUDA bf16/fp16 inputs, no bias, "
                              "label_smoothing=0 and z_loss=0")
-        return _reduce(backends.cce_token_losses(a), (a.labels != a.ignore_index).sum(), a), None
+        return _reduce(backends.cce_token_losses(_cast_all(a)), (a.labels != a.ignore_index).sum(), a), None
     use_liger = a.impl == "liger" or (a.impl == "auto" and backends.available("liger") and backends.liger_supports(a))
     if use_liger:
         if not backends.liger_supports(a):
             raise ValueError("linear_cross_entropy: impl='liger' needs CUDA inputs and reduction 'mean' or 'sum'")
-        total = backends.liger_sum(a)
+        total = backends.liger_sum(_cast_all(a))
         n_valid = (a.labels != a.ignore_index).sum()
         return (total if a.reduction == "sum" else total * mean_scale(n_valid, a.num_items_in_batch,
                                                                        acc_dtype(a.hidden.dtype))), None
@@ -101,9 +121,9 @@ def linear_cross_entropy(
     logits become ``softcap * tanh(logits / softcap)`` before the softmax.
 
     Args:
-        hidden: (..., H) float. weight: (V, H), same dtype. labels: (...) integer, aligned
-            (``labels[t]`` is the target of position t) unless ``shift=True`` (HF-style:
-            position t predicts ``labels[t+1]``).
+        hidden: (..., H) float. weight: (V, H), the same dtype as hidden (bias too), except under
+            autocast (below). labels: (...) integer, aligned (``labels[t]`` is the target of
+            position t) unless ``shift=True`` (HF-style: position t predicts ``labels[t+1]``).
         reduction: "mean" (sum over valid tokens / their count, or / ``num_items_in_batch``),
             "sum", or "none" (per-token loss of shape (...), 0 where ignored).
         chunk_size: tokens per chunk; default keeps the chunk's float32 logits within 64 MiB (on CPU
@@ -115,6 +135,16 @@ def linear_cross_entropy(
             ``loss + c * (lse**2).mean()`` trains with the z-loss gradient.
 
     A batch without a valid label gives loss 0 and zero gradients.
+
+    Dtypes: the logits are the product rounded to the inputs' dtype (as ``F.linear`` returns it);
+    the softmax statistics, the loss and the lse are float32 (float64 for float64 inputs).
+    Inside ``torch.autocast`` enabled for hidden's device type, the loss follows autocast's rules
+    as ``F.linear`` does: hidden, weight and bias are cast to ``torch.get_autocast_dtype(device)``
+    when floating point and not float64, the products run in that dtype, and the gradients reach
+    the tensors passed in their own dtypes (an fp32 weight gets an fp32 gradient, accumulated in
+    float32). So ``linear_cross_entropy(h, w, y)`` under autocast equals
+    ``F.cross_entropy(F.linear(h, w).float(), y)`` under the same autocast, to the rounding of the
+    product in the autocast dtype. Outside autocast, a dtype mismatch raises ValueError.
     """
     a = check_args(hidden, weight, labels, bias=bias, ignore_index=ignore_index, reduction=reduction,
                    shift=shift, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
@@ -144,7 +174,8 @@ def token_logprobs(
 ) -> Tensor:
     """Per-token log-probabilities log p(labels[t] | hidden[t]) of shape (...), 0 where ignored.
 
-    Equals ``log_softmax(hidden @ weight.T + bias).gather(-1, labels)``; differentiable.
+    Equals ``log_softmax(hidden @ weight.T + bias).gather(-1, labels)``, in float32 (float64 for
+    float64 inputs); differentiable. Dtype and autocast rules as `linear_cross_entropy`'s.
     """
     nll = linear_cross_entropy(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
                                reduction="none", shift=shift, softcap=softcap, chunk_size=chunk_size,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from headway.loss.amp import cast
 from headway.loss.core import ChunkOpts, Grads, Stats, acc_dtype, new_grads, run_chunks, token_losses
 
 
@@ -22,24 +23,30 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     out is the scaled sum of token losses (scalar) when `per_token` is False, else the (N,) losses;
     lse is differentiable (d lse / d logits = softmax). `grad_now`: compute the gradients in the
-    forward pass (the caller decides: autograd is recording and an input requires grad).
+    forward pass (the caller decides: autograd is recording and an input requires grad). `amp`:
+    the autocast dtype (None: autocast off); weight and bias are cast to it here as autocast would
+    cast them (`headway.loss.amp`), and their gradients, summed over chunks in float32, are returned
+    in the caller's dtypes (an fp32 weight's gradient is not rounded to `amp` once more). `hidden`
+    comes already cast. Everything inside runs with autocast disabled: the dtypes are chosen here.
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts,  # noqa: ANN001
-                scale: Tensor, per_token: bool, grad_now: bool) -> tuple[Tensor, Tensor]:
+                scale: Tensor, per_token: bool, grad_now: bool, amp: torch.dtype | None) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)  # an unused lse gets no gradient: None, not zeros
-        with torch.autocast(h.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+        with torch.autocast(h.device.type, enabled=False):
+            wc, bc = cast(w, amp, h.device.type), cast(b, amp, h.device.type)
             need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2])
-            b_acc = None if b is None else b.to(acc_dtype(h.dtype))
-            grads = new_grads(h, w, b, need, scale) if grad_now and not per_token and any(need) else None
-            st: Stats = run_chunks(h, w, b_acc, y, o, w.shape[0], None, grads)
+            b_acc = None if bc is None else bc.to(acc_dtype(h.dtype))
+            grads = new_grads(h, wc, bc, need, scale) if grad_now and not per_token and any(need) else None
+            st: Stats = run_chunks(h, wc, b_acc, y, o, w.shape[0], None, grads)
             losses = token_losses(st, o, w.shape[0])
-        ctx.per_token, ctx.o, ctx.has_b = per_token, o, b is not None
+        ctx.per_token, ctx.o, ctx.has_b, ctx.amp = per_token, o, b is not None, amp
         pre = (None, None, None)
-        if grads is not None:  # dW, db were accumulated in float32: hand them out in the weight's dtype
-            pre = (grads.dh, _as(grads.dw, w.dtype), _as(grads.db, w.dtype))
+        if grads is not None:  # dW, db were accumulated in float32: hand them out in the caller's dtypes
+            pre = (grads.dh, _as(grads.dw, w.dtype), None if b is None else _as(grads.db, b.dtype))
         ctx.precomputed = grads is not None
+        # the caller's weight and bias, not their casts: a recomputing backward casts them again
         ctx.save_for_backward(h, w, b, y, scale, st.lse, *pre)
         if per_token:
             return losses, st.lse
@@ -48,7 +55,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor | None, g_lse: Tensor | None):  # type: ignore[override]  # noqa: ANN001, ANN205
         h, w, b, y, scale, lse, *pre = ctx.saved_tensors
-        nones = (None, None, None, None, None)
+        nones = (None, None, None, None, None, None)
         if ctx.precomputed and g_lse is None and g is not None:
             ctx.precomputed = False  # the grads may now be owned by .grad; a 2nd backward recomputes
             # grads were computed for an incoming gradient of 1; rescale in place (no copy) otherwise
@@ -59,16 +66,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             dh, dw, db = pre
             return dh, dw, db if ctx.has_b else None, *nones
         with torch.autocast(h.device.type, enabled=False):
+            wc, bc = cast(w, ctx.amp, h.device.type), cast(b, ctx.amp, h.device.type)
             acc = acc_dtype(h.dtype)
             if g is None:
                 row_g = torch.zeros((), dtype=acc, device=h.device)
             else:
                 row_g = g.to(acc) if ctx.per_token else g.to(acc) * scale
             need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_b and ctx.needs_input_grad[2])
-            grads: Grads = new_grads(h, w, b, need, row_g, None if g_lse is None else g_lse.to(acc))
-            b_acc = None if b is None else b.to(acc)
-            run_chunks(h, w, b_acc, y, ctx.o, w.shape[0], None, grads)
-        return grads.dh, _as(grads.dw, w.dtype), _as(grads.db, w.dtype), *nones
+            grads: Grads = new_grads(h, wc, bc, need, row_g, None if g_lse is None else g_lse.to(acc))
+            b_acc = None if bc is None else bc.to(acc)
+            run_chunks(h, wc, b_acc, y, ctx.o, w.shape[0], None, grads)
+        return grads.dh, _as(grads.dw, w.dtype), None if b is None else _as(grads.db, b.dtype), *nones
 
 
 def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

@@ -8,13 +8,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from headway.loss.amp import autocast_dtype, cast_dtype
+
 REDUCTIONS = ("mean", "sum", "none")
 IMPLS = ("auto", "chunked", "reference", "cce", "liger")
 
 
 @dataclass
 class LossArgs:
-    """Flattened, checked arguments. hidden (N, H), weight (V, H), labels (N,) aligned."""
+    """Flattened, checked arguments. hidden (N, H), weight (V, H), labels (N,) aligned.
+
+    `amp`: the autocast dtype when autocast is enabled for hidden's device type (the products then
+    run in it; `headway.loss.amp.cast` casts the tensors autocast would cast), else None. The
+    tensors here are the caller's, not yet cast."""
 
     hidden: Tensor
     weight: Tensor
@@ -29,6 +35,7 @@ class LossArgs:
     chunk_size: int | None
     impl: str
     lead_shape: tuple[int, ...]
+    amp: torch.dtype | None = None
 
 
 def _fail(arg: str, expected: str, actual: object) -> ValueError:
@@ -77,6 +84,17 @@ def _finite(x: object) -> bool:
         return False
 
 
+def _amp_note(amp: torch.dtype | None, device_type: str) -> str:
+    if amp is None:
+        return ""
+    return f"; under {device_type} autocast to {amp}, floating-point tensors are cast to it, float64 ones are not"
+
+
+def _dtype_after(t: Tensor, amp: torch.dtype | None, device_type: str) -> str:
+    dt = cast_dtype(t, amp, device_type)
+    return str(t.dtype) if dt == t.dtype else f"{t.dtype} (cast to {dt})"
+
+
 def _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_smoothing, z_loss,  # noqa: ANN001, C901
            softcap, num_items_in_batch, chunk_size, impl, vocab_size) -> LossArgs:  # noqa: ANN001
     for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels)):
@@ -95,8 +113,11 @@ def _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_s
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
         raise _fail("hidden", f"shape (..., {weight.shape[1]}) to match weight (V, H)={tuple(weight.shape)}",
                     tuple(hidden.shape))
-    if weight.dtype != hidden.dtype:
-        raise _fail("weight", f"dtype {hidden.dtype} (same as hidden)", weight.dtype)
+    amp = autocast_dtype(hidden.device.type)
+    dev = hidden.device.type
+    h_dt = cast_dtype(hidden, amp, dev)
+    if cast_dtype(weight, amp, dev) != h_dt:
+        raise _fail("weight", f"dtype {h_dt} (same as hidden{_amp_note(amp, dev)})", _dtype_after(weight, amp, dev))
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise _fail("labels", "an integer tensor (class indices)", labels.dtype)
     if tuple(labels.shape) != tuple(hidden.shape[:-1]):
@@ -106,8 +127,8 @@ def _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_s
     if bias is not None:
         if not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],):
             raise _fail("bias", f"a tensor of shape ({weight.shape[0]},)", getattr(bias, "shape", type(bias).__name__))
-        if bias.dtype != hidden.dtype:
-            raise _fail("bias", f"dtype {hidden.dtype} (same as hidden)", bias.dtype)
+        if cast_dtype(bias, amp, dev) != h_dt:
+            raise _fail("bias", f"dtype {h_dt} (same as hidden{_amp_note(amp, dev)})", _dtype_after(bias, amp, dev))
     if reduction not in REDUCTIONS:
         raise _fail("reduction", f"one of {REDUCTIONS}", repr(reduction))
     if impl not in IMPLS:
@@ -144,5 +165,5 @@ def _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_s
         hidden=hidden.reshape(-1, hidden.shape[-1]), weight=weight, labels=y, bias=bias,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=float(label_smoothing),
         z_loss=float(z_loss), softcap=None if softcap is None else float(softcap),
-        num_items_in_batch=num_items_in_batch, chunk_size=chunk_size, impl=impl, lead_shape=lead,
+        num_items_in_batch=num_items_in_batch, chunk_size=chunk_size, impl=impl, lead_shape=lead, amp=amp,
     )
