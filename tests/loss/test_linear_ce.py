@@ -55,9 +55,25 @@ def test_matches_reference_float64(opts, reduction, bias, shift, chunk):
         torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-11)
 
 
+def _product_path(enabled: bool):  # noqa: ANN202
+    """Force the loss's float32 CPU products onto oneDNN (True) or torch.mm (False), on any CPU."""
+    from headway.loss import matmul
+
+    return matmul.onednn(enabled)
+
+
+PATHS = [False, True] if torch.backends.mkldnn.is_available() else [False]
+
+
+@pytest.mark.parametrize("onednn_path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_equals_torch_cross_entropy(dtype):
+def test_equals_torch_cross_entropy(dtype, onednn_path):
     h, w, b, y = make(dtype=dtype, bias=True)
+    with _product_path(onednn_path):
+        _equals_torch_cross_entropy(h, w, b, y, dtype)
+
+
+def _equals_torch_cross_entropy(h, w, b, y, dtype) -> None:
     for smoothing, red in itertools.product([0.0, 0.3], ["mean", "sum", "none"]):
         got = hw.linear_cross_entropy(h, w, y, bias=b, label_smoothing=smoothing, reduction=red, chunk_size=8)
         ref = F.cross_entropy(h @ w.T + b, y, label_smoothing=smoothing, reduction=red)
@@ -240,10 +256,17 @@ def test_cuda_bf16_backends_match_reference(impl):
     assert torch.nn.functional.cosine_similarity(gw.float().flatten(), rw.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.parametrize("onednn_path", PATHS)
 @pytest.mark.parametrize("dtype,scale", [(torch.float32, 60.0), (torch.float64, 400.0)])
-def test_targets_whose_probability_underflows(dtype, scale):
+def test_targets_whose_probability_underflows(dtype, scale, onednn_path):
     """lse is read off the target's softmax probability; where that underflows to 0 (a very wrong
-    prediction with huge logits) it must be recomputed, not turned into an infinite loss."""
+    prediction with huge logits) it must be recomputed, not turned into an infinite loss (on both
+    float32 product paths)."""
+    with _product_path(onednn_path):
+        _underflow(dtype, scale)
+
+
+def _underflow(dtype: torch.dtype, scale: float) -> None:
     h, w, b, y = make(dtype=dtype, bias=True, ignore_every=0)
     with torch.no_grad():
         h.mul_(scale)
