@@ -27,3 +27,21 @@ def corpus(tmp_path_factory):
     from tests.support import write_corpus
 
     return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real one-process gloo group (torch.distributed initialized) for the test's duration."""
+    import os
+    import tempfile
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with tempfile.TemporaryDirectory() as d:
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(d, 'rdv')}", rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()

@@ -132,16 +132,6 @@ def test_gathered_tokens_and_dtensor_weight_equal_the_sum_of_per_rank_losses(wor
         assert start == V
 
 
-@pytest.fixture
-def one_rank_group():
-    with tempfile.TemporaryDirectory() as d:
-        dist.init_process_group("gloo", init_method=f"file://{os.path.join(d, 'rdv')}", rank=0, world_size=1)
-        try:
-            yield
-        finally:
-            dist.destroy_process_group()
-
-
 def test_vocab_parallel_rejects_exactly_what_linear_cross_entropy_rejects(one_rank_group):
     """One argument check serves both losses: every bad input of the single-process tests is refused
     by the vocab-parallel loss too, with the same argument named."""

@@ -7,8 +7,6 @@ from the dtypes' unit roundoffs and the problem size (`_bounds`), never measured
 """
 
 import itertools
-import os
-import tempfile
 
 import pytest
 import torch
@@ -214,19 +212,6 @@ def test_outside_autocast_dtypes_must_match(fn):
     with torch.autocast("cpu", enabled=False):
         with pytest.raises(ValueError, match="weight.*dtype"):
             fn(h, w, y)
-
-
-@pytest.fixture
-def one_rank_group():
-    dist = pytest.importorskip("torch.distributed")
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    with tempfile.TemporaryDirectory() as d:
-        dist.init_process_group("gloo", init_method=f"file://{os.path.join(d, 'rdv')}", rank=0, world_size=1)
-        try:
-            yield
-        finally:
-            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("gather_tokens,reduction", list(itertools.product([False, True], ["mean", "none"])))
