@@ -226,9 +226,10 @@ def _encode_arg(tok, text: str, flag: str) -> list[int]:  # noqa: ANN001
     return tok.encode(text)
 
 
-def _sampling(p: argparse.ArgumentParser) -> None:
+def _sampling(p: argparse.ArgumentParser, temperature: float = 0.8) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: 128)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help=f"0 = greedy (default: {temperature:g}{', greedy' if temperature == 0 else ''})")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -268,11 +269,11 @@ def cmd_show(a: argparse.Namespace) -> int:
     import torch
 
     from headway.data.tokenizer import ByteTokenizer
-    from headway.data.vocab import Vocab
     from headway.masks import dense_mask
     from headway.objectives import build_objective
     from headway.show import loss_mask_image, render_example
     from headway.train.plots import plot_example_masks
+    from headway.types import Vocab
 
     if a.checkpoint:
         _, tok, vocab, _ = load_run(a.checkpoint)
@@ -471,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--layout", choices=FIM_LAYOUTS, default="spm", help="prompt layout: spm (<fim_prefix><fim_suffix> "
                    "suffix <fim_middle> prefix, the default) or psm (<fim_prefix> prefix <fim_suffix> suffix "
                    "<fim_middle>)")
-    _sampling(i)
+    _sampling(i, temperature=0.0)  # greedy, as the end-of-run demo and the infill score
     sh = sub.add_parser("show", help="print one example of an objective and save a PNG of its masks")
     sh.add_argument("--objective", default="fim", help="objective spec, as for train (default: fim)")
     sh.add_argument("--text", default=SHOW_TEXT, help="document to transform")

@@ -16,7 +16,6 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from headway.data.vocab import Vocab  # noqa: E402
 from headway.integrations.hf import (  # noqa: E402
     HeadwayConfig,
     HeadwayForCausalLM,
@@ -25,6 +24,7 @@ from headway.integrations.hf import (  # noqa: E402
     use_fused_loss,
 )
 from headway.objectives import CLM, FIM, build_objective  # noqa: E402
+from headway.types import Vocab  # noqa: E402
 
 
 def tiny_llama(**kw):

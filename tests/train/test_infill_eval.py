@@ -55,7 +55,8 @@ def test_the_generated_line_is_the_text_between_the_first_two_line_breaks():
 @torch.no_grad()
 def test_line_nll_is_the_teacher_forced_sum_of_next_token_losses():
     torch.manual_seed(0)
-    model = build_model(Vocab(53), "transformer", "16x2").eval()
+    model = build_model(Vocab(53), "transformer", "16x2", activation="gelu", qk_norm=False,
+                        zero_init=False).eval()
     prompt, target = torch.tensor([3, 9, 4, 1]), torch.tensor([7, 7, 2])
     want = 0.0
     for t in range(len(target)):  # one position at a time, as generation sees it
@@ -66,7 +67,8 @@ def test_line_nll_is_the_teacher_forced_sum_of_next_token_losses():
 
 def test_first_allowed_constrains_the_first_new_token_only_and_stop_when_ends_it():
     torch.manual_seed(0)
-    model = build_model(Vocab(53), "transformer", "16x2").eval()
+    model = build_model(Vocab(53), "transformer", "16x2", activation="gelu", qk_norm=False,
+                        zero_init=False).eval()
     prompt = torch.tensor([3, 9, 4, 1])
     free = model.generate(prompt, 5, temperature=0.0)
     allowed = torch.zeros(model.head.full_weight().shape[0], dtype=torch.bool)

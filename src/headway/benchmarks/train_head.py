@@ -38,7 +38,7 @@ def _step_fn(model, head: str):  # noqa: ANN001, ANN202
 def child(head: str, batch: int, seq: int, vocab: int, size: str, steps: int, device: str) -> dict:
     torch.manual_seed(0)
     v = Vocab(vocab - 110, num_sentinels=100)
-    model = build_model(v, "transformer", size).to(device)
+    model = build_model(v, "transformer", size, activation="gelu", qk_norm=False, zero_init=False).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     fn = _step_fn(model, head)
 

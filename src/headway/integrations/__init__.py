@@ -1,0 +1,45 @@
+"""HuggingFace integration (the `hf` extra: transformers, accelerate, safetensors).
+
+    from headway.integrations import use_fused_loss, fit_vocab, ObjectiveCollator, CausalityCallback
+
+Names are imported on first use, so `import headway.integrations` works without transformers; using
+one of them needs it. `headway export RUN OUT` (or `headway.integrations.export.export`) writes a
+HuggingFace folder that loads without headway.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {name: "headway.integrations.hf" for name in (
+    "use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallback", "register", "HeadwayConfig",
+    "HeadwayForCausalLM", "HeadwayForMaskedLM")}
+__all__ = ["use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallback", "register", "HeadwayConfig",
+           "HeadwayForCausalLM", "HeadwayForMaskedLM"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headway.integrations' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from headway.integrations.hf import (
+        CausalityCallback,
+        HeadwayConfig,
+        HeadwayForCausalLM,
+        HeadwayForMaskedLM,
+        ObjectiveCollator,
+        fit_vocab,
+        register,
+        use_fused_loss,
+    )

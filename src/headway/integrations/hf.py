@@ -173,7 +173,7 @@ class _HeadwayPreTrained(PreTrainedModel):
         super().__init__(config)
         vocab = Vocab(config.base_vocab_size, num_sentinels=config.num_sentinels)
         self.lm = build_model(vocab, config.backbone, config.size, bidirectional=config.bidirectional,
-                              z_loss=config.z_loss)
+                              z_loss=config.z_loss, activation="gelu", qk_norm=False, zero_init=False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:  # headway modules initialize themselves

@@ -7,6 +7,7 @@ from headway.heads.split import SplitEmbedding, SplitLMHead
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
 from headway.models.transformer import Transformer, TransformerConfig
+from headway.recipe import RECIPE
 from headway.types import Vocab
 
 __all__ = ["Transformer", "TransformerConfig", "GatedSSM", "GatedSSMConfig", "LanguageModel", "sample",
@@ -37,15 +38,28 @@ def parse_size(size: str) -> tuple[int, int, int]:
     return nums[0], nums[1], nums[2] if len(nums) == 3 else max(1, nums[0] // 32)
 
 
-def build_model(vocab: Vocab, backbone: str = "transformer", size: str = "small", *,
-                bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True, activation: str = "gelu",
-                qk_norm: bool = False, zero_init: bool = False) -> LanguageModel:
+def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIPE.size, *,
+                bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True, activation: str | None = None,
+                qk_norm: bool | None = None, zero_init: bool | None = None) -> LanguageModel:
     """A `LanguageModel` with a split (base + special) embedding and a fused LM head, tied to the
     embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight.
-    activation / qk_norm / zero_init: the transformer's recipe (see `TransformerConfig`); the gated
-    SSM has its own gating and refuses them."""
+
+    The defaults are `headway.RECIPE`'s, what `headway train` trains: a transformer of size "64x3"
+    (hidden 64, 3 layers; presets in `SIZES`, or "HxL" / "HxLxHEADS") with ReLU², QK-norm and
+    zero-initialized output projections. activation ("gelu" | "relu2") / qk_norm / zero_init: the
+    transformer's recipe (see `TransformerConfig`), None for the recipe's value; the gated SSM has its
+    own gating and refuses them. bidirectional: the gated SSM's backward branch (MLM); the transformer
+    follows each batch's mask spec instead. `loss = model(batch)` gives the mean loss over the batch's
+    targets."""
     if backbone not in BACKBONES:
         raise ValueError(f"build_model: `backbone` must be one of {BACKBONES}, got {backbone!r}")
+    recipe = RECIPE.model_options("transformer")
+    if backbone == "transformer":
+        activation = recipe["activation"] if activation is None else activation
+        qk_norm = recipe["qk_norm"] if qk_norm is None else qk_norm
+        zero_init = recipe["zero_init"] if zero_init is None else zero_init
+    else:
+        activation, qk_norm, zero_init = (activation or "gelu", bool(qk_norm), bool(zero_init))
     H, L, nh = parse_size(size)
     emb = SplitEmbedding(vocab.split_sizes, H)
     if backbone == "transformer":

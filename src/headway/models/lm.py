@@ -113,12 +113,14 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def infill(self, prefix: Tensor, suffix: Tensor, vocab: Vocab, max_new_tokens: int = 64, layout: str = "spm",
-               **kw) -> Tensor:
+               *, temperature: float = 0.0, **kw) -> Tensor:
         """Generate the middle between `prefix` and `suffix` (1-D ids) after `fim_prompt` in `layout`;
-        stops at EOS (not returned)."""
+        stops at EOS (not returned). Greedy by default (`temperature` 0, as the infill evaluation and
+        the end-of-run demo); other `generate` arguments (temperature, top_k, top_p, generator, ...)
+        pass through."""
         self.check_vocab(vocab)
         prompt = self.fim_prompt(prefix, suffix, vocab, layout)
-        mid = self.generate(prompt, max_new_tokens, eos_id=vocab.eos, **kw)
+        mid = self.generate(prompt, max_new_tokens, eos_id=vocab.eos, temperature=temperature, **kw)
         stop = (mid == vocab.eos).nonzero()
         return mid[: int(stop[0])] if len(stop) else mid
 

@@ -9,28 +9,33 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headway.recipe import RECIPE
+
 
 @dataclass
 class TrainConfig:
-    objective: str = "clm:0.5,fim:0.5"
-    backbone: str = "transformer"
-    size: str = "64x3"  # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm (README, session 5)
-    seq_len: int = 256
-    batch_size: int = 16
+    """Every setting of `headway train` (a flag each; `--config FILE` keys). The defaults of the
+    model, objective, data and optimization come from `headway.RECIPE`, the library's defaults too."""
+
+    objective: str = RECIPE.objective
+    backbone: str = RECIPE.backbone
+    size: str = RECIPE.size  # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm
+    seq_len: int = RECIPE.seq_len
+    batch_size: int = RECIPE.batch_size
     grad_accum: int = 1
     steps: int | None = None
     tokens: int | None = None
     time_budget: float | None = 400.0  # seconds of training; the default run's main knob (the README's first
-    # command, installs included, must end within 10 minutes on 2 slow cores: 440 s took 10 min 8 s in session 9)
+    # command, installs included, must end within 10 minutes on 2 slow cores: 440 s took 10 min 8 s there)
     optimizer: str = "auto"  # auto (muon; adamw under FSDP) | adamw | muon (hidden matrices; AdamW for the rest)
-    activation: str = "relu2"  # transformer MLP: gelu | relu2
-    qk_norm: bool = True  # transformer: RMS-normalize queries and keys
-    zero_init: bool = True  # transformer: zero-initialized output projections
-    lr: float = 6e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    activation: str = RECIPE.activation  # transformer MLP: gelu | relu2
+    qk_norm: bool = RECIPE.qk_norm  # transformer: RMS-normalize queries and keys
+    zero_init: bool = RECIPE.zero_init  # transformer: zero-initialized output projections
+    lr: float = RECIPE.lr
+    min_lr_ratio: float = RECIPE.min_lr_ratio
+    warmup: int = RECIPE.warmup
+    weight_decay: float = RECIPE.weight_decay
+    grad_clip: float = RECIPE.grad_clip
     z_loss: float = 0.0
     precision: str = "auto"
     device: str = "auto"
@@ -40,12 +45,12 @@ class TrainConfig:
     text_field: str = "text"
     glob: str | None = None  # which files of --data folders (default: text, jsonl and parquet files)
     val_fraction: float = 0.05
-    tokenizer: str = "bpe"
-    vocab_size: int = 8192
+    tokenizer: str = RECIPE.tokenizer
+    vocab_size: int = RECIPE.vocab_size
     tokenizer_sample_bytes: int = 64 << 20  # the BPE is trained on at most this much text
     prepare_workers: int = 0  # processes tokenizing the data; 0: every core
     loader_workers: int = -1  # DataLoader worker processes building batches; 0: in the training process; -1: auto
-    packing: str = "bfd"
+    packing: str = RECIPE.packing
     eval_every: int = 1000  # steps; 0: only at the end
     eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
     eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals
@@ -66,7 +71,7 @@ class TrainConfig:
         """auto: Muon (+ AdamW) in one process and under DDP; AdamW under FSDP (Muon needs whole matrices)."""
         if self.optimizer != "auto":
             return self.optimizer
-        return "adamw" if self.parallel == "fsdp" else "muon"
+        return "adamw" if self.parallel == "fsdp" else RECIPE.optimizer
 
     def resolved_loader_workers(self) -> int:
         """-1 (auto): one worker per 8 cores, at most 4; 0 on small machines, where a worker competes

@@ -27,6 +27,7 @@ from headway.data.loader import Loader, merge_rank_states
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective, text_lead
+from headway.recipe import lr_schedule
 from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
@@ -91,11 +92,8 @@ class Summary:
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total`."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total` (`headway.recipe.lr_schedule`)."""
+    return lr_schedule(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
 
 
 def _quiet(*_a: object, **_k: object) -> None:

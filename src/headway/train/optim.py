@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from headway.recipe import RECIPE
+
 OPTIMIZERS = ("adamw", "muon")
 
 
@@ -117,8 +119,13 @@ class Combined(torch.optim.Optimizer):
             o.load_state_dict(state_dict[name])
 
 
-def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW (betas 0.9/0.95; decay on matrices only), or Muon on the backbone's 2-D weights + AdamW."""
+def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = RECIPE.lr,
+                   weight_decay: float = RECIPE.weight_decay) -> torch.optim.Optimizer:
+    """The optimizer of `headway.RECIPE` by default: "muon" = Muon on the backbone's 2-D weights (its
+    hidden matrices) and AdamW for the rest (embeddings, head, norms), behind one `Combined` optimizer
+    that checkpoints like any other; "adamw" = AdamW alone. AdamW uses betas 0.9/0.95 and decays
+    matrices only. `model` needs a `.backbone` (a `LanguageModel`). Set the learning rate of every
+    group of `opt.param_groups` per step, e.g. to `RECIPE.lr_at(step, total)`."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}")
     hidden = {id(p) for p in model.backbone.parameters() if p.dim() == 2} if kind == "muon" else set()

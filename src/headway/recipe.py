@@ -1,0 +1,78 @@
+"""The tuned recipe: the one place the defaults of `headway train` and of the library come from.
+
+`headway train` with no flags, `TrainConfig()`, `build_model(vocab)` and `make_optimizer(model)` all
+read `RECIPE`, so the library trains what the command line trains on the same machine:
+
+    recipe = headway.Recipe()             # == headway.RECIPE
+    model = headway.build_model(vocab)    # recipe.backbone, recipe.size, ReLU², QK-norm, zero-init
+    opt = headway.make_optimizer(model)   # recipe.optimizer (Muon + AdamW), recipe.lr, recipe.weight_decay
+    lr = recipe.lr_at(step, total)        # linear warmup, then cosine decay to lr * min_lr_ratio
+
+How each value was chosen is in the documentation's benchmark pages (docs/benchmarks/).
+This module imports nothing heavy (no torch), so the CLI can read it at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Recipe", "RECIPE", "lr_schedule"]
+
+
+def lr_schedule(step: int, total: int, lr: float, warmup: int, min_lr_ratio: float) -> float:
+    """The learning rate at optimizer step `step` (0-based) of `total`: linear warmup to `lr` over
+    `warmup` steps, then cosine decay to `lr * min_lr_ratio` at `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings `headway train` uses by default, measured at equal wall time on a 2-core CPU.
+
+    objective: the objective spec (`build_objective`), 50% CLM + 50% FIM.
+    backbone, size: the model (`build_model`): a transformer of hidden size 64 and 3 layers.
+    activation, qk_norm, zero_init: the transformer's recipe (ReLU² MLP, RMS-normalized queries and
+        keys, zero-initialized output projections); the gated SSM takes its own defaults.
+    seq_len, batch_size: rows of 256 tokens, 16 rows per optimizer step.
+    optimizer: "muon" (Muon on the backbone's 2-D weights, AdamW for the rest) or "adamw".
+    lr, warmup, min_lr_ratio: peak learning rate, warmup steps, cosine floor (`lr_at`).
+    weight_decay, grad_clip: AdamW/Muon weight decay; gradient-norm clipping.
+    tokenizer, vocab_size: a byte-level BPE of 8192 ids, trained on the training split.
+    packing: "bfd" (best-fit decreasing) or "concat" (concat-and-split).
+    """
+
+    objective: str = "clm:0.5,fim:0.5"
+    backbone: str = "transformer"
+    size: str = "64x3"
+    activation: str = "relu2"
+    qk_norm: bool = True
+    zero_init: bool = True
+    seq_len: int = 256
+    batch_size: int = 16
+    optimizer: str = "muon"
+    lr: float = 6e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    tokenizer: str = "bpe"
+    vocab_size: int = 8192
+    packing: str = "bfd"
+
+    def lr_at(self, step: int, total: int) -> float:
+        """This recipe's learning rate at optimizer step `step` of `total` (see `lr_schedule`)."""
+        return lr_schedule(step, total, self.lr, self.warmup, self.min_lr_ratio)
+
+    def model_options(self, backbone: str) -> dict[str, object]:
+        """The keyword arguments `build_model` takes for `backbone` under this recipe (the transformer's
+        activation, QK-norm and zero-init; nothing for the gated SSM, which has its own gating)."""
+        if backbone != "transformer":
+            return {}
+        return {"activation": self.activation, "qk_norm": self.qk_norm, "zero_init": self.zero_init}
+
+
+RECIPE = Recipe()
