@@ -1,0 +1,57 @@
+"""Every ```python block of README.md and docs/**/*.md runs, as written, in the order of its page.
+
+The blocks of one page share one namespace (a later block may use an earlier one's names), so a
+page reads as one script; a block with an undefined name fails here. Sybil (a maintained library)
+finds the blocks and honours the skip markers the docs use, each visible in the page's source:
+
+    <!-- skip: next -->                                   never run (e.g. an illustrative fragment)
+    <!-- skip: next if(not torch.cuda.is_available(), "needs CUDA") -->   run where the condition allows
+
+Shell blocks (```bash) are not run here: a block that takes minutes carries a "run by hand before a
+release" marker (docs/contributing.md lists them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import SkipTest
+
+import pytest
+
+sybil = pytest.importorskip("sybil")
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PARSER = sybil.Sybil(parsers=[PythonCodeBlockParser(), SkipParser()])
+
+
+def _blocks(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip() == "```python")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_of_the_page_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _blocks(page):
+        pytest.skip("no python block")
+    monkeypatch.chdir(tmp_path)  # a block that writes files writes them here
+    document = PARSER.parse(page)
+    ran = 0
+    for example in document:
+        try:
+            example.evaluate()
+        except SkipTest:
+            continue
+        except Exception as e:
+            raise AssertionError(f"{page.relative_to(ROOT)}, the block at line {example.line}: "
+                                 f"{type(e).__name__}: {e}") from e
+        ran += 1
+    assert ran > 0
+
+
+def test_every_python_block_is_found() -> None:
+    """A block Sybil does not see (e.g. a mistyped fence) would silently never run."""
+    for page in PAGES:
+        found = sum(1 for _, region in PARSER.parse(page).regions
+                    if type(region.evaluator).__name__ == "PythonEvaluator")
+        assert found >= _blocks(page), f"{page.relative_to(ROOT)}: {_blocks(page)} python blocks, {found} found"
