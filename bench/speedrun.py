@@ -1,6 +1,6 @@
 """The default run as a speedrun, measured on this machine (python bench/speedrun.py).
 
-throughput: the old default (session 3: float32 loss products through oneDNN, 64 MiB loss chunks,
+throughput: the old default (the float32 baseline of 2026-11-24: loss products through oneDNN, 64 MiB loss chunks,
     AdamW + GELU) and the new default, built in one process on the same batches, timed in
     alternating blocks of steps (same machine, same minute): tokens/s, bytes/s and MFU.
 recipes: `headway train` at equal wall time (--time-budget) for each flag set and seed, on the
@@ -19,37 +19,38 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-# session 3's recipe: AdamW, GELU, tied head, lr 3e-3
+# the float32 baseline's recipe: AdamW, GELU, tied head, lr 3e-3
 OLD = {"lr": 3e-3, "optimizer": "adamw", "activation": "gelu", "qk_norm": False, "zero_init": False, "size": "tiny"}
 OLD_FLAGS = ["--lr", "3e-3", "--optimizer", "adamw", "--activation", "gelu", "--no-qk-norm", "--no-zero-init",
              "--size", "tiny"]
 ALL4 = ["--qk-norm", "--zero-init", "--optimizer", "muon", "--activation", "relu2"]
 
-RECIPES = {  # each row: the flags on top of the defaults; "session 4 default" = 64x2 (--size tiny)
-    "session 3 recipe": OLD_FLAGS,
+RECIPES = {  # each row: the flags on top of the defaults; "speedrun default" = 64x2 (--size tiny)
+    # (docs/benchmarks/2026-11-24-speedrun-recipe.md and 2026-11-24-newton-schulz-fp32.md)
+    "float32 baseline recipe": OLD_FLAGS,
     "+ ReLU²": OLD_FLAGS + ["--activation", "relu2"],
     "+ QK-norm + zero-init projections": OLD_FLAGS + ["--qk-norm", "--zero-init"],
     "+ Muon": OLD_FLAGS + ["--optimizer", "muon"],
     "all four": OLD_FLAGS + ALL4,
     "all four, lr 1.5e-3": OLD_FLAGS + ALL4 + ["--lr", "1.5e-3"],
-    "all four, lr 6e-3 (session 4 default)": ["--size", "tiny"],
+    "all four, lr 6e-3 (speedrun default)": ["--size", "tiny"],
     "all four, lr 1.2e-2": ["--lr", "1.2e-2", "--size", "tiny"],
-    "session 4 default + untied head": ["--tensor-parallel-head", "--size", "tiny"],
-    "session 4 default, 96x3": ["--size", "96x3"],
-    "session 4 default, weight decay 0": ["--weight-decay", "0", "--size", "tiny"],
-    # session 5 (float32 Newton-Schulz, FIM line splits); vocabulary rows: prepare with --vocab-size, pass --data
-    "session 4 default, cosine to 0": ["--min-lr-ratio", "0", "--size", "tiny"],
-    "session 4 default, min lr ratio 0.3": ["--min-lr-ratio", "0.3", "--size", "tiny"],
-    "session 4 default, batch 8": ["--batch-size", "8", "--size", "tiny"],
-    "session 4 default, batch 32": ["--batch-size", "32", "--size", "tiny"],
-    "session 4 default, 512-token rows, batch 8": ["--seq-len", "512", "--batch-size", "8", "--size", "tiny"],
-    "64x3 (session 5 default)": [],
+    "speedrun default + untied head": ["--tensor-parallel-head", "--size", "tiny"],
+    "speedrun default, 96x3": ["--size", "96x3"],
+    "speedrun default, weight decay 0": ["--weight-decay", "0", "--size", "tiny"],
+    # the float32 Newton-Schulz screen (FIM line splits); vocabulary rows: prepare with --vocab-size, pass --data
+    "speedrun default, cosine to 0": ["--min-lr-ratio", "0", "--size", "tiny"],
+    "speedrun default, min lr ratio 0.3": ["--min-lr-ratio", "0.3", "--size", "tiny"],
+    "speedrun default, batch 8": ["--batch-size", "8", "--size", "tiny"],
+    "speedrun default, batch 32": ["--batch-size", "32", "--size", "tiny"],
+    "speedrun default, 512-token rows, batch 8": ["--seq-len", "512", "--batch-size", "8", "--size", "tiny"],
+    "64x3 (the current default)": [],
 }
 
 
 @contextlib.contextmanager
 def old_loss() -> Iterator[None]:
-    """The session-3 loss on CPU: oneDNN products, chunks up to the 64 MiB budget, separate softmax passes."""
+    """The float32 baseline's loss on CPU: oneDNN products, chunks up to the 64 MiB budget, separate softmax passes."""
     import headway.loss.core as core
     from headway.loss.matmul import onednn
 

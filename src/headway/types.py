@@ -2,7 +2,7 @@
 
 Defined once here and imported by everyone; this module imports nothing of headway but its
 constants, so data, objectives, models and heads never import each other for a type.
-Conventions (DESIGN.md): labels are aligned (`labels[t]` is the target of position t),
+Conventions (docs/concepts.md): labels are aligned (`labels[t]` is the target of position t),
 `IGNORE_INDEX` marks no target, and a batch's mask spec is (`document_ids`, `position_ids`,
 `prefix_lengths`): q may attend to k iff same document and (k <= q or k inside the prefix).
 """

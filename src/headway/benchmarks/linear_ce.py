@@ -86,7 +86,7 @@ def _headway_mm(h, w, y):
 
 
 def _headway_passes(h, w, y):
-    """headway with the session-3 softmax: separate max, exp, sum and scale passes over each chunk."""
+    """headway with the earlier softmax: separate max, exp, sum and scale passes over each chunk."""
     from headway.loss.core import separate_passes
 
     with separate_passes():

@@ -1,6 +1,6 @@
 """The two leak detectors. Both look at row 0's outputs of a (B, S) layout and ask which inputs
 they depend on; an output t may depend on input (b, k) only when b = 0, k <= t and k is in t's
-document (the mask spec of DESIGN.md).
+document (the mask spec: docs/concepts.md).
 
 gradient (exact, float64): dep[t, b, k] = max_h |d (r . y[0, t]) / d x[b, k, h]| for a random
     projection r; a leak is dep > atol + rtol * scale, where scale is the largest *allowed*

@@ -1,4 +1,4 @@
-"""Rows of segments -> a `Batch` of tensors carrying the mask spec (DESIGN.md; `Batch` is in `headway.types`)."""
+"""Rows of segments -> a `Batch` of tensors carrying the mask spec (docs/concepts.md; `Batch` is in `headway.types`)."""
 
 from __future__ import annotations
 

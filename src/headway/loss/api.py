@@ -1,4 +1,4 @@
-"""`linear_cross_entropy` and `token_logprobs`: the public loss API (contract in DESIGN.md)."""
+"""`linear_cross_entropy` and `token_logprobs`: the public loss API (contract in docs/concepts.md and docs/loss.md)."""
 
 from __future__ import annotations
 
