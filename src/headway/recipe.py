@@ -76,3 +76,4 @@ class Recipe:
 
 
 RECIPE = Recipe()
+"""The recipe `headway train` and the library's defaults use (`Recipe()`)."""

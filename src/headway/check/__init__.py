@@ -23,12 +23,19 @@ from headway.check.adapters import Probe, make_probe
 from headway.check.detectors import BLACKBOX_TOL, GRADIENT_TOL, Finding, Tolerance, black_box, gradient
 
 DEFAULT_LENGTHS = (15, 16, 17, 33)
+"""Sequence lengths checked by default: just below, at and above a power of two (FFT-size leaks
+appear at some lengths only), and one longer."""
 DETECTORS = ("gradient", "black-box")
 MODES = ("eval", "train")
 
 
 @dataclass
 class CausalityReport:
+    """What `check_causal` found: `ok` (no leak, and at least one detector ran), the `findings`
+    (first leaking (output, input) pairs, submodule, detector, mode, length), the checks that ran and
+    those skipped with their reason, and the seconds taken. `str(report)` is one line;
+    `save_heatmap(path)` draws the first finding's dependence map."""
+
     ok: bool
     findings: list[Finding] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)  # "gradient/eval/L=16" ...

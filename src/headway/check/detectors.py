@@ -33,12 +33,17 @@ from headway.check.adapters import Probe
 
 @dataclass(frozen=True)
 class Tolerance:
+    """A dependence counts as a leak when it exceeds `atol + rtol * scale` (scale: the largest
+    legitimate dependence, or the output's magnitude for the black-box detector)."""
+
     atol: float
     rtol: float
 
 
 GRADIENT_TOL = Tolerance(atol=1e-12, rtol=1e-7)  # float64: round-off is ~1e-15 of the scale
+"""The gradient detector's tolerance (float64 copies: round-off is ~1e-15 of the scale)."""
 BLACKBOX_TOL = Tolerance(atol=1e-6, rtol=1e-4)  # float32: FFT / reduction round-off is ~1e-7 of the scale
+"""The black-box detector's tolerance (the model's dtype: FFT / reduction round-off is ~1e-7 of the scale)."""
 
 
 @dataclass

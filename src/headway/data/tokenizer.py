@@ -185,6 +185,8 @@ Tokenizer = ByteTokenizer | BPETokenizer
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer saved in `folder/tokenizer.json` (a run, a checkpoint or a prepared data folder):
+    a `ByteTokenizer` or a `BPETokenizer`. FileNotFoundError when there is none."""
     path = folder / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer.json in {folder}")

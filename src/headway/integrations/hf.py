@@ -56,10 +56,14 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
     (`logit_scale`, `lm_head_multiplier`, `logits_scaling`) and Gemma-2/3's final-logit soft-capping
     are applied.
 
-    Supported: """ + SUPPORTED + """. Before wrapping, the reconstruction is verified on a short
-    random input against the model's own logits; any model where they differ (a transform between the
-    hidden states and the head as in BERT's MLM heads, an encoder-decoder, another output scaling)
-    is refused with a ValueError instead of training on a different loss. Returns the same model."""
+    Supported: decoder-only causal LMs whose logits are `lm_head(final hidden states)` (nn.Linear,
+    with or without bias), optionally times config.logit_scale / config.lm_head_multiplier, divided
+    by config.logits_scaling, or soft-capped by config.final_logit_softcapping. Before wrapping, the
+    reconstruction is verified on a short random input against the model's own logits; any model
+    where they differ (a transform between the hidden states and the head as in BERT's MLM heads, an
+    encoder-decoder, another output scaling) is refused with a ValueError instead of training on a
+    different loss. `model.forward` is patched in place and the same model is returned; the output
+    head is read at every call, so `resize_token_embeddings` (or `fit_vocab`) may come before or after."""
     name = type(model).__name__
     cfg = model.config
     if getattr(cfg, "is_encoder_decoder", False):
@@ -152,6 +156,11 @@ def _verify(model: PreTrainedModel, original: Any, head: nn.Linear, hidden: Any,
 
 
 class HeadwayConfig(PretrainedConfig):
+    """The HF config of a headway `LanguageModel` (`model_type = "headway"`): the base vocabulary
+    size and sentinel count of its `Vocab`, the backbone ("transformer" | "gated_ssm"), the size
+    preset, `bidirectional` (the gated SSM's backward branch) and `z_loss`. It builds the plain
+    transformer recipe (GELU, no QK-norm, no zero-init), as 0.1.0 did, so saved folders keep loading."""
+
     model_type = "headway"
 
     def __init__(self, base_vocab_size: int = 256, num_sentinels: int = 100, backbone: str = "transformer",

@@ -21,7 +21,9 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "medium": (256, 6, 4),
     "base": (384, 8, 6),
 }
+"""Size presets: name -> (hidden size, layers, attention heads)."""
 BACKBONES = ("transformer", "gated_ssm")
+"""The backbones `build_model` builds."""
 
 
 def parse_size(size: str) -> tuple[int, int, int]:

@@ -30,6 +30,9 @@ from headway.types import Batch
 
 @dataclass
 class GatedSSMConfig:
+    """The gated SSM's shape: hidden size, layers, state size of the S4D kernel, and
+    `bidirectional` (a backward branch for MLM; causal otherwise)."""
+
     hidden_size: int = 256
     num_layers: int = 4
     intermediate_size: int | None = None  # default 3 * hidden_size (as released BiGS: 1024 -> 3072)

@@ -14,6 +14,10 @@ from headway.types import Batch
 
 @dataclass
 class TransformerConfig:
+    """The transformer's shape and recipe: hidden size, layers, heads, MLP width, RoPE base,
+    `activation` ("gelu" | "relu2"), `qk_norm` (RMS-normalized queries and keys) and `zero_init`
+    (zero-initialized output projections: each block starts as the identity)."""
+
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4

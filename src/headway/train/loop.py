@@ -59,6 +59,9 @@ EXIT = {"done": 0, "diverged": 3, "disk full": 4, "SIGINT": 128 + 2, "SIGTERM": 
 
 @dataclass
 class Summary:
+    """What a run did, returned by `run` and written to `summary.json`: steps, tokens, times,
+    throughput and MFU, peak memory, losses, validation and infilling results, how it ended."""
+
     steps: int = 0
     tokens: int = 0
     train_seconds: float = 0.0

@@ -18,6 +18,9 @@ from headway.types import Batch
 
 @dataclass
 class EvalResult:
+    """A validation result: loss in nats per target token, token and byte counts, and from them
+    perplexity and bits per byte."""
+
     loss: float  # nats per target token
     tokens: int
     bytes: int
