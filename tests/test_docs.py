@@ -55,3 +55,29 @@ def test_every_python_block_is_found() -> None:
         found = sum(1 for _, region in PARSER.parse(page).regions
                     if type(region.evaluator).__name__ == "PythonEvaluator")
         assert found >= _blocks(page), f"{page.relative_to(ROOT)}: {_blocks(page)} python blocks, {found} found"
+
+
+MARKER = "<!-- run by hand before a release: takes minutes -->"
+COMMANDS = ('pip install -c requirements-lock.txt -e ".[cli]" && headway train',
+            'pip install -c requirements-lock.txt -e ".[dev]" && python -m pytest -x -q')
+
+
+def test_the_readme_is_short_and_starts_with_the_two_commands() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move details into docs/"
+    first = text[text.index("```bash"):]
+    first = first[: first.index("\n```\n")]
+    assert all(c in first for c in COMMANDS), "the README's first block holds the two fresh-machine commands"
+    assert text.index("```bash") < text.index("```python")
+    start = lines.index("## Quick start: the library")
+    block = lines[lines.index("```python", start) + 1:]
+    assert len(block[: block.index("```")]) <= 20, "the quick-start trains in at most 20 lines"
+
+
+def test_release_markers_sit_right_above_a_shell_block() -> None:
+    for page in PAGES:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines):
+            if line.strip() == MARKER:
+                assert n + 1 < len(lines) and lines[n + 1].startswith("```"), f"{page.relative_to(ROOT)}:{n + 1}"
