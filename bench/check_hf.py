@@ -1,6 +1,6 @@
 """Every *ForCausalLM class of the installed transformers through headway's causality check.
 
-    python bench/check_hf.py            # the README's table (same as `headway check --all-hf`)
+    python bench/check_hf.py            # docs/benchmarks/2026-11-24-causality-check.md (= `headway check --all-hf`)
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""What a run guarantees (README): every way a run ends leaves a loadable checkpoint of good weights
+"""What a run guarantees (docs/guarantees.md): every way a run ends leaves a loadable checkpoint of good weights
 and an honest exit code; resume continues exactly what the user asked; bad input is refused early.
 Signals, kills and full disks are tested in real subprocesses."""
 
