@@ -105,6 +105,16 @@ def test_library_defaults_are_what_headway_train_trains() -> None:
     assert set(opt.parts) == {"adamw", "muon"}
     assert all(g["lr"] == cfg.lr and g["weight_decay"] in (cfg.weight_decay, 0.0) for g in opt.param_groups)
     assert [r.lr_at(s, 300) for s in range(0, 300, 7)] == [lr_at(s, 300, cfg) for s in range(0, 300, 7)]
+    from headway.train.loop import _autocast, resolve_precision
+
+    for forced in ("0", "1"):  # the precision `--precision auto` picks on either CPU kind
+        with pytest.MonkeyPatch.context() as m:
+            m.setenv("HEADWAY_FAST_BF16", forced)
+            want = _autocast(resolve_precision("auto", torch.device("cpu")), torch.device("cpu"))
+            with r.autocast("cpu"), want:
+                pass
+            assert type(r.autocast("cpu")) is type(want)
+            assert r.autocast("cpu").fast_dtype == want.fast_dtype and r.autocast("cpu")._enabled == want._enabled
 
 
 def test_batches_from_memory_are_seeded_and_cover_epochs() -> None:

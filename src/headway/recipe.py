@@ -67,6 +67,18 @@ class Recipe:
         """This recipe's learning rate at optimizer step `step` of `total` (see `lr_schedule`)."""
         return lr_schedule(step, total, self.lr, self.warmup, self.min_lr_ratio)
 
+    def autocast(self, device: object = "cpu") -> object:
+        """The autocast context `headway train --precision auto` trains under on `device`: bf16 on a
+        GPU that supports it and on a CPU with AVX512-BF16 or AMX (`HEADWAY_FAST_BF16=1/0` forces the
+        choice), else none (float32). `with RECIPE.autocast(): loss = model(batch)` then trains as the
+        CLI does on the same machine."""
+        import torch
+
+        from headway.train.loop import _autocast, resolve_precision
+
+        dev = torch.device(device)  # type: ignore[arg-type]
+        return _autocast(resolve_precision("auto", dev), dev)
+
     def model_options(self, backbone: str) -> dict[str, object]:
         """The keyword arguments `build_model` takes for `backbone` under this recipe (the transformer's
         activation, QK-norm and zero-init; nothing for the gated SSM, which has its own gating)."""
