@@ -17,6 +17,20 @@ def _plt():
     return plt
 
 
+def centred_mean(x: np.ndarray, half: int | None = None) -> np.ndarray:
+    """Each point's mean over a window centred on it, of `half` points each side (about 2% of the
+    points by default), narrowed symmetrically at the ends: y[i] = mean(x[i-k : i+k+1]) with
+    k = min(half, i, n-1-i). It has no lag, so it follows a falling loss from the first point (an
+    exponential average started at the first loss trails the raw curve for its first hundreds of steps)."""
+    n = len(x)
+    if half is None:
+        half = max(1, n // 50)
+    c = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    i = np.arange(n)
+    k = np.minimum(half, np.minimum(i, n - 1 - i))
+    return (c[i + k + 1] - c[i - k]) / (2 * k + 1)
+
+
 def plot_metrics(metrics: Path, png: Path) -> Path:
     """Training loss (and validation loss) against step, from `metrics.jsonl`."""
     plt = _plt()
@@ -28,11 +42,8 @@ def plot_metrics(metrics: Path, png: Path) -> Path:
     if tr:
         steps, loss = zip(*tr)
         ax.plot(steps, loss, label="train loss (objective mix)", lw=0.6, alpha=0.35, color="C0")
-        ema, smooth = loss[0], []
-        for x in loss:
-            ema = 0.9 * ema + 0.1 * x
-            smooth.append(ema)
-        ax.plot(steps, smooth, lw=1.6, color="C0", label="train loss, smoothed")
+        ax.plot(steps, centred_mean(np.asarray(loss, dtype=np.float64)), lw=1.6, color="C0",
+                label="train loss, smoothed (centred mean)")
     if sub:
         ax.plot(*zip(*sub), "o-", label="validation, first tokens (CLM)", ms=4, color="C1")
     if full:
