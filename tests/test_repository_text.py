@@ -19,7 +19,7 @@ BANNED = [
     (re.compile(r"\bissue" + "'s\\b", re.IGNORECASE), "a tracker item's target (say what the target is)"),
     (re.compile(r"\.\./shared/|DESIGN" + r"\.md"), "a file outside the repository (cite docs/concepts.md)"),
 ]
-ALLOWED = [re.compile(p, re.IGNORECASE) for p in (r"requests\.Session", r"HTTP " + WORD, r"aiohttp")]
+ALLOWED = [re.compile(p, re.IGNORECASE) for p in (r"requests\." + WORD, r"HTTP " + WORD, r"aiohttp")]
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".yml", ".yaml", ".cfg", ".ini", ".json", ".sh", ""}
 
 
