@@ -459,7 +459,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a model (no arguments: the default run on the standard library)",
                        description="Train a language model. With no arguments: a small transformer with a CLM+FIM "
-                       "mixture on the Python standard library's sources, about 9 minutes on 2 CPU cores.")
+                       "mixture on the Python standard library's sources, about 9 minutes on a 2-core AMD EPYC.")
     _add_train_args(t)
     s = sub.add_parser("sample", help="continue a prompt with a trained model")
     s.add_argument("checkpoint", help="checkpoint folder or run folder (uses its latest checkpoint)")
