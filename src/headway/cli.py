@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from headway.constants import FIM_LAYOUTS
@@ -542,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
     a = parser().parse_args(argv)
+    # bf16 autocast feeds RMSNorm bf16 inputs with its float32 weight; torch then warns that it takes its
+    # unfused kernel, which is exact and expected here: not a message for the user of a CPU run
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
     cmds = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "show": cmd_show, "eval": cmd_eval,
             "check": cmd_check, "prepare": cmd_prepare, "export": cmd_export}
     try:
