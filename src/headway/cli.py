@@ -194,15 +194,16 @@ def load_run(ckpt: str, device: str = "cpu", generating: bool = False):  # noqa:
     """(model, tokenizer, vocab, config) from a checkpoint or run folder. `generating`: refuse a
     model that was never trained to predict left to right (MLM), whose samples would be noise."""
     from headway.data.tokenizer import load_tokenizer
-    from headway.objectives import build_objective, vocab_for
+    from headway.objectives import build_objective
     from headway.train.checkpoint import load_checkpoint, resolve
     from headway.train.config import TrainConfig
+    from headway.train.data import run_vocab
     from headway.train.loop import make_model
 
     folder = resolve(Path(ckpt))
     cfg = TrainConfig.load(folder / "config.json")
     tok = load_tokenizer(folder)
-    vocab = vocab_for(tok, cfg.objective, cfg.seq_len)
+    vocab = run_vocab(tok, cfg, folder)
     objective = build_objective(cfg.objective, vocab, (tok.encode, tok.decode))
     if generating and not objective.trains_left_to_right:
         raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "

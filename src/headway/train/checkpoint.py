@@ -171,6 +171,19 @@ def resolve(path: Path) -> Path:
     raise CheckpointError(f"{path} is neither a checkpoint folder (no state.json) nor a run folder (no latest)")
 
 
+def saved_rows(ck: Path, name: str) -> int | None:
+    """Rows of the saved weight `name` (e.g. "embedding.weights.special") in checkpoint `ck`, read from
+    the safetensors header without loading it; None where the checkpoint has no such file or weight
+    (sharded checkpoints)."""
+    p = ck / "model.safetensors"
+    if not p.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(p), "pt") as f:
+        return int(f.get_slice(name).get_shape()[0]) if name in f.keys() else None
+
+
 def verify(ck: Path, need_optimizer: bool = False) -> dict:
     """state.json of checkpoint `ck` after checking every file it lists; CheckpointError naming the
     first missing or altered file."""

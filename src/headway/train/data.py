@@ -13,8 +13,9 @@ from headway.data.loader import Loader, StreamSpec
 from headway.data.prepare import Prepared, Settings, is_prepared, open_prepared, prepare, skipped_note
 from headway.data.tokenizer import Tokenizer
 from headway.objectives import vocab_for
+from headway.train.checkpoint import saved_rows
 from headway.train.config import TrainConfig
-from headway.types import Objective, Vocab
+from headway.types import DEFAULT_SPECIALS, Objective, Vocab
 
 
 @dataclass
@@ -86,4 +87,14 @@ def prepare_run_data(cfg: TrainConfig, out: Path, log=print, tokenizer_from: Pat
     tok = p.tokenizer
     if first:
         tok.save(out)
-    return RunData(p, tok, vocab_for(tok, cfg.objective, cfg.seq_len))
+    return RunData(p, tok, run_vocab(tok, cfg, tokenizer_from))
+
+
+def run_vocab(tok: Tokenizer, cfg: TrainConfig, checkpoint: Path | None = None) -> Vocab:
+    """The run's vocabulary: the tokenizer's ids, headway's specials and the sentinels. A checkpoint's
+    own sentinel count wins (read from its saved special rows), so a run keeps the vocabulary it was
+    trained with whatever `sentinels_for` says today; a new run takes `vocab_for(tok, objective, seq_len)`."""
+    rows = saved_rows(checkpoint, "embedding.weights.special") if checkpoint is not None else None
+    if rows is not None and rows > len(DEFAULT_SPECIALS):
+        return Vocab.from_tokenizer(tok, num_sentinels=rows - len(DEFAULT_SPECIALS))
+    return vocab_for(tok, cfg.objective, cfg.seq_len)
