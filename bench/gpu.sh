@@ -96,10 +96,21 @@ else
   echo "no wheels in $(basename "$WHEELS")/: the peers run only where already installed" >> "$REPORT"
 fi
 
-step "CUDA-marked tests" 120 "$PY" -m pytest -q -m cuda -p no:cacheprovider "$ROOT/tests/loss"
+section "Python packages the steps need"
+"$PY" - >> "$REPORT" 2>&1 <<'PYCHECK'
+import importlib.util
+need = ["torch", "numpy", "pytest", "hypothesis", "tokenizers", "safetensors", "tqdm", "matplotlib", "yaml"]
+missing = [n for n in need if importlib.util.find_spec(n) is None]
+print("all present: " + ", ".join(need) if not missing else
+      "missing: " + ", ".join(missing) + " (put their wheels in bench/wheels/ beside the peers')")
+raise SystemExit(1 if missing else 0)
+PYCHECK
+[ $? = 0 ] || FAILED=$((FAILED + 1))
+
+step "CUDA-marked tests" 90 "$PY" -m pytest -q -m cuda -p no:cacheprovider "$ROOT/tests/loss"
 step "The loss in bf16 at N,H,V = $SHAPE" 240 "$PY" "$ROOT/bench/linear_ce.py" --device "$DEVICE" \
   --dtype bfloat16 --shape "$SHAPE" --repeats "$REPEATS" "${BENCH_EXTRA[@]}"
-step "The default run on $DEVICE (${BUDGET_ARGS[*]})" 230 "$PY" -m headway train --device "$DEVICE" \
+step "The default run on $DEVICE (${BUDGET_ARGS[*]})" 200 "$PY" -m headway train --device "$DEVICE" \
   --out "$WORK/run" "${BUDGET_ARGS[@]}" "${DATA[@]}"
 
 echo "bench/gpu.sh: report in $REPORT ($FAILED failed step(s))"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import warnings
 from functools import cache
@@ -65,9 +66,23 @@ def test_every_public_name_has_a_docstring(package: str) -> None:
 
 
 def test_the_recipe_names_are_one_import_away() -> None:
-    assert set(RECIPE_NAMES) <= set(hw.__all__)
+    assert set(RECIPE_NAMES) <= set(hw.__all__) | set(hw.HF_NAMES)
     for name in hw.__all__:
         assert getattr(hw, name) is not None
+    if importlib.util.find_spec("transformers") is not None:
+        for name in hw.HF_NAMES:
+            assert getattr(hw, name) is getattr(importlib.import_module("headway.integrations.hf"), name)
+
+
+def test_a_star_import_needs_neither_transformers_nor_a_heavy_import() -> None:
+    code = ("import sys; sys.modules['transformers'] = None\n"  # an import of it now fails
+            "from headway import *\n"
+            "assert Vocab is not None and linear_cross_entropy is not None")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
     assert hw.Vocab is importlib.import_module("headway.types").Vocab
     assert hw.make_optimizer is importlib.import_module("headway.train").make_optimizer
     assert hw.__version__ == "0.2.0"

@@ -62,8 +62,10 @@ __all__ = ["IGNORE_INDEX", "__version__", "Vocab", "Example", "Batch", "Objectiv
            "Loader", "build_objective", "vocab_for", "CLM", "MLM", "PrefixLM", "FIM", "SpanCorruption", "Mixture",
            "ul2", "ul2r", "ul2_decoder", "build_model", "LanguageModel", "make_optimizer", "Recipe", "RECIPE",
            "TrainConfig", "check_causal", "linear_cross_entropy", "token_logprobs",
-           "vocab_parallel_linear_cross_entropy", "use_fused_loss", "fit_vocab", "ObjectiveCollator",
-           "CausalityCallback"]
+           "vocab_parallel_linear_cross_entropy"]
+# the HuggingFace helpers (`hw.use_fused_loss`, `hw.fit_vocab`, `hw.ObjectiveCollator`, `hw.CausalityCallback`) are
+# attributes but not in __all__, so `from headway import *` never imports transformers
+HF_NAMES = ("use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallback")
 
 
 _SUBPACKAGES = ("check", "data", "heads", "integrations", "loss", "masks", "models", "objectives", "recipe", "testing",
@@ -92,7 +94,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the names above, imported 
     from headway.data.loader import Loader
     from headway.data.packing import Packer, chunks, examples_from_documents
     from headway.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
-    from headway.integrations.hf import CausalityCallback, ObjectiveCollator, fit_vocab, use_fused_loss
+    from headway.integrations.hf import CausalityCallback, ObjectiveCollator, fit_vocab, use_fused_loss  # noqa: F401
     from headway.loss import linear_cross_entropy, token_logprobs
     from headway.loss.vocab_parallel import vocab_parallel_linear_cross_entropy
     from headway.models import LanguageModel, build_model

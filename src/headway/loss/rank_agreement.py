@@ -79,6 +79,10 @@ def local_check(fn: str, hidden: Tensor, weight: Tensor, labels: Tensor, vocab_s
             raise ValueError(f"{fn}: `weight` must be this rank's 2-D (V_r, H) slice, got {got}")
         if weight.is_meta:
             raise ValueError(f"{fn}: `weight` must be a tensor with data (not on the meta device), got a meta tensor")
+        devices = {t.device for t in (hidden, weight, labels) if isinstance(t, Tensor)}
+        if len(devices) > 1:
+            raise ValueError(f"{fn}: `hidden`, `weight` and `labels` must be on one device, got "
+                             f"{', '.join(sorted(map(str, devices)))}")
         if vocab_start is not None and (not isinstance(vocab_start, int) or isinstance(vocab_start, bool)):
             raise ValueError(f"{fn}: `vocab_start` must be None or an int, got {vocab_start!r}")
         # every label is 0 here: the range check against the whole vocabulary comes after the agreement
@@ -101,11 +105,10 @@ def local_check(fn: str, hidden: Tensor, weight: Tensor, labels: Tensor, vocab_s
         return (str(e) if isinstance(e, ValueError) else f"{fn}: {type(e).__name__}: {e}"), None, None, {}
 
 
-def comm_device(group, *tensors: object) -> torch.device:  # noqa: ANN001
-    """Where the agreement row lives: the first of `tensors` with data, else the backend's device."""
-    for t in tensors:
-        if isinstance(t, Tensor) and not t.is_meta:
-            return t.device
+def comm_device(group) -> torch.device:  # noqa: ANN001
+    """Where the agreement row lives: chosen from the backend alone (nccl: this rank's current CUDA
+    device; otherwise the CPU), never from a rank's own tensors, which may sit on another device than
+    the other ranks' (its local checks then report that, through the agreement, on every rank)."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

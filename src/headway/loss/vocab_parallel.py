@@ -178,7 +178,7 @@ def vocab_parallel_linear_cross_entropy(
         bias=bias, ignore_index=ignore_index, reduction=reduction, shift=shift, label_smoothing=label_smoothing,
         z_loss=z_loss, softcap=softcap, num_items_in_batch=num_items_in_batch, chunk_size=chunk_size)
     error, a, y, cols = local_check(fn, hidden, weight, labels, vocab_start, gather_tokens, return_lse, kw)
-    table, msgs = agree(group, comm_device(group, weight, hidden), cols, y, cols.get("ignore_index", 0), error)
+    table, msgs = agree(group, comm_device(group), cols, y, cols.get("ignore_index", 0), error)
     error = verdict(fn, table, msgs)  # the same on every rank
     if error:
         raise ValueError(error)

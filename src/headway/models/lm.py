@@ -129,16 +129,15 @@ def check_token_ids(ids: Tensor, size: int, who: str, name: str = "input_ids") -
     """A ValueError naming `name` unless every id is in [0, size) (an out-of-range id would otherwise
     fail deep inside an embedding lookup, or read another token's row). Skipped while compiling (a graph
     keeps no data-dependent checks; the trainer's ids come from objectives, which check them)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not ids.numel():
         return
-    if ids.numel() and (ids.dtype.is_floating_point or ids.dtype == torch.bool):
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise ValueError(f"{who}: `{name}` must be integer token ids, got dtype {ids.dtype}")
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= size:
-            raise ValueError(f"{who}: `{name}` must be in [0, {size}) (the model's vocabulary), got ids in "
-                             f"[{lo}, {hi}]; the tokenizer, the Vocab and the model must agree "
-                             "(Vocab.from_tokenizer, then build the model from that Vocab)")
+    lo, hi = torch.stack(list(torch.aminmax(ids))).tolist()  # one device-to-host copy
+    if lo < 0 or hi >= size:
+        raise ValueError(f"{who}: `{name}` must be in [0, {size}) (the model's vocabulary), got ids in "
+                         f"[{lo}, {hi}]; the tokenizer, the Vocab and the model must agree "
+                         "(Vocab.from_tokenizer, then build the model from that Vocab)")
 
 
 def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
