@@ -21,10 +21,10 @@ the API.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from headway.constants import IGNORE_INDEX
+from headway.lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -72,19 +72,7 @@ _SUBPACKAGES = ("check", "data", "heads", "integrations", "loss", "masks", "mode
                 "train", "types")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:  # `hw.data.chunks` works without `import headway.data`
-        return importlib.import_module(f"headway.{name}")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headway' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBPACKAGES)
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (the names above, imported eagerly)

@@ -9,8 +9,9 @@ HuggingFace folder that loads without headway.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headway.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {name: "headway.integrations.hf" for name in (
     "use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallback", "register", "HeadwayConfig",
@@ -19,17 +20,7 @@ __all__ = ["use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallbac
            "HeadwayForCausalLM", "HeadwayForMaskedLM"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headway.integrations' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:

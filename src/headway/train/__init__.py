@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headway.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TrainConfig": "headway.train.config", "run": "headway.train.loop", "Summary": "headway.train.loop",
@@ -21,17 +22,7 @@ __all__ = ["TrainConfig", "run", "Summary", "make_optimizer", "Muon", "Combined"
            "EvalResult"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headway.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:
