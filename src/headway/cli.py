@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from headway.constants import FIM_LAYOUTS
+from headway.train.runs import load_run, run_lead
 
 TRAIN_HELP = {
     "objective": "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, "
@@ -188,36 +189,6 @@ def cmd_train(a: argparse.Namespace) -> int:
     elif s.ended not in ("done", "SIGINT", "SIGTERM"):
         print(f"headway train: {s.ended}: {s.message}", file=sys.stderr)
     return s.exit_code
-
-
-def load_run(ckpt: str, device: str = "cpu", generating: bool = False):  # noqa: ANN201
-    """(model, tokenizer, vocab, config) from a checkpoint or run folder. `generating`: refuse a
-    model that was never trained to predict left to right (MLM), whose samples would be noise."""
-    from headway.data.tokenizer import load_tokenizer
-    from headway.objectives import build_objective
-    from headway.train.checkpoint import load_checkpoint, resolve
-    from headway.train.config import TrainConfig
-    from headway.train.data import run_vocab
-    from headway.train.loop import make_model
-
-    folder = resolve(Path(ckpt))
-    cfg = TrainConfig.load(folder / "config.json")
-    tok = load_tokenizer(folder)
-    vocab = run_vocab(tok, cfg, folder)
-    objective = build_objective(cfg.objective, vocab, (tok.encode, tok.decode))
-    if generating and not objective.trains_left_to_right:
-        raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "
-                         "right; it cannot sample or infill (use `headway eval`, or train with clm / fim / ul2)")
-    model = make_model(cfg, objective, vocab)
-    load_checkpoint(folder, model, None, device)
-    return model.to(device).eval(), tok, vocab, cfg
-
-
-def run_lead(cfg, vocab) -> int:  # noqa: ANN001
-    """The id a run's objective opens a document's text with (`text_lead`: EOS, or UL2's [S2S])."""
-    from headway.objectives import build_objective, text_lead
-
-    return text_lead(build_objective(cfg.objective, vocab), vocab.eos)
 
 
 def _encode_arg(tok, text: str, flag: str) -> list[int]:  # noqa: ANN001

@@ -149,8 +149,8 @@ def export(run: str | Path, out: str | Path) -> Path:
     """Write the HF folder for a headway run (or checkpoint) folder; returns `out`."""
     from safetensors.torch import save_file
 
-    from headway.cli import load_run, run_lead
     from headway.train.checkpoint import resolve
+    from headway.train.runs import load_run, run_lead
 
     model, tok, vocab, cfg = load_run(str(run), generating=True)
     out = Path(out)

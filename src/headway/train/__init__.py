@@ -16,10 +16,10 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "headway.train.config", "run": "headway.train.loop", "Summary": "headway.train.loop",
     "make_optimizer": "headway.train.optim", "Muon": "headway.train.optim", "Combined": "headway.train.optim",
     "load_config_file": "headway.train.config_file", "evaluate": "headway.train.metrics",
-    "EvalResult": "headway.train.metrics",
+    "EvalResult": "headway.train.metrics", "load_run": "headway.train.runs",
 }
 __all__ = ["TrainConfig", "run", "Summary", "make_optimizer", "Muon", "Combined", "load_config_file", "evaluate",
-           "EvalResult"]
+           "EvalResult", "load_run"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -31,3 +31,4 @@ if TYPE_CHECKING:
     from headway.train.loop import Summary, run
     from headway.train.metrics import EvalResult, evaluate
     from headway.train.optim import Combined, Muon, make_optimizer
+    from headway.train.runs import load_run
