@@ -167,3 +167,58 @@ def test_sentinels_stay_100_below_806_tokens_per_row():
     assert [sentinels_for("ul2", S) for S in (64, 256, 805)] == [100, 100, 100]
     assert sentinels_for("ul2", 806) > 100 and sentinels_for("ul2", 2048) == 256
     assert sentinels_for("clm:0.5,fim:0.5", 1 << 16) == 100  # no span denoiser: no sentinels needed beyond T5's
+
+
+def _entry_points() -> dict:
+    """Every public entry point that takes token ids, as name -> call(bad_id) that must raise ValueError
+    (a document id outside the base vocabulary, or a model id outside [0, vocab.size))."""
+    doc = lambda bad: np.array([1, 2, bad, 4])  # noqa: E731
+    model = build_model(V, "transformer", "tiny")
+    ssm = build_model(V, "gated_ssm", "tiny")
+    ids = lambda bad: torch.tensor([[1, 2, bad, 4]])  # noqa: E731
+    points = {name: (lambda bad, make=make: make()(doc(bad), np.random.default_rng(0)))
+              for name, make in OBJECTIVES.items()}
+    points["examples_from_documents"] = lambda bad: list(
+        examples_from_documents([doc(bad)], build_objective("clm:0.5,fim:0.5", V, (_enc, _dec)), 16, RNG))
+    points["LanguageModel.forward (transformer)"] = lambda bad: model(_batch(ids(bad)))
+    points["LanguageModel.forward (gated_ssm)"] = lambda bad: ssm(_batch(ids(bad)))
+    points["LanguageModel.logits"] = lambda bad: model.logits(ids(bad))
+    points["LanguageModel.hidden"] = lambda bad: model.hidden(ids(bad))
+    points["LanguageModel.generate"] = lambda bad: model.generate(ids(bad)[0], 1)
+    points["LanguageModel.infill"] = lambda bad: model.infill(ids(bad)[0], torch.tensor([3]), V, max_new_tokens=1)
+    return points
+
+
+ENTRY_POINTS = _entry_points()
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_every_id_taking_entry_point_refuses_an_id_it_cannot_take(name):
+    """Document entry points (objectives, chunking) refuse ids at or above base_size; model entry points
+    refuse ids at or above vocab.size; both refuse negative ids — a ValueError naming the ids."""
+    takes_documents = name not in {k for k in ENTRY_POINTS if k.startswith("LanguageModel")}
+    too_big = V.base_size if takes_documents else V.size
+    for bad in (too_big, too_big + 13, -1):
+        with pytest.raises(ValueError, match=r"\[0, \d+\)"):
+            ENTRY_POINTS[name](bad)
+
+
+@pytest.mark.parametrize("collate_via", ["ObjectiveCollator", "use_fused_loss forward"])
+def test_the_hf_entry_points_refuse_ids_they_cannot_take(collate_via):
+    transformers = pytest.importorskip("transformers")
+    from headway.integrations.hf import ObjectiveCollator, use_fused_loss
+
+    if collate_via == "ObjectiveCollator":
+        for bad in (V.base_size, -1):
+            with pytest.raises(ValueError, match="base vocabulary"):
+                ObjectiveCollator(build_objective("clm", V), pad_id=V.pad)([{"input_ids": [1, bad, 3]}])
+        return
+    cfg = transformers.LlamaConfig(vocab_size=V.size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = use_fused_loss(transformers.LlamaForCausalLM(cfg))
+    for bad in (V.size, -1):
+        ids = torch.tensor([[1, 2, bad, 4]])
+        with pytest.raises(ValueError, match="input_ids"):
+            model(input_ids=ids, labels=torch.tensor([[1, 2, 3, 4]]))
+        with pytest.raises(ValueError, match="labels"):
+            model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=ids)
