@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from headway.objectives.base import Example, Objective, decoder_only, text_lead
 from headway.objectives.clm import CLM
-from headway.objectives.fim import FIM, fim_parts
+from headway.objectives.fim import FIM, FIM_LINE_RATE, fim_parts  # noqa: F401 - FIM_LINE_RATE: kept importable
 from headway.objectives.mlm import MLM
 from headway.objectives.prefix_lm import PrefixLM
+from headway.objectives.registry import Codec, make, names, register
 from headway.objectives.span import SpanCorruption, reconstruct
 from headway.objectives.ul2 import Mixture, ul2, ul2_decoder, ul2r
 from headway.types import Vocab
 
 __all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Example", "Objective", "decoder_only",
            "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec", "text_lead",
-           "sentinels_for", "vocab_for"]
+           "sentinels_for", "vocab_for", "register"]
 
-Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None
-
-
-FIM_LINE_RATE = 0.5  # `fim`: the share of examples split at line breaks (FIM.line_rate)
+SINGLE = names()  # the spec names registered by headway's own objectives (live list: registry.names())
 
 
 def _single(name: str, vocab: Vocab, codec: Codec) -> Objective:
-    enc, dec = codec if codec is not None else (None, None)
-    makers: dict[str, Callable[[], Objective]] = {
-        "clm": lambda: CLM(vocab),
-        "mlm": lambda: MLM(vocab),
-        "prefix_lm": lambda: PrefixLM(vocab),
-        "fim": lambda: FIM(vocab, rate=1.0, line_rate=FIM_LINE_RATE, encode=enc, decode=dec),
-        "span": lambda: SpanCorruption(vocab),
-        "ul2": lambda: ul2(vocab),
-        "ul2r": lambda: ul2r(vocab),
-        "ul2_decoder": lambda: ul2_decoder(vocab),
-    }
-    if name not in makers:
-        raise ValueError(f"unknown objective {name!r}; choose from {sorted(makers)} or a mix like 'clm:0.5,fim:0.5'")
-    return makers[name]()
-
-
-
-SINGLE = ("clm", "mlm", "prefix_lm", "fim", "span", "ul2", "ul2r", "ul2_decoder")
+    return make(name, vocab, codec)
 
 
 def check_spec(spec: str) -> list[tuple[str, float]]:
@@ -50,14 +29,14 @@ def check_spec(spec: str) -> list[tuple[str, float]]:
     import math
 
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"objective spec is empty; choose from {list(SINGLE)} or a mix like 'clm:0.5,fim:0.5'")
+        raise ValueError(f"objective spec is empty; choose from {list(names())} or a mix like 'clm:0.5,fim:0.5'")
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     out = []
     for p in parts:
         name, colon, w = p.partition(":")
         name = name.strip()
-        if name not in SINGLE:
-            raise ValueError(f"unknown objective {name!r} in {spec!r}; choose from {list(SINGLE)} or a mix like "
+        if name not in names():
+            raise ValueError(f"unknown objective {name!r} in {spec!r}; choose from {list(names())} or a mix like "
                              "'clm:0.5,fim:0.5'")
         try:
             weight = float(w) if colon else 1.0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from headway.objectives.base import base_size_of, check_document, decoder_only
+from headway.objectives.registry import Codec, register
 from headway.types import Example, Vocab
 
 
@@ -40,3 +41,8 @@ class CLM:
 
     def max_tokens(self, row_length: int) -> int:
         return row_length - 1
+
+
+@register("clm", "causal LM: every token, then EOS, from the tokens before it")
+def _clm(vocab: Vocab, codec: Codec) -> CLM:
+    return CLM(vocab)

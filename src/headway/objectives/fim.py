@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from headway.objectives.base import check_document, check_rate, decoder_only
+from headway.objectives.registry import Codec, register
 from headway.types import Example, Vocab
 
+FIM_LINE_RATE = 0.5  # the `fim` spec: the share of examples split at line breaks (FIM.line_rate)
 RETOKENIZE_MARGIN = 8  # tokens a character-level split may add when the parts are re-encoded
 CUT_WINDOW = 8  # tokens decoded on each side of a cut to tell whether it splits a character (<= 4 bytes)
 
@@ -115,3 +117,9 @@ def fim_parts(input_ids: np.ndarray, vocab: Vocab) -> tuple[str, np.ndarray, np.
     if s == p + 1:  # SPM
         return "spm", ids[m + 1 :], ids[:0], ids[s + 1 : m]
     return "psm", ids[p + 1 : s], ids[m + 1 :], ids[s + 1 : m]
+
+
+@register("fim", "fill-in-the-middle, always (rate 1), half the splits at line breaks; mix it with clm")
+def _fim(vocab: Vocab, codec: Codec) -> FIM:
+    enc, dec = codec if codec is not None else (None, None)
+    return FIM(vocab, rate=1.0, line_rate=FIM_LINE_RATE, encode=enc, decode=dec)

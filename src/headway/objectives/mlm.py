@@ -9,6 +9,7 @@ import numpy as np
 
 from headway.constants import IGNORE_INDEX
 from headway.objectives.base import check_document, check_rate
+from headway.objectives.registry import Codec, register
 from headway.types import Example, Vocab
 
 
@@ -65,3 +66,8 @@ class MLM:
 
     def max_tokens(self, row_length: int) -> int:
         return row_length
+
+
+@register("mlm", "masked LM: 15% of tokens corrupted, predicted from both sides")
+def _mlm(vocab: Vocab, codec: Codec) -> MLM:
+    return MLM(vocab)

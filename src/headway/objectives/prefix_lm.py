@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from headway.objectives.base import base_size_of, check_document, decoder_only
+from headway.objectives.registry import Codec, register
 from headway.types import Example, Vocab
 
 
@@ -46,3 +47,8 @@ class PrefixLM:
     def text_lead(self) -> int:
         """The id before a document's text where it is predicted left to right (see `text_lead`)."""
         return self.eos if self.mode_id is None else self.mode_id
+
+
+@register("prefix_lm", "a bidirectional prefix, then its continuation predicted left to right")
+def _prefix_lm(vocab: Vocab, codec: Codec) -> PrefixLM:
+    return PrefixLM(vocab)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from headway.objectives.base import check_document, decoder_only
+from headway.objectives.registry import Codec, register
 from headway.types import Example, Vocab
 
 
@@ -148,3 +149,8 @@ def reconstruct(inputs: np.ndarray, targets: np.ndarray, vocab: Vocab) -> np.nda
     for t in inputs.tolist():
         out.extend(spans[t] if t in spans else [t])
     return np.array(out, dtype=np.int64)
+
+
+@register("span", "T5 span corruption: 15% of tokens in spans of mean 3, behind sentinels")
+def _span(vocab: Vocab, codec: Codec) -> SpanCorruption:
+    return SpanCorruption(vocab)

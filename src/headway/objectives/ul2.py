@@ -8,6 +8,7 @@ import numpy as np
 
 from headway.objectives.clm import CLM
 from headway.objectives.prefix_lm import PrefixLM
+from headway.objectives.registry import Codec, register
 from headway.objectives.span import SpanCorruption
 from headway.types import Example, Objective, Vocab
 
@@ -83,3 +84,18 @@ def ul2_decoder(vocab: Vocab) -> Mixture:
     r, x = _r(vocab), _x(vocab)
     return Mixture([(CLM(vocab), 0.5), (_s(vocab), 0.2), *[(m, 0.15 / len(r)) for m in r],
                     *[(m, 0.15 / len(x)) for m in x]], "ul2_decoder")
+
+
+@register("ul2", "UL2's seven denoisers, uniform (R, X: span corruption; S: prefix LM)")
+def _ul2(vocab: Vocab, codec: Codec) -> Mixture:
+    return ul2(vocab)
+
+
+@register("ul2r", "UL2R: 50% S, 25% R, 25% X")
+def _ul2r(vocab: Vocab, codec: Codec) -> Mixture:
+    return ul2r(vocab)
+
+
+@register("ul2_decoder", "50% CLM, 20% S, 15% R, 15% X, for decoder-only models")
+def _ul2_decoder(vocab: Vocab, codec: Codec) -> Mixture:
+    return ul2_decoder(vocab)
