@@ -111,6 +111,32 @@ def test_collator_labels_are_consistent_for_trainer_counts():
     assert vocab.id("<fim_prefix>") in fim["input_ids"]
 
 
+def test_a_document_longer_than_max_length_is_refused_or_truncated_only_when_asked():
+    """No silent loss: by default a document that does not fit `max_length` is refused by name; with
+    overflow="truncate" its first piece is used, cut between characters; one that fits is kept whole."""
+    from headway.data.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    vocab = Vocab.from_tokenizer(tok, num_sentinels=2)
+    objective = build_objective("clm:0.5,fim:0.5", vocab, (tok.encode, tok.decode))
+    text = "déjà vu — ϕ " * 20  # multi-byte characters: a cut by length alone would split one
+    doc = tok.encode(text)
+    limit = objective.max_tokens(64)
+    with pytest.raises(ValueError, match=rf"a document of {len(doc)} tokens does not fit max_length=64"):
+        ObjectiveCollator(objective, vocab.pad, max_length=64)([{"input_ids": doc}])
+    batch = ObjectiveCollator(objective, vocab.pad, max_length=64, overflow="truncate")([{"input_ids": doc}])
+    assert batch["input_ids"].shape[1] <= 64 + 1
+    kept = [i for i in batch["input_ids"][0].tolist() if i < vocab.base_size]
+    assert 0 < len(kept) <= limit and "\ufffd" not in tok.decode(kept)
+    short = doc[:limit]
+    whole = ObjectiveCollator(build_objective("clm", vocab), vocab.pad, max_length=64)([{"input_ids": short}])
+    assert whole["input_ids"][0, 1 : 1 + len(short)].tolist() == short
+    with pytest.raises(ValueError, match="overflow"):
+        ObjectiveCollator(objective, vocab.pad, max_length=64, overflow="drop")
+    with pytest.raises(ValueError, match="max_length"):
+        ObjectiveCollator(objective, vocab.pad, max_length=4)
+
+
 @pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
 def test_headway_model_round_trips_through_auto_classes(tmp_path, backbone):
     register()

@@ -295,11 +295,21 @@ class ObjectiveCollator:
     objective: one example per row, right-padded. Emits `input_ids`, `attention_mask`, aligned
     `shift_labels`, and `labels` in HF's unshifted form (``labels[..., 1:] == shift_labels[..., :-1]``)
     so `Trainer` counts `num_items_in_batch` correctly. Only causal layouts (prefix 0) make sense for
-    HF causal LMs; an example with a bidirectional prefix is refused unless `allow_prefix`."""
+    HF causal LMs; an example with a bidirectional prefix is refused unless `allow_prefix`.
+
+    `max_length`: the longest row. A document longer than `objective.max_tokens(max_length)` tokens is
+    refused (`overflow="error"`, the default: cut documents into pieces first, e.g. with `chunks`), or
+    with `overflow="truncate"` only its first piece is used (cut between characters) and the rest is
+    dropped. Without `max_length` a row is as long as its longest document needs."""
 
     def __init__(self, objective: Objective, pad_id: int, max_length: int | None = None, seed: int = 0,
-                 allow_prefix: bool = False, starts_char: np.ndarray | None = None) -> None:
-        self.objective, self.pad_id, self.max_length = objective, pad_id, max_length
+                 allow_prefix: bool = False, starts_char: np.ndarray | None = None, overflow: str = "error") -> None:
+        if overflow not in ("error", "truncate"):
+            raise ValueError(f"ObjectiveCollator: `overflow` must be 'error' or 'truncate', got {overflow!r}")
+        if max_length is not None and (not isinstance(max_length, int) or objective.max_tokens(max_length) < 1):
+            raise ValueError(f"ObjectiveCollator: `max_length` must be an int whose rows hold at least one document "
+                             f"token of {objective.name!r}, got {max_length!r}")
+        self.objective, self.pad_id, self.max_length, self.overflow = objective, pad_id, max_length, overflow
         self.starts_char = starts_char  # a tokenizer's `starts_char()`: truncate at character boundaries
         self.rng = np.random.default_rng(seed)
         self.allow_prefix = allow_prefix
@@ -308,9 +318,15 @@ class ObjectiveCollator:
         exs = []
         for f in features:
             toks = np.asarray(f["input_ids"], dtype=np.int64)
-            if self.max_length is not None:
+            limit = None if self.max_length is None else self.objective.max_tokens(self.max_length)
+            if limit is not None and len(toks) > limit and self.overflow == "error":
+                raise ValueError(f"ObjectiveCollator: a document of {len(toks)} tokens does not fit max_length="
+                                 f"{self.max_length} (at most {limit} document tokens with {self.objective.name!r}); "
+                                 "cut documents into pieces first (headway.data.packing.chunks), or pass "
+                                 "overflow='truncate' to keep only the first piece")
+            if limit is not None and len(toks) > limit:  # overflow="truncate": the first piece, cut between characters
                 boundary = getattr(self.objective, "is_character_boundary", None) if self.starts_char is None else None
-                toks = next(chunks(toks, self.objective.max_tokens(self.max_length), self.starts_char, boundary), toks)
+                toks = next(chunks(toks, limit, self.starts_char, boundary))
             ex = self.objective(toks, self.rng)
             if ex.prefix_length > 1 and not self.allow_prefix:
                 raise ValueError(f"ObjectiveCollator: objective {self.objective.name!r} made a bidirectional prefix, "
