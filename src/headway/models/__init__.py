@@ -11,7 +11,7 @@ from headway.recipe import RECIPE
 from headway.types import Vocab
 
 __all__ = ["Transformer", "TransformerConfig", "GatedSSM", "GatedSSMConfig", "LanguageModel", "sample",
-           "build_model", "SIZES", "BACKBONES"]
+           "build_model", "SIZES", "BACKBONES", "check_backbone"]
 
 # hidden size, layers, heads
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -24,6 +24,13 @@ SIZES: dict[str, tuple[int, int, int]] = {
 """Size presets: name -> (hidden size, layers, attention heads)."""
 BACKBONES = ("transformer", "gated_ssm")
 """The backbones `build_model` builds."""
+
+
+def check_backbone(name: object) -> None:
+    """A ValueError naming `--backbone`, the expected and the given value, unless `name` is a backbone
+    `build_model` can build."""
+    if name not in BACKBONES:
+        raise ValueError(f"--backbone must be one of {' | '.join(BACKBONES)}, got {name!r}")
 
 
 def parse_size(size: str) -> tuple[int, int, int]:
