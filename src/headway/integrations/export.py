@@ -1,9 +1,13 @@
 """`headway export RUN OUT_DIR`: a HuggingFace folder that loads without headway installed.
 
+An `hf:` backbone (a transformers architecture) exports natively, as that architecture's own
+``*ForCausalLM`` (`headway.integrations.export_hf`): ``AutoModelForCausalLM.from_pretrained(OUT_DIR)``.
+headway's own backbones export as remote code:
+
     AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
     AutoTokenizer.from_pretrained(OUT_DIR)
 
-The folder holds `config.json` (with `auto_map`), `configuration_headway.py` and
+Their folder holds `config.json` (with `auto_map`), `configuration_headway.py` and
 `modeling_headway.py` (generated: headway's own backbone source — `models/transformer.py` or
 `models/gated_ssm.py` verbatim, its headway imports replaced by stubs for the packed-batch path
 a plain HF forward never takes — plus a small `PreTrainedModel` wrapper), `model.safetensors`
@@ -13,7 +17,10 @@ their headway ids, `tokenizer_config.json` and `generation_config.json`.
 No native transformers class maps exactly onto headway's transformer (pre-norm RMSNorm, rotary
 embedding on interleaved pairs, a non-gated tanh-GELU MLP, no biases, a tied embedding): Llama
 and its relatives use a gated SiLU MLP and rotate halves, GPT-NeoX / StableLM / Starcoder2
-LayerNorm. So both backbones export as remote code.
+LayerNorm. So both backbones export as remote code. The rule that makes their source portable,
+checked by the export tests: a backbone file's `from headway... import` lines name only what
+`STUBS` provides (the packed-batch mask helpers, `Batch`, the registry's `BackboneSpec`,
+`BuildRequest` and `register_backbone`), each import on one line.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 STUBS = '''
 class Batch:  # headway's packed-batch mask spec: never built by the HF wrapper below
@@ -35,6 +43,18 @@ def _packed_only(*a, **k):
 
 
 sdpa_mask = segment_starts = _packed_only
+
+
+class BackboneSpec:  # headway's backbone registry: registration is a no-op outside headway
+    def __init__(self, *a, **k):
+        pass
+
+
+BuildRequest = BackboneSpec
+
+
+def register_backbone(spec):
+    return spec
 '''
 
 CONFIG_PY = '''"""Configuration of a model exported by headway (`headway export`)."""
@@ -146,9 +166,10 @@ def _hf_tokenizer(tok, vocab, out: Path) -> None:  # noqa: ANN001
 
 
 def export(run: str | Path, out: str | Path) -> Path:
-    """Write the HF folder for a headway run (or checkpoint) folder; returns `out`."""
-    from safetensors.torch import save_file
-
+    """Write the HF folder for a headway run (or checkpoint) folder; returns `out`. A backbone
+    registered with ``export="native"`` (the `hf:` architectures) is written as its own transformers
+    class; headway's own backbones as remote code (see the module docstring)."""
+    from headway.models.registry import get_backbone
     from headway.train.checkpoint import resolve
     from headway.train.runs import load_run, run_lead
 
@@ -157,6 +178,21 @@ def export(run: str | Path, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"export: {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    bos = run_lead(cfg, vocab)  # what the objective opens a document with: HF generation starts from it
+    spec = get_backbone(cfg.backbone)
+    if spec.export == "native":
+        spec.extra["export"](model, vocab, out, bos)
+    else:
+        _export_remote_code(model, cfg, vocab, out, bos)
+    _hf_tokenizer(tok, vocab, out)
+    shutil.copyfile(resolve(Path(run)) / "config.json", out / "headway_train_config.json")  # how it was trained
+    return out
+
+
+def _export_remote_code(model: Any, cfg: Any, vocab: Any, out: Path, bos: int) -> None:
+    """config.json with `auto_map`, the generated modeling source and model.safetensors."""
+    from safetensors.torch import save_file
+
     body = model.backbone
     sd = {"embed.weight": model.embedding.full_weight().detach().contiguous()}
     sd.update({f"backbone.{k}": v.detach().contiguous() for k, v in body.state_dict().items()})
@@ -164,14 +200,11 @@ def export(run: str | Path, out: str | Path) -> Path:
     if not tied:
         sd["lm_head.weight"] = model.head.full_weight().detach().contiguous()
     save_file({k: v.clone() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
-
-    bcfg = dataclasses.asdict(body.config)
-    bos = run_lead(cfg, vocab)  # what the objective opens a document with: HF generation starts from it
     config = {
         "architectures": ["HeadwayExportForCausalLM"], "model_type": "headway_export", "backbone": cfg.backbone,
-        "backbone_config": bcfg, "vocab_size": vocab.size, "hidden_size": body.config.hidden_size,
-        "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad,
-        "torch_dtype": "float32",
+        "backbone_config": dataclasses.asdict(body.config), "vocab_size": vocab.size,
+        "hidden_size": body.config.hidden_size, "tie_word_embeddings": tied, "bos_token_id": bos,
+        "eos_token_id": vocab.eos, "pad_token_id": vocab.pad, "torch_dtype": "float32",
         "auto_map": {"AutoConfig": "configuration_headway.HeadwayExportConfig",
                      "AutoModelForCausalLM": "modeling_headway.HeadwayExportForCausalLM"},
     }
@@ -180,6 +213,3 @@ def export(run: str | Path, out: str | Path) -> Path:
                                                             "pad_token_id": vocab.pad, "use_cache": False}, indent=1))
     (out / "configuration_headway.py").write_text(CONFIG_PY)
     (out / "modeling_headway.py").write_text(modeling_source(cfg.backbone))
-    _hf_tokenizer(tok, vocab, out)
-    shutil.copyfile(resolve(Path(run)) / "config.json", out / "headway_train_config.json")  # how it was trained
-    return out

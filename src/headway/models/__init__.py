@@ -1,12 +1,15 @@
-"""Backbones (a transformer, a gated SSM) and `LanguageModel`; `build_model` from a preset."""
+"""Backbones (a transformer, a gated SSM, transformers architectures) and `LanguageModel`; `build_model`
+builds any registered backbone (`headway.models.registry`)."""
 
 from __future__ import annotations
 
 from headway.heads.lm_head import LMHead
 from headway.heads.split import SplitEmbedding, SplitLMHead
+from headway.models import hf_backbone as _hf_backbone  # noqa: F401 - registers the hf: family
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
 from headway.models.transformer import Transformer, TransformerConfig
+from headway.models.registry import BuildRequest, backbone_names, check_backbone, get_backbone
 from headway.recipe import RECIPE
 from headway.types import Vocab
 
@@ -22,15 +25,12 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "base": (384, 8, 6),
 }
 """Size presets: name -> (hidden size, layers, attention heads)."""
-BACKBONES = ("transformer", "gated_ssm")
-"""The backbones `build_model` builds."""
 
 
-def check_backbone(name: object) -> None:
-    """A ValueError naming `--backbone`, the expected and the given value, unless `name` is a backbone
-    `build_model` can build."""
-    if name not in BACKBONES:
-        raise ValueError(f"--backbone must be one of {' | '.join(BACKBONES)}, got {name!r}")
+def __getattr__(name: str) -> object:
+    if name == "BACKBONES":  # the registered names, read when asked (a family registers many)
+        return tuple(backbone_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_size(size: str) -> tuple[int, int, int]:
@@ -49,39 +49,46 @@ def parse_size(size: str) -> tuple[int, int, int]:
 
 def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIPE.size, *,
                 bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True, activation: str | None = None,
-                qk_norm: bool | None = None, zero_init: bool | None = None) -> LanguageModel:
+                qk_norm: bool | None = None, zero_init: bool | None = None, init: str | None = None) -> LanguageModel:
     """A `LanguageModel` with a split (base + special) embedding and a fused LM head, tied to the
     embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight.
 
+    backbone: a registered name (`headway.models.registry`): "transformer", "gated_ssm", or
+    "hf:NAME" / "hf:PATH" (a transformers architecture, see `headway.models.hf_backbone`).
     The defaults are `headway.RECIPE`'s, what `headway train` trains: a transformer of size "64x3"
     (hidden 64, 3 layers; presets in `SIZES`, or "HxL" / "HxLxHEADS") with ReLU², QK-norm and
     zero-initialized output projections. activation ("gelu" | "relu2") / qk_norm / zero_init: the
-    transformer's recipe (see `TransformerConfig`), None for the recipe's value; the gated SSM has its
-    own gating and refuses them. bidirectional: the gated SSM's backward branch (MLM); the transformer
-    follows each batch's mask spec instead. `loss = model(batch)` gives the mean loss over the batch's
-    targets."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"build_model: `backbone` must be one of {BACKBONES}, got {backbone!r}")
+    transformer's recipe (see `TransformerConfig`), None for the recipe's value; backbones that do not
+    declare them refuse them. bidirectional: build a backbone whose direction is in its weights (the gated
+    SSM's backward branch, for MLM); a backbone that follows each batch's mask spec refuses it. init: a
+    local HF checkpoint folder an `hf:` backbone starts from (its embedding and head rows too; `size`
+    is then the checkpoint's). `loss = model(batch)` gives the mean loss over the batch's targets."""
+    spec = get_backbone(backbone)
+    given = {"activation": activation, "qk_norm": qk_norm, "zero_init": zero_init}
     recipe = RECIPE.model_options("transformer")
-    if backbone == "transformer":
-        activation = recipe["activation"] if activation is None else activation
-        qk_norm = recipe["qk_norm"] if qk_norm is None else qk_norm
-        zero_init = recipe["zero_init"] if zero_init is None else zero_init
-    else:
-        activation, qk_norm, zero_init = (activation or "gelu", bool(qk_norm), bool(zero_init))
-    H, L, nh = parse_size(size)
+    options = {k: recipe[k] if v is None else v for k, v in given.items() if k in spec.options}
+    refused = [k for k, v in given.items() if k not in spec.options and v is not None and v != _NEUTRAL[k]]
+    if refused:
+        raise ValueError(f"build_model: {' / '.join(refused)} are transformer settings; the {backbone} backbone "
+                         "takes its own defaults")
+    if bidirectional and spec.follows_mask:
+        raise ValueError(f"build_model: the {backbone} backbone follows each batch's mask spec; use an MLM objective "
+                         "for bidirectional attention instead of bidirectional=True")
+    if bidirectional and not spec.bidirectional:
+        raise ValueError(f"build_model: the {backbone} backbone cannot be built bidirectional")
+    if init is not None and "init" not in spec.extra:
+        raise ValueError(f"build_model: `init` starts an hf: backbone from a checkpoint; {backbone!r} is not one")
+    H, L, nh = parse_size(size) if init is None else (0, 0, 0)
+    body = spec.build(BuildRequest(H, L, nh, bidirectional, options, init))
+    H = int(body.config.hidden_size)
     emb = SplitEmbedding(vocab.split_sizes, H)
-    if backbone == "transformer":
-        if bidirectional:
-            raise ValueError("build_model: the transformer follows the batch's mask spec; use an MLM objective "
-                             "for bidirectional attention instead of bidirectional=True")
-        body = Transformer(TransformerConfig(hidden_size=H, num_layers=L, num_heads=nh, activation=activation,
-                                             qk_norm=qk_norm, zero_init=zero_init))
-    else:
-        if (activation, qk_norm, zero_init) != ("gelu", False, False):
-            raise ValueError("build_model: activation / qk_norm / zero_init are transformer settings; the gated SSM "
-                             "takes the defaults")
-        body = GatedSSM(GatedSSMConfig(hidden_size=H, num_layers=L, bidirectional=bidirectional))
-    head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss) if tie_head else LMHead(H, vocab.size,
-                                                                                               z_loss=z_loss)
-    return LanguageModel(emb, body, head)
+    softcap = spec.extra.get("softcap")
+    head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss, softcap=softcap) if tie_head else LMHead(
+        H, vocab.size, z_loss=z_loss, softcap=softcap)
+    model = LanguageModel(emb, body, head)
+    if init is not None:
+        spec.extra["init"](model, vocab, init)
+    return model
+
+
+_NEUTRAL = {"activation": "gelu", "qk_norm": False, "zero_init": False}  # the untuned values: "not asked for"

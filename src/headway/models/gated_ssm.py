@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headway.models.registry import BackboneSpec, BuildRequest, register_backbone
 from headway.masks import segment_starts
 from headway.types import Batch
 
@@ -190,3 +191,12 @@ class GatedSSM(nn.Module):
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)
+
+
+def _build(r: BuildRequest) -> GatedSSM:
+    return GatedSSM(GatedSSMConfig(hidden_size=r.hidden_size, num_layers=r.num_layers, bidirectional=r.bidirectional))
+
+
+register_backbone(BackboneSpec(
+    name="gated_ssm", help="BiGS-style S4D; bidirectional for mlm", build=_build, follows_mask=False,
+    bidirectional=True, packs_documents=True))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headway.masks import sdpa_mask
+from headway.models.registry import BackboneSpec, BuildRequest, register_backbone
 from headway.types import Batch
 
 
@@ -156,3 +157,16 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += S
         return self.norm(x)
+
+
+def _build(r: BuildRequest) -> Transformer:
+    if r.bidirectional:
+        raise ValueError("the transformer follows each batch's mask spec; use an MLM objective for bidirectional "
+                         "attention instead of bidirectional=True")
+    return Transformer(TransformerConfig(hidden_size=r.hidden_size, num_layers=r.num_layers, num_heads=r.num_heads,
+                                         **r.options))
+
+
+register_backbone(BackboneSpec(
+    name="transformer", help="RoPE, SDPA, packed-document masks", build=_build, follows_mask=True,
+    options=("activation", "qk_norm", "zero_init"), attention_layers=lambda m: len(m.layers)))

@@ -15,7 +15,6 @@ def load_run(ckpt: str | Path, device: str = "cpu", generating: bool = False) ->
     from headway.train.checkpoint import load_checkpoint, resolve
     from headway.train.config import TrainConfig
     from headway.train.data import run_vocab
-    from headway.train.loop import make_model
 
     folder = resolve(Path(ckpt))
     cfg = TrainConfig.load(folder / "config.json")
@@ -25,9 +24,43 @@ def load_run(ckpt: str | Path, device: str = "cpu", generating: bool = False) ->
     if generating and not objective.trains_left_to_right:
         raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "
                          "right; it cannot sample or infill (use `headway eval`, or train with clm / fim / ul2)")
-    model = make_model(cfg, objective, vocab)
+    model = model_for_run(cfg, objective, vocab, fresh=False)
     load_checkpoint(folder, model, None, device)
     return model.to(device).eval(), tok, vocab, cfg
+
+
+def model_for_run(cfg: Any, objective: Any, vocab: Any, fresh: bool = True) -> Any:
+    """The model a run's config and objective need, built through the backbone registry: the one way
+    the trainer, `load_run` (eval, sample, infill, export) and the library build a run's model.
+
+    A backbone that follows each batch's mask spec serves every objective. One whose direction is in
+    its weights (the gated SSM) is built bidirectional for an MLM-only objective; an objective that
+    needs a bidirectional prefix *and* left-to-right targets is refused on it, as on a causal-only
+    backbone (by name, with the reason). `fresh`: a new run (an `--init` checkpoint's weights are
+    loaded); False when a saved checkpoint's weights follow."""
+    from headway.models import build_model
+    from headway.models.registry import get_backbone
+
+    spec = get_backbone(cfg.backbone)
+    needs = objective.needs_bidirectional and not spec.follows_mask
+    if needs and not spec.bidirectional:
+        raise ValueError(f"--objective {cfg.objective}: needs a bidirectional prefix, which the {cfg.backbone} backbone "
+                         "cannot attend to (it is causal only); use a causal objective (clm, fim) or --backbone "
+                         "transformer")
+    if needs and objective.trains_left_to_right:
+        raise ValueError(f"--objective {cfg.objective}: mixes MLM (bidirectional) with left-to-right objectives; the "
+                         f"{cfg.backbone} backbone's direction is fixed in its weights, so it cannot do both. Use "
+                         "--backbone transformer (its mask follows each example) or train them separately")
+    recipe = {k: getattr(cfg, k) for k in spec.options}
+    init = getattr(cfg, "init", None) if fresh else None
+    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=needs, z_loss=cfg.z_loss, **recipe,
+                       tie_head=not cfg.tensor_parallel_head and _tied(cfg, spec), init=init)
+
+
+def _tied(cfg: Any, spec: Any) -> bool:
+    """Whether the run's head is tied to its embedding: yes, unless an `--init` checkpoint's is not."""
+    tied = spec.extra.get("tied")
+    return True if tied is None else bool(tied)
 
 
 def run_lead(cfg: Any, vocab: Any) -> int:

@@ -1,0 +1,335 @@
+"""transformers architectures as headway backbones: ``--backbone hf:NAME`` or ``hf:PATH``.
+
+``hf:llama``, ``hf:qwen2``, ``hf:mistral``, ``hf:gpt_neox``, ``hf:gemma2``, ``hf:mamba2``, ... (any
+transformers ``model_type`` whose base model takes ``inputs_embeds``) builds that architecture's
+base model from its default config with the run's size: ``--size HxLxHEADS`` sets the hidden size H,
+the layers L and the attention heads; every width the architecture derives from H is scaled from its
+defaults by H / H_default (MLP width, key-value heads by the same head ratio, an SSM's state size,
+at least 16), and ``head_dim = H / HEADS``. ``hf:PATH`` (a ``config.json`` or a folder holding one)
+takes the architecture exactly as written there, ``--size`` aside.
+
+headway keeps its own parts around the base model: the split embedding feeds ``inputs_embeds`` (the
+base model's own embedding table is dropped), and the fused head computes the loss from the final
+hidden states, so the logits never exist. Packed rows keep documents apart: position ids restart in
+every document and attention takes the mask spec as a 4-D mask (``(B, 1, S, S)``, True = attend;
+transformers passes a 4-D mask through unchanged), which also gives prefix-LM and MLM their
+bidirectional prefixes. An architecture without attention (Mamba, Mamba2, RWKV, ...) carries state
+across a whole row and has no per-document reset in its CPU kernels: it trains one document per row
+and cannot take a bidirectional prefix (MLM is refused by name).
+
+Export is native: `export_native` writes the architecture's own ``*ForCausalLM`` folder, which
+``AutoModelForCausalLM.from_pretrained`` loads without remote code.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from headway.masks import sdpa_mask
+from headway.models.registry import BackboneSpec, BuildRequest, register_family
+from headway.types import Batch
+
+TESTED = ("llama", "qwen2", "mistral", "gpt_neox", "gemma2", "mamba2")
+"""Architectures the test suite trains, resumes, checks and exports."""
+
+_NO_ATTENTION = ("mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm")
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("hf: backbones need transformers (`pip install 'headway[hf]'`)") from None
+    return transformers
+
+
+def _base_config(name: str) -> tuple[Any, bool]:
+    """(config, from_a_file): a model_type's defaults, or the config.json at a path."""
+    tf = _transformers()
+    p = Path(name).expanduser()
+    if p.is_dir() or p.suffix == ".json" or "/" in name or name.startswith("."):
+        file = p / "config.json" if p.is_dir() else p
+        if not file.is_file():
+            raise ValueError(f"expected a transformers model_type (e.g. {', '.join(TESTED)}) or a config.json / a folder "
+                             f"holding one, got {name!r} (no such file: {file})")
+        raw = json.loads(file.read_text())
+        mt = raw.pop("model_type", None)
+        if mt is None:
+            raise ValueError(f"{file} has no model_type")
+        return tf.AutoConfig.for_model(mt, **{k: v for k, v in raw.items() if k not in ("transformers_version",)}), True
+    try:
+        return tf.AutoConfig.for_model(name), False
+    except ValueError:
+        import difflib
+
+        known = sorted(tf.CONFIG_MAPPING.keys())
+        near = difflib.get_close_matches(name, known, n=3)
+        raise ValueError(f"expected a transformers model_type such as {', '.join(TESTED)}"
+                         + (f" (closest: {', '.join(near)})" if near else "") + f", got {name!r}") from None
+
+
+def scaled_config(name: str, hidden: int, layers: int, heads: int) -> Any:
+    """The architecture `name`'s config at hidden size `hidden`, `layers` layers and `heads` heads
+    (see the module docstring for what is scaled); a config file's architecture is taken as is."""
+    cfg, from_file = _base_config(name)
+    if not from_file:
+        h0 = cfg.hidden_size
+        r = hidden / h0
+        kv0, nh0 = getattr(cfg, "num_key_value_heads", None), getattr(cfg, "num_attention_heads", None)
+        cfg.hidden_size, cfg.num_hidden_layers = hidden, layers
+        types = getattr(cfg, "layer_types", None)
+        if isinstance(types, list) and types:  # the per-layer pattern (e.g. sliding / full), repeated to L
+            try:
+                cfg.layer_types = [types[i % len(types)] for i in range(layers)]
+            except AttributeError:  # derived from other fields (a read-only property)
+                pass
+        if nh0 is not None:
+            cfg.num_attention_heads = heads
+            if kv0:
+                kv = max(1, round(heads * kv0 / nh0))
+                while heads % kv:
+                    kv -= 1
+                cfg.num_key_value_heads = kv
+            if hidden % heads:
+                raise ValueError(f"--size: hidden size {hidden} must split into {heads} heads")
+            if hasattr(cfg, "head_dim"):
+                cfg.head_dim = hidden // heads
+        if getattr(cfg, "intermediate_size", None):
+            cfg.intermediate_size = max(1, round(cfg.intermediate_size * r))
+        if cfg.model_type == "mamba2":  # num_heads * head_dim = expand * hidden
+            cfg.num_heads, cfg.n_groups = heads, 1
+            if (cfg.expand * hidden) % heads:
+                raise ValueError(f"--size: mamba2 needs expand ({cfg.expand}) x hidden ({hidden}) divisible by the "
+                                 f"heads ({heads})")
+            cfg.head_dim = cfg.expand * hidden // heads
+        if getattr(cfg, "state_size", None):
+            cfg.state_size = max(16, round(cfg.state_size * r))
+        if hasattr(cfg, "time_step_rank") and isinstance(cfg.time_step_rank, int):
+            cfg.time_step_rank = math.ceil(hidden / 16)
+    cfg.vocab_size = 1  # the base model's own embedding is dropped: headway's split embedding feeds it
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if hasattr(cfg, k):
+            setattr(cfg, k, None)
+    cfg.use_cache = False
+    return cfg
+
+
+def has_attention(cfg: Any) -> bool:
+    """Whether every token mixer of the architecture is attention (then a 4-D mask keeps packed
+    documents apart). Known state-space models are not; others are probed (`_keeps_documents_apart`)."""
+    return cfg.model_type not in _NO_ATTENTION
+
+
+@torch.no_grad()
+def _keeps_documents_apart(name: str) -> bool:
+    """Build a tiny instance (hidden 32, 2 layers, 2 heads; its embedding verified, see `HFBackbone`)
+    and run it on a row packing two documents and on the second alone: equal outputs (float32) mean
+    the mask spec reaches every token mixer. Hybrids whose recurrent layers carry state across the
+    row (Falcon-H1, Jamba, ...) fail it, as do state-space models."""
+    cfg = scaled_config(name, 32, 2, 2)
+    torch.manual_seed(0)
+    body = HFBackbone(cfg, verify=True).eval()
+    if not has_attention(cfg):
+        return False
+    x = torch.randn(1, 12, 32)
+    doc = torch.tensor([[0] * 5 + [1] * 7])
+    pos = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    b = Batch(torch.zeros(1, 12, dtype=torch.long), torch.zeros(1, 12, dtype=torch.long), pos, doc,
+              torch.zeros(1, 2, dtype=torch.long))
+    packed, alone = body(x, b)[:, 5:], body(x[:, 5:])
+    return bool(torch.allclose(packed, alone, rtol=1e-4, atol=1e-5))
+
+
+class HFCache:
+    """Generation state: the base model's own cache (a transformers `Cache`) and the positions so far."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.length = 0
+
+
+class HFBackbone(nn.Module):
+    """(B, S, H) -> (B, S, H) through a transformers base model fed `inputs_embeds`. With a `Batch`,
+    position ids restart per document and attention follows the mask spec (a 4-D mask); an
+    architecture without attention takes one causal document per row (then padding) only."""
+
+    causal = True
+
+    def __init__(self, config: Any, verify: bool = False) -> None:
+        super().__init__()
+        tf = _transformers()
+        self.config = config
+        # the attention kernel transformers picks for the architecture (SDPA where it is exact, else eager)
+        self.model = tf.AutoModel.from_config(config, dtype=torch.float32)
+        self.attention = has_attention(config)
+        self.eager = getattr(self.model.config, "_attn_implementation", None) == "eager"
+        emb = self.model.get_input_embeddings()
+        # an embedding that scales its rows (Gemma's sqrt(H)): the scale moves here, onto inputs_embeds
+        self.embed_scale = float(getattr(emb, "scalar_embed_scale", 1.0))
+        if verify:  # the base model's output from ids must be its output from (scaled) embedding rows
+            ids = torch.zeros(1, 4, dtype=torch.long)
+            with torch.no_grad():
+                want = self.model(input_ids=ids).last_hidden_state
+                got = self.model(inputs_embeds=emb.weight[ids] * self.embed_scale).last_hidden_state
+            if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
+                raise ValueError(f"{config.model_type}'s input embedding does more than a scaled table lookup; "
+                                 "headway's split embedding cannot feed it")
+        for n, m in list(self.model.named_children()):
+            if m is emb:
+                setattr(self.model, n, None)  # headway's split embedding feeds inputs_embeds
+        _layers(self.model)  # fails early on a base model without a list of blocks
+        params = inspect.signature(type(self.model).forward).parameters
+        self._cache_arg = next((a for a in ("cache", "past_key_values", "cache_params") if a in params), None)
+        self._takes_positions = "position_ids" in params
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The base model's blocks (not registered twice: the state dict names them once, under `model.`)."""
+        return _layers(self.model)
+
+    def new_cache(self, batch_size: int) -> HFCache:
+        return HFCache()
+
+    def _mask(self, batch: Batch) -> Tensor:
+        m = sdpa_mask(batch)  # (B, 1, S, S) bool, True = attend
+        if self.eager:  # eager attention adds the mask to the scores
+            return torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(~m, torch.finfo(
+                torch.float32).min)
+        return m
+
+    def forward(self, x: Tensor, batch: Batch | None = None, cache: HFCache | None = None) -> Tensor:
+        B, S, _ = x.shape
+        if self.embed_scale != 1.0:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        kw: dict[str, Any] = {"use_cache": False}
+        if batch is not None:
+            if self.attention:
+                kw["position_ids"] = batch.position_ids
+                if not batch.is_one_causal_document_per_row:
+                    kw["attention_mask"] = self._mask(batch)
+            elif not batch.is_one_document_per_row_then_padding or not batch.is_causal:
+                raise ValueError(f"the {self.config.model_type} backbone has no attention: it keeps no document "
+                                 "boundaries and no bidirectional prefix; give it one causal document per row "
+                                 "(packing='single')")
+        elif cache is not None:
+            if self._takes_positions:
+                kw["position_ids"] = torch.arange(cache.length, cache.length + S, device=x.device).expand(B, S)
+            if self._cache_arg is not None:
+                if cache.state is None:
+                    cache.state = _transformers().DynamicCache(config=self.model.config)
+                kw[self._cache_arg] = cache.state
+                kw["use_cache"] = True
+            else:  # no cache argument: recompute the whole prefix each step
+                cache.state = x if cache.state is None else torch.cat([cache.state, x], 1)
+                x = cache.state
+        out = self.model(inputs_embeds=x, **kw)
+        h = out.last_hidden_state
+        if cache is not None:
+            cache.length += S
+            h = h[:, -S:]
+        return h
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The base model's list of blocks (the causality check hooks them; FSDP wraps them)."""
+    lists = [m for m in model.children() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no list of layers")
+    return max(lists, key=len)
+
+
+def _attention_layers(body: nn.Module) -> int:
+    if not getattr(body, "attention", False):
+        return 0
+    types = getattr(body.config, "layer_types", None)
+    if isinstance(types, list) and types and all(isinstance(t, str) for t in types):
+        return sum("attention" in t for t in types)
+    return len(body.layers)
+
+
+def load_init(model: nn.Module, vocab: Any, folder: str) -> None:
+    """Start `model` (built from `folder`'s architecture) from the weights of the HF checkpoint in
+    `folder`: the base model's weights, the embedding rows of the tokenizer's ids (the base split),
+    and the head's rows when it is untied; headway's special rows start at the mean of the
+    checkpoint's rows (a common initialization of added tokens)."""
+    tf = _transformers()
+    hf = tf.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    base = hf.base_model
+    emb = base.get_input_embeddings()
+    own = {k: v for k, v in base.state_dict().items() if not k.startswith(_child_name(base, emb) + ".")}
+    missing, unexpected = model.backbone.model.load_state_dict(own, strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]
+    if missing or unexpected:
+        raise ValueError(f"--init {folder}: the checkpoint's weights do not fit its architecture (missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        _copy_rows(model.embedding.weights["base"], model.embedding.weights["special"], emb.weight)
+        out = hf.get_output_embeddings()
+        if getattr(model.head, "tied", True) is False and out is not None:
+            w = model.head.weight
+            n = min(vocab.base_size, out.weight.shape[0])
+            w[:n] = out.weight[:n]
+            w[n:] = out.weight[:n].mean(0)
+
+
+def _copy_rows(base: Tensor, special: Tensor, table: Tensor) -> None:
+    n = min(base.shape[0], table.shape[0])
+    base[:n] = table[:n]
+    mean = table[:n].mean(0)
+    base[n:] = mean
+    special[:] = mean
+
+
+def _child_name(parent: nn.Module, child: nn.Module) -> str:
+    return next(n for n, m in parent.named_children() if m is child)
+
+
+def checkpoint_ties_head(folder: str) -> bool:
+    """Whether the HF checkpoint in `folder` ties its output head to its input embedding."""
+    cfg, _ = _base_config(folder)
+    return bool(getattr(cfg, "tie_word_embeddings", True))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(name: str) -> BackboneSpec:
+    cfg, from_file = _base_config(name)  # fails early, with the reason, on an unknown name or file
+    attention = has_attention(cfg) and _keeps_documents_apart(name if not from_file else cfg.model_type)
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    for attr, default in (("logit_scale", None), ("lm_head_multiplier", None), ("logits_scaling", None)):
+        v = getattr(cfg, attr, default)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v != 1:
+            raise ValueError(f"{cfg.model_type} scales its logits by {attr}={v}, which headway's head does not "
+                             "apply; it is not supported as a backbone")
+
+    def build(r: BuildRequest) -> HFBackbone:
+        if r.bidirectional:
+            raise ValueError(f"the {cfg.model_type} backbone cannot be built bidirectional")
+        if r.init is not None:
+            c = scaled_config(r.init, 0, 0, 0)
+        elif from_file:
+            c = scaled_config(name, 0, 0, 0)
+        else:
+            c = scaled_config(name, r.hidden_size, r.num_layers, r.num_heads)
+        return HFBackbone(c)
+
+    from headway.integrations.export_hf import export_native  # noqa: PLC0415 - the family's exporter
+
+    extra: dict[str, Any] = {"softcap": softcap, "init": load_init, "export": export_native, "model_type":
+                             cfg.model_type}
+    if from_file:
+        extra["tied"] = bool(getattr(cfg, "tie_word_embeddings", True))
+    return BackboneSpec(name=f"hf:{name}", help=f"transformers {cfg.model_type}", build=build,
+                        follows_mask=attention, bidirectional=False, packs_documents=attention, export="native",
+                        attention_layers=_attention_layers, extra=extra)
+
+
+register_family("hf", _resolve, "a transformers architecture: a model_type such as " + ", ".join(TESTED)
+                + ", or a config.json / folder; --size HxLxHEADS scales its defaults")
