@@ -213,7 +213,8 @@ class Backbone(Protocol):
     forward(x, batch, cache): with a `Batch`, attention/state follows its mask spec; without one,
     a single causal sequence (continuing `cache` when given). `causal`: whether output t may
     depend only on inputs <= t (within its document). `layers`: the blocks, in order (the
-    causality check hooks them; FSDP wraps them).
+    causality check hooks them; FSDP wraps them). Optional `attention_layers`: how many layers
+    attend over the whole row (the FLOP count; 0 when absent).
     """
 
     causal: bool

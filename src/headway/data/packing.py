@@ -1,4 +1,4 @@
-"""Packing examples into fixed-length rows: concat-and-split or best-fit-decreasing.
+"""Packing examples into fixed-length rows: concat-and-split, best-fit-decreasing, or one per row.
 
 Documents are first cut into chunks the objective can turn into an example that fits a row
 (`objective.max_tokens(S)`), so with best-fit-decreasing no example is ever split. Both
@@ -15,7 +15,7 @@ import numpy as np
 
 from headway.types import Example, Objective
 
-STRATEGIES = ("bfd", "concat")
+STRATEGIES = ("bfd", "concat", "single")
 MAX_CHAR_TOKENS = 8  # a character is at most 4 UTF-8 bytes, so a boundary lies within this many tokens
 
 
@@ -114,7 +114,18 @@ class Packer:
         return row
 
     def pack(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
+        if self.strategy == "single":
+            return self._single(examples)
         return self._concat(examples) if self.strategy == "concat" else self._bfd(examples)
+
+    def _single(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
+        """One example per row, then padding: for backbones that cannot keep packed documents apart."""
+        for ex in examples:
+            self.stats.examples += 1
+            if len(ex) > self.S:
+                self.stats.truncated_tokens += len(ex) - self.S
+                ex = _piece(ex, 0, self.S)
+            yield self._emit([ex])
 
     def _concat(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
         row: list[Example] = []

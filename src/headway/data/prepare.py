@@ -30,7 +30,7 @@ import numpy as np
 
 from headway.data.shards import PieceWriter, ShardError, ShardSet, sha256_file, token_dtype, verify_piece
 from headway.data.sources import Source, Unit, content_hash, is_validation, read, resolve
-from headway.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
+from headway.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, external_tokenizer_json, load_tokenizer
 
 FORMAT = 1
 TASK_BYTES = 2 << 20  # a task reads about this much (many tasks per worker: balanced)
@@ -40,7 +40,7 @@ DEFAULT_SAMPLE_BYTES = 64 << 20  # the BPE is trained on at most this much text
 
 @dataclass(frozen=True)
 class Settings:
-    tokenizer: str = "bpe"  # bpe | bytes
+    tokenizer: str = "bpe"  # bpe | bytes | a path to an existing tokenizer (`external_tokenizer_json`)
     vocab_size: int = 8192
     val_fraction: float = 0.05
     text_field: str = "text"
@@ -196,6 +196,13 @@ def prepare(specs: list[str], folder: Path, s: Settings = Settings(), workers: i
         elif s.tokenizer == "bytes":
             tok_key = "bytes"
             ByteTokenizer().save(folder)
+        elif s.tokenizer != "bpe":  # an existing tokenizer, copied in whole
+            text = external_tokenizer_json(s.tokenizer)
+            if not tok_path.exists() or tok_path.read_text(encoding="utf-8") != text:
+                tmp = folder / "tokenizer.json.tmp"
+                tmp.write_text(text, encoding="utf-8")
+                tmp.replace(tok_path)
+            tok_key = "external " + sha256_file(tok_path)
         else:
             sample = sample_units(sources, s.sample_bytes)
             tok_key = _key({"bpe": s.vocab_size, "sample_bytes": s.sample_bytes, "val": s.val_fraction,

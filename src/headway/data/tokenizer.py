@@ -1,6 +1,10 @@
-"""Tokenizers: a byte-level BPE trained with HuggingFace `tokenizers`, or plain bytes.
+"""Tokenizers: a byte-level BPE trained with HuggingFace `tokenizers`, plain bytes, or an existing
+tokenizer brought by the user (a `tokenizer.json`, or a folder `AutoTokenizer` loads offline).
 
-Both produce *base* ids only; special tokens live in their own split after them (`Vocab`).
+All produce *base* ids only; headway's special tokens live in their own split after them (`Vocab`).
+An external tokenizer's whole vocabulary is the base split, its own special tokens included, and
+corpus text is encoded without parsing special-token strings: a literal `<|endoftext|>` in a file
+stays text. Nothing is added around a text (no BOS/EOS from the tokenizer's post-processor).
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ def encode_edge(tok: Tokenizer, text: str, n: int, last: bool) -> list[int]:
     file cost a window of about 1 kB instead of the whole file (26 ms a file on the standard library)."""
     if n <= 0:
         return []
+    if not getattr(tok, "byte_level", True):  # cuts are exact only under GPT-2's pre-tokenizer
+        ids = tok.encode(text)
+        return ids[-n:] if last else ids[:n]
     width = 8 * n + 64
     while width < len(text):
         if last:
@@ -119,13 +126,16 @@ class ByteTokenizer:
 
 
 class BPETokenizer:
-    """Byte-level BPE (GPT-2 style pre-tokenization) trained on the training split."""
-
-    kind = "bpe"
+    """A `tokenizers.Tokenizer`: headway's byte-level BPE (GPT-2 style pre-tokenization, trained on
+    the training split; `kind` "bpe") or an external one (`kind` "external", see the module docstring)."""
 
     def __init__(self, tok) -> None:  # noqa: ANN001 (a tokenizers.Tokenizer)
         self.tok = tok
-        self.base_size = tok.get_vocab_size()
+        tok.encode_special_tokens = True  # special-token strings in the text stay text
+        self.base_size = tok.get_vocab_size(with_added_tokens=True)
+        self.byte_level = _is_gpt2_byte_level(tok)
+        self.kind = "bpe" if self.byte_level and not tok.get_added_tokens_decoder() and tok.post_processor is None \
+            else "external"
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, progress: bool = True) -> BPETokenizer:
@@ -144,6 +154,11 @@ class BPETokenizer:
         return [int(i) for i in self.encode_batch([text])[0]]
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if not self.byte_level:  # pieces are exact only under GPT-2's pre-tokenizer: encode whole texts
+            return [np.asarray(e.ids, dtype=np.int64) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        return self._encode_in_pieces(texts)
+
+    def _encode_in_pieces(self, texts: list[str]) -> list[np.ndarray]:
         """Token ids of each text, exactly as one `encode` of it. Long texts are encoded in pieces cut
         where the byte-level pre-tokenizer cuts anyway, and texts in groups of a few MB, so memory
         follows the group, not the corpus or its longest line (one 50 MB line took 12.5 GB whole)."""
@@ -157,7 +172,7 @@ class BPETokenizer:
         start, size = 0, 0
         for j, p in enumerate(pieces + [None]):  # type: ignore[list-item]
             if p is None or (size + len(p) > GROUP_CHARS and j > start):
-                for k, e in zip(range(start, j), self.tok.encode_batch(pieces[start:j])):
+                for k, e in zip(range(start, j), self.tok.encode_batch(pieces[start:j], add_special_tokens=False)):
                     parts[owner[k]].append(np.asarray(e.ids, dtype=np.int64))
                 start, size = j, 0
             if p is not None:
@@ -166,22 +181,66 @@ class BPETokenizer:
 
     def starts_char(self) -> np.ndarray:
         """(base_size,) bool: whether a token's first byte begins a UTF-8 character (byte-level
-        BPE tokens may end or begin inside a multi-byte character)."""
-        alphabet = _byte_level_alphabet()
-        first = np.zeros(self.base_size, dtype=np.int64)
-        for token, i in self.tok.get_vocab().items():
-            if 0 <= i < self.base_size and token:
+        BPE tokens may end or begin inside a multi-byte character; so may byte-fallback tokens
+        such as `<0x80>`). Added (special) tokens begin one."""
+        alphabet = _byte_level_alphabet() if self.byte_level else {}
+        first = np.full(self.base_size, ord("a"), dtype=np.int64)
+        added = set(self.tok.get_added_tokens_decoder())
+        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if not (0 <= i < self.base_size) or not token or i in added:
+                continue
+            m = _BYTE_FALLBACK.fullmatch(token)
+            if m:
+                first[i] = int(m.group(1), 16)
+            elif self.byte_level:
                 first[i] = alphabet.get(token[0], ord("a"))
         return ~_is_continuation(first)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.tok.decode([int(i) for i in ids if 0 <= int(i) < self.base_size])
+        return self.tok.decode([int(i) for i in ids if 0 <= int(i) < self.base_size], skip_special_tokens=False)
 
     def save(self, folder: Path) -> None:
         self.tok.save(str(folder / "tokenizer.json"))
 
 
 Tokenizer = ByteTokenizer | BPETokenizer
+
+_BYTE_FALLBACK = __import__("re").compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _is_gpt2_byte_level(tok) -> bool:  # noqa: ANN001 (a tokenizers.Tokenizer)
+    """Whether `tok` pre-tokenizes as GPT-2 does (a ByteLevel pre-tokenizer with its regex, alone):
+    only then may a long text be encoded in pieces cut where that regex cuts (`split_for_encoding`)."""
+    state = json.loads(tok.to_str()).get("pre_tokenizer") or {}
+    return state.get("type") == "ByteLevel" and state.get("use_regex", True) and tok.normalizer is None
+
+
+def external_tokenizer_json(path: str | Path) -> str:
+    """The `tokenizers` JSON of an existing tokenizer: a `tokenizer.json` file, or a folder holding one
+    or one that transformers' `AutoTokenizer` loads offline as a fast tokenizer. A ValueError names
+    `--tokenizer` and what was found otherwise."""
+    p = Path(path).expanduser()
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if file.is_file():
+        text = file.read_text(encoding="utf-8")
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            HFTokenizer.from_str(text)
+        except Exception as e:  # noqa: BLE001 - any parse failure: not a tokenizers JSON
+            raise ValueError(f"--tokenizer {path}: {file} is not a `tokenizers` JSON file ({e})") from None
+        return text
+    if not p.is_dir():
+        raise ValueError(f"--tokenizer must be bpe, bytes, a tokenizer.json or a folder holding a tokenizer, got "
+                         f"{str(path)!r} (no such file or folder)")
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(str(p), local_files_only=True, use_fast=True)
+        return fast.backend_tokenizer.to_str()
+    except Exception as e:  # noqa: BLE001 - transformers' own message says what is missing
+        raise ValueError(f"--tokenizer {path}: no tokenizer.json there and AutoTokenizer could not load a fast "
+                         f"tokenizer offline ({type(e).__name__}: {e})") from None
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:

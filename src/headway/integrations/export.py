@@ -140,11 +140,14 @@ def modeling_source(backbone: str) -> str:
 
 def _hf_tokenizer(tok, vocab, out: Path) -> None:  # noqa: ANN001
     """tokenizer.json (+ tokenizer_config.json) with headway's ids: base tokens, then every special
-    token of the split vocabulary at base_size + i."""
+    token of the split vocabulary at base_size + i. An external tokenizer keeps its own added tokens
+    but loses its post-processor: `tokenizer(text)` gives exactly the ids headway trained on."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    if getattr(tok, "kind", "") == "bpe":
-        hf = Tokenizer.from_str(tok.tok.to_str())
+    if hasattr(tok, "tok"):  # a tokenizers.Tokenizer: headway's BPE or an external one
+        state = json.loads(tok.tok.to_str())
+        state["post_processor"] = None
+        hf = Tokenizer.from_str(json.dumps(state))
     else:  # bytes: a byte-level BPE without merges whose ids are the byte values
         from headway.data.tokenizer import _byte_level_alphabet
 

@@ -174,6 +174,8 @@ class GatedSSM(nn.Module):
         self.layers = nn.ModuleList(GatedSSMLayer(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.hidden_size)
 
+    attention_layers = 0  # no attention: the FLOP count is 6·N
+
     def new_cache(self, batch_size: int) -> SSMCache:
         if not self.causal:
             raise ValueError("GatedSSM: a bidirectional model cannot generate left to right")

@@ -195,6 +195,15 @@ class HFBackbone(nn.Module):
         """The base model's blocks (not registered twice: the state dict names them once, under `model.`)."""
         return _layers(self.model)
 
+    @property
+    def attention_layers(self) -> int:
+        """Layers attending over the whole row (the FLOP count's 12·L·H·S): every layer of an
+        attention model, those a hybrid's `layer_types` name as attention, none of a state-space model."""
+        types = getattr(self.config, "layer_types", None)
+        if isinstance(types, list) and types and all(isinstance(t, str) for t in types):
+            return sum("attention" in t for t in types)
+        return len(self.layers) if self.attention else 0
+
     def new_cache(self, batch_size: int) -> HFCache:
         return HFCache()
 
@@ -246,15 +255,6 @@ def _layers(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
-def _attention_layers(body: nn.Module) -> int:
-    if not getattr(body, "attention", False):
-        return 0
-    types = getattr(body.config, "layer_types", None)
-    if isinstance(types, list) and types and all(isinstance(t, str) for t in types):
-        return sum("attention" in t for t in types)
-    return len(body.layers)
-
-
 def load_init(model: nn.Module, vocab: Any, folder: str) -> None:
     """Start `model` (built from `folder`'s architecture) from the weights of the HF checkpoint in
     `folder`: the base model's weights, the embedding rows of the tokenizer's ids (the base split),
@@ -298,8 +298,15 @@ def checkpoint_ties_head(folder: str) -> bool:
     return bool(getattr(cfg, "tie_word_embeddings", True))
 
 
-@functools.lru_cache(maxsize=64)
 def _resolve(name: str) -> BackboneSpec:
+    """The spec of ``hf:NAME`` (cached per name and, for a file, its modification time)."""
+    p = Path(name).expanduser()
+    f = p / "config.json" if p.is_dir() else p
+    return _resolve_cached(name, f.stat().st_mtime_ns if f.is_file() else 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_cached(name: str, stamp: int) -> BackboneSpec:
     cfg, from_file = _base_config(name)  # fails early, with the reason, on an unknown name or file
     attention = has_attention(cfg) and _keeps_documents_apart(name if not from_file else cfg.model_type)
     softcap = getattr(cfg, "final_logit_softcapping", None)
@@ -328,7 +335,7 @@ def _resolve(name: str) -> BackboneSpec:
         extra["tied"] = bool(getattr(cfg, "tie_word_embeddings", True))
     return BackboneSpec(name=f"hf:{name}", help=f"transformers {cfg.model_type}", build=build,
                         follows_mask=attention, bidirectional=False, packs_documents=attention, export="native",
-                        attention_layers=_attention_layers, extra=extra)
+                        extra=extra)
 
 
 register_family("hf", _resolve, "a transformers architecture: a model_type such as " + ", ".join(TESTED)

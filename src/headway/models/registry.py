@@ -64,7 +64,6 @@ class BackboneSpec:
     packs_documents: bool = True
     export: str = "remote_code"  # native | remote_code
     options: tuple[str, ...] = ()  # recipe keyword options `build_model` passes through (e.g. activation)
-    attention_layers: Callable[[nn.Module], int] | None = None  # layers attending over S (FLOP count)
     extra: dict[str, Any] = field(default_factory=dict)  # what the family's own code needs (export, init, ...)
 
     def __post_init__(self) -> None:

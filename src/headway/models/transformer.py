@@ -131,6 +131,11 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = nn.RMSNorm(config.hidden_size)
 
+    @property
+    def attention_layers(self) -> int:
+        """Layers attending over the whole row (the FLOP count's 12·L·H·S)."""
+        return len(self.layers)
+
     def new_cache(self, batch_size: int) -> KVCache:
         return KVCache(len(self.layers))
 
@@ -169,4 +174,4 @@ def _build(r: BuildRequest) -> Transformer:
 
 register_backbone(BackboneSpec(
     name="transformer", help="RoPE, SDPA, packed-document masks", build=_build, follows_mask=True,
-    options=("activation", "qk_norm", "zero_init"), attention_layers=lambda m: len(m.layers)))
+    options=("activation", "qk_norm", "zero_init")))

@@ -26,9 +26,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     mats = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, nn.Linear))
     vocab, hidden = head_shape(model)
     flops = 6.0 * (mats + vocab * hidden)
-    cfg = getattr(backbone, "config", None)
-    if hasattr(backbone, "layers") and hasattr(cfg, "num_heads"):  # attention
-        flops += 12.0 * len(backbone.layers) * cfg.hidden_size * seq_len
+    flops += 12.0 * int(getattr(backbone, "attention_layers", 0)) * hidden * seq_len
     return flops
 
 

@@ -24,43 +24,86 @@ def load_run(ckpt: str | Path, device: str = "cpu", generating: bool = False) ->
     if generating and not objective.trains_left_to_right:
         raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "
                          "right; it cannot sample or infill (use `headway eval`, or train with clm / fim / ul2)")
-    model = model_for_run(cfg, objective, vocab, fresh=False)
+    model = model_for_run(cfg, objective, vocab, checkpoint=folder)
     load_checkpoint(folder, model, None, device)
     return model.to(device).eval(), tok, vocab, cfg
 
 
-def model_for_run(cfg: Any, objective: Any, vocab: Any, fresh: bool = True) -> Any:
+ARCHITECTURE_FILE = "architecture.json"
+"""Beside config.json in a run and each checkpoint, for an `hf:` backbone: the architecture's
+resolved transformers config, so the run rebuilds the same model whatever transformers' defaults
+become (`resolve_run_config` writes it; `model_for_run` reads it)."""
+
+
+def resolve_run_config(cfg: Any, log: Any = print) -> None:
+    """Settle, once, what a new run's config leaves to the backbone (written into its config.json):
+    `--init FOLDER` makes the backbone ``hf:FOLDER`` (absolute) and, unless `--tokenizer` names a
+    path, takes the folder's tokenizer; a backbone that cannot keep packed documents apart trains
+    with one document per row (``packing = "single"``), said in the log."""
+    from headway.models.registry import get_backbone
+    from headway.recipe import RECIPE
+
+    if cfg.init:
+        init = str(Path(cfg.init).expanduser().resolve())
+        if cfg.backbone not in (RECIPE.backbone, f"hf:{cfg.init}", f"hf:{init}"):
+            raise ValueError(f"--backbone {cfg.backbone}: --init {cfg.init} starts the architecture of that "
+                             f"checkpoint (hf:{cfg.init}); leave --backbone out")
+        cfg.backbone, cfg.init = f"hf:{init}", init
+        if cfg.tokenizer in ("bpe", "bytes"):
+            cfg.tokenizer = init
+    spec = get_backbone(cfg.backbone)
+    if not spec.packs_documents and cfg.packing != "single":
+        log(f"packing: the {cfg.backbone} backbone cannot keep packed documents apart (no per-document state reset); "
+            "training with one document per row (--packing single)")
+        cfg.packing = "single"
+
+
+def save_architecture(model: Any, folder: Path) -> None:
+    """Write `ARCHITECTURE_FILE` into `folder` for a model whose backbone has a transformers config."""
+    cfg = getattr(model.backbone, "config", None)
+    if not hasattr(cfg, "to_json_string"):
+        return
+    import copy
+    import json
+
+    c = copy.deepcopy(cfg)
+    c.tie_word_embeddings = bool(getattr(model.head, "tied", True))
+    raw = json.loads(c.to_json_string(use_diff=False))
+    raw.pop("_attn_implementation_autoset", None)
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps(raw, indent=1))
+
+
+def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None) -> Any:
     """The model a run's config and objective need, built through the backbone registry: the one way
     the trainer, `load_run` (eval, sample, infill, export) and the library build a run's model.
 
     A backbone that follows each batch's mask spec serves every objective. One whose direction is in
     its weights (the gated SSM) is built bidirectional for an MLM-only objective; an objective that
-    needs a bidirectional prefix *and* left-to-right targets is refused on it, as on a causal-only
-    backbone (by name, with the reason). `fresh`: a new run (an `--init` checkpoint's weights are
-    loaded); False when a saved checkpoint's weights follow."""
+    needs a bidirectional prefix *and* left-to-right targets is refused on it, and an MLM objective
+    on a causal-only backbone, by name with the reason. `checkpoint`: the folder whose weights will be
+    loaded (its `ARCHITECTURE_FILE` fixes an `hf:` architecture); None for a new run, which starts
+    from `cfg.init`'s weights when given."""
     from headway.models import build_model
     from headway.models.registry import get_backbone
 
-    spec = get_backbone(cfg.backbone)
+    name = cfg.backbone
+    if checkpoint is not None and (Path(checkpoint) / ARCHITECTURE_FILE).is_file():
+        name = f"hf:{Path(checkpoint) / ARCHITECTURE_FILE}"
+    spec = get_backbone(name)
     needs = objective.needs_bidirectional and not spec.follows_mask
     if needs and not spec.bidirectional:
-        raise ValueError(f"--objective {cfg.objective}: needs a bidirectional prefix, which the {cfg.backbone} backbone "
-                         "cannot attend to (it is causal only); use a causal objective (clm, fim) or --backbone "
-                         "transformer")
+        raise ValueError(f"--objective {cfg.objective}: needs bidirectional attention (MLM), which the {cfg.backbone} "
+                         "backbone cannot give (it is causal only and follows no mask); use a left-to-right objective "
+                         "(clm, fim, prefix_lm, ul2) or --backbone transformer")
     if needs and objective.trains_left_to_right:
         raise ValueError(f"--objective {cfg.objective}: mixes MLM (bidirectional) with left-to-right objectives; the "
                          f"{cfg.backbone} backbone's direction is fixed in its weights, so it cannot do both. Use "
                          "--backbone transformer (its mask follows each example) or train them separately")
     recipe = {k: getattr(cfg, k) for k in spec.options}
-    init = getattr(cfg, "init", None) if fresh else None
-    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=needs, z_loss=cfg.z_loss, **recipe,
-                       tie_head=not cfg.tensor_parallel_head and _tied(cfg, spec), init=init)
-
-
-def _tied(cfg: Any, spec: Any) -> bool:
-    """Whether the run's head is tied to its embedding: yes, unless an `--init` checkpoint's is not."""
-    tied = spec.extra.get("tied")
-    return True if tied is None else bool(tied)
+    init = getattr(cfg, "init", None) if checkpoint is None else None
+    tied = spec.extra.get("tied", True) is not False
+    return build_model(vocab, name, cfg.size, bidirectional=needs, z_loss=cfg.z_loss, **recipe,
+                       tie_head=not cfg.tensor_parallel_head and tied, init=init)
 
 
 def run_lead(cfg: Any, vocab: Any) -> int:
