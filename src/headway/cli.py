@@ -12,110 +12,91 @@ from pathlib import Path
 from headway.constants import FIM_LAYOUTS
 from headway.train.runs import load_run, run_lead
 
-TRAIN_HELP = {
-    "objective": "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, "
-                 "or e.g. 'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)",
-    "backbone": "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm)",
-    "size": "model size: tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers], "
-            "or custom HIDDENxLAYERS[xHEADS] such as 96x3",
-    "seq_len": "tokens per packed row",
-    "batch_size": "rows per micro-batch",
-    "grad_accum": "micro-batches per optimizer step (loss normalized by the global count of targets)",
-    "steps": "optimizer steps to train (overrides --time-budget)",
-    "tokens": "token budget: steps = tokens / (batch x seq_len x grad_accum) (overrides --time-budget)",
-    "time_budget": "seconds of training when neither --steps nor --tokens is given; the step count is fixed "
-                   "after 30 steps from the measured speed so the LR schedule ends on time",
-    "lr": "peak learning rate (AdamW, betas 0.9/0.95; Muon's update is scaled to AdamW's RMS, so the same rate)",
-    "optimizer": "auto (muon; adamw under --parallel fsdp) | adamw | muon (torch.optim.Muon on the backbone's hidden "
-                 "matrices, AdamW on embeddings, head, norms; not with --parallel fsdp)",
-    "activation": "transformer MLP activation: gelu (tanh approximation) | relu2 (ReLU squared); the gated SSM "
-                  "ignores it",
-    "qk_norm": "transformer: RMS-normalize queries and keys per head before RoPE (the gated SSM ignores it)",
-    "zero_init": "transformer: initialize the attention and MLP output projections at zero (the gated SSM ignores "
-                 "it)",
-    "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
-    "warmup": "linear warmup steps",
-    "weight_decay": "AdamW weight decay on matrices (not on norms/biases)",
-    "grad_clip": "clip the gradient norm to this (0: off)",
-    "z_loss": "z-loss coefficient (z * logsumexp^2 per token, PaLM)",
-    "precision": "auto | fp32 | bf16 | fp16 (autocast; softmax and loss accumulation stay float32). auto: bf16 on "
-                 "GPUs that support it and on CPUs with AVX512-BF16/AMX (several times faster matmuls), else fp32",
-    "device": "auto | cpu | cuda",
-    "seed": "seed of model init, data order and objective randomness",
-    "out": "output folder: tokenizer, token shards (data/), metrics.jsonl, loss.png, checkpoints, summary.json",
-    "data": "training text instead of the embedded standard-library corpus: files, folders, .txt, "
-            ".jsonl[.gz|.zst], .parquet, a locally saved HuggingFace dataset, or a folder made by `headway prepare`; "
-            "several with weights mix by sampling: --data code/:0.7 notes.jsonl:0.3",
-    "text_field": "field holding the text in .jsonl / parquet / datasets",
-    "glob": "which files of --data folders to read, e.g. '*.py' (default: text, .jsonl[.gz|.zst] and .parquet files)",
-    "tokenizer_sample_bytes": "train the BPE on at most this many bytes of training text (files in a fixed "
-                              "pseudo-random order), so preparing a large corpus needs no more memory",
-    "prepare_workers": "processes that hash and tokenize the data into shards (0: every core)",
-    "loader_workers": "DataLoader worker processes that apply the objective and pack batches while the model "
-                      "trains (0: in the training process; -1: one per 8 cores, at most 4, so 0 on small "
-                      "machines where a worker would compete with training for the cores). A resume with another count "
-                      "continues from the same "
-                      "position in the data, but not with the identical batches",
-    "infill_lines": "at the end, score single-line infilling on this many validation lines drawn by --seed: exact "
-                    "match with prefix + suffix (FIM) next to completing from the prefix alone (0: skip)",
-    "final_eval_tokens": "cap on validation tokens of the final evaluation (whole documents, exact bytes; 0: the "
-                         "whole split)",
-    "val_fraction": "fraction of documents held out for validation (deterministic split by name)",
-    "tokenizer": "bpe (byte-level BPE trained on a sample of the training split, cached in OUT/data) | bytes",
-    "vocab_size": "BPE base vocabulary size (special tokens are a separate split on top)",
-    "packing": "bfd (best-fit-decreasing, documents never split) | concat (concat-and-split)",
-    "eval_every": "validate every N steps (0: only at the end)",
-    "eval_stride": "validation windows start every N tokens and score only tokens not scored before, so each "
-                   "has at least seq_len - N tokens of context (0: seq_len // 2; seq_len: non-overlapping)",
-    "eval_tokens": "cap on validation tokens for the periodic evaluations",
-    "checkpoint_every": "save a checkpoint every N steps (0: only at the end, on Ctrl-C / SIGTERM and on divergence)",
-    "keep_checkpoints": "keep only the newest N checkpoints (0: keep all)",
-    "log": "also log to tensorboard (OUT/tensorboard) and/or wandb (offline unless WANDB_API_KEY or WANDB_MODE say "
-           "otherwise), e.g. --log tensorboard,wandb: train loss, learning rate, tokens/s, gradient norm, validation "
-           "loss and bits/byte (metrics.jsonl is always written)",
-    "on_nan": "what a non-finite loss or gradient norm does: stop (save the last good weights, exit 3) | skip "
-              "(drop that batch; 20 in a row stop the run)",
-    "log_every": "write a metrics.jsonl line every N steps",
-    "threads": "torch CPU threads (0: every core)",
-    "allow_leak": "train a causal objective even when the causality check finds a leak (experts only)",
-    "compile": "torch.compile the model (inductor; the fused loss runs as written). The first steps compile "
-               "(10-30 s on 2 cores); on the 2-core CPU default model it was 8%% slower per step than eager "
-               "(bench/speedrun.py), so it is off by default",
-    "parallel": "under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters, gradients and "
-                "optimizer state sharded over ranks; distributed checkpoints). Ignored in a single process",
-    "tensor_parallel_head": "untie the LM head from the embedding and, under torchrun, shard it by vocabulary rows "
-                            "over the ranks (vocab-parallel loss: no rank holds the whole head, its gradient, its "
-                            "optimizer state or a chunk's full logits)",
-}
+
+def _escape(text: str) -> str:
+    """`text` as an argparse help string (which %-formats it)."""
+    return text.replace("%", "%%")
+
+
+def _field_type(hint: object) -> tuple[type, bool]:
+    """(the argparse value type, whether None is allowed) of a `TrainConfig` field's type hint,
+    from `typing.get_type_hints`: `int`, `float`, `str`, `bool`, `list[str]` and their `| None`."""
+    import types
+    import typing
+
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    optional = type(None) in args
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) != 1:
+        raise TypeError(f"a TrainConfig field must have one type (or it | None), got {hint!r}")
+    t = rest[0]
+    origin = typing.get_origin(t) or t
+    if origin is list:
+        return list, optional
+    if origin not in (int, float, str, bool):
+        raise TypeError(f"a TrainConfig field must be int, float, str, bool or list[str], got {hint!r}")
+    return origin, optional  # type: ignore[return-value]
+
+
+def _or_none(typ: type) -> object:
+    """An argparse type that also reads "none" as None (an optional field, as in config files)."""
+
+    def convert(text: str) -> object:
+        return None if text.lower() == "none" else typ(text)
+
+    convert.__name__ = typ.__name__  # argparse names it in "invalid int value"
+    return convert
+
+
+def train_field_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, f: dataclasses.Field, hint: object,
+                         default: object = argparse.SUPPRESS, fixed_note: bool = True) -> None:
+    """Add the flag of `TrainConfig` field `f` (type `hint`) to `p`, everything from its metadata:
+    help, metavar (the choices, where fixed), the default in the help text, and whether --resume
+    refuses a new value. Values are checked by `TrainConfig.check()`, as those of config files and
+    library calls are: the same message, naming the flag, whichever way a value came."""
+    from headway.train.config import RESUMABLE
+
+    flag = "--" + f.name.replace("_", "-")
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    h = f.metadata["help"] + (f" (default: {value})" if value not in (None, [], False) else "")
+    if fixed_note and f.name not in RESUMABLE:
+        h += " [fixed for the run: --resume refuses a new value]"
+    typ, optional = _field_type(hint)
+    kw: dict = {"default": default, "help": _escape(h)}
+    choices = f.metadata["choices"]
+    if f.metadata["metavar"] or choices:  # the choices are checked by TrainConfig.check(), one message everywhere
+        kw["metavar"] = f.metadata["metavar"] or "{" + ",".join(choices) + "}"
+    if typ is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    elif typ is list:
+        p.add_argument(flag, nargs="+", **kw)
+    else:
+        p.add_argument(flag, type=_or_none(typ) if optional else typ, **kw)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field. Defaults are not filled in by argparse (SUPPRESS), so a
-    resumed run can tell the flags the user gave from the ones it should take from the run."""
-    from headway.train.config import RESUMABLE, TrainConfig
+    """One flag per TrainConfig field, in one argument group per section, all from the fields'
+    metadata and type hints. Defaults are not filled in by argparse (SUPPRESS), so a resumed run
+    can tell the flags the user gave from the ones it should take from the run."""
+    import typing
 
+    from headway.train.config import SECTION_HELP, SECTIONS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {s: p.add_argument_group(f"{s} ([{s}] in a --config file)", SECTION_HELP[s]) for s in SECTIONS}
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        h = TRAIN_HELP[f.name] + (f" (default: {default})" if default not in (None, [], False) else "")
-        h += "" if f.name in RESUMABLE else " [fixed for the run: --resume refuses a new value]"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
-        elif f.name == "data":
-            p.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="PATH", help=h)
-        else:
-            typ = {"int | None": int, "float | None": float}.get(str(f.type), type(default) if default is not None
-                                                                   else str)
-            p.add_argument(flag, type=typ, default=argparse.SUPPRESS, help=h)
+        train_field_argument(groups[f.metadata["section"]], f, hints[f.name])
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue the run in --out from its latest checkpoint, or from CHECKPOINT (a step-* folder): "
                    "same data order, optimizer state and step. Flags left out keep the run's values; the schedule "
                    "length (--steps/--tokens/--time-budget), logging, evaluation, checkpointing and hardware flags "
                    "may change, the others are refused when they differ")
-    p.add_argument("--config", default=None, metavar="FILE", help="read settings from a TOML / YAML file (keys are "
-                   "these flags' names; see configs/); flags given on the command line win")
-    p.add_argument("--print-config", action="store_true", help="print the complete resolved config as TOML (a "
-                   "file --config reads back) and exit without training")
+    p.add_argument("--config", default=None, metavar="FILE", help="read settings from a TOML / YAML / JSON file "
+                   "(keys are these flags' names, in their section's table such as [optim] or flat; see configs/); "
+                   "flags given on the command line win")
+    p.add_argument("--print-config", action="store_true", help="print the complete resolved config as TOML, one "
+                   "table per section (a file --config reads back), and exit without training")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds an earlier run, "
                    "replacing its checkpoints and metrics (without it such a folder is refused)")
 
@@ -475,17 +456,18 @@ def parser() -> argparse.ArgumentParser:
                         description="Stream the inputs, train the BPE on a bounded sample, tokenize on every core "
                         "into flat uint16/uint32 shards with a document index and a manifest. Unchanged inputs are "
                         "never redone; an edited file redoes only its own piece.")
-    pr.add_argument("--data", nargs="*", default=[], metavar="PATH[:WEIGHT]", help=TRAIN_HELP["data"] +
-                    " (default: the standard library's .py files)")
-    pr.add_argument("--out", required=True, help="the folder to write (manifest.json, tokenizer.json, pieces/)")
-    for name, typ in (("glob", str), ("text_field", str), ("tokenizer", str), ("vocab_size", int),
-                      ("val_fraction", float), ("tokenizer_sample_bytes", int)):
-        from headway.train.config import TrainConfig
+    import typing
 
-        default = getattr(TrainConfig(), name)
-        pr.add_argument("--" + name.replace("_", "-"), type=typ, default=default,
-                        help=TRAIN_HELP[name] + (f" (default: {default})" if default is not None else ""))
-    pr.add_argument("--prepare-workers", type=int, default=0, help=TRAIN_HELP["prepare_workers"])
+    from headway.train.config import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    pr.add_argument("--data", nargs="*", default=[], metavar="PATH[:WEIGHT]", help=_escape(
+                    fields["data"].metadata["help"] + " (default: the standard library's .py files)"))
+    pr.add_argument("--out", required=True, help="the folder to write (manifest.json, tokenizer.json, pieces/)")
+    for name in ("glob", "text_field", "tokenizer", "vocab_size", "val_fraction", "tokenizer_sample_bytes",
+                 "prepare_workers"):
+        train_field_argument(pr, fields[name], hints[name], default=getattr(TrainConfig(), name), fixed_note=False)
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     c = sub.add_parser("check", help="does a model's output depend on later inputs, other rows or other packed "
                        "documents? (gradient and black-box detectors, train and eval mode)")

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from headway.constants import LOSS_IMPLS
 from headway.loss.amp import autocast_dtype, cast_dtype
 
 REDUCTIONS = ("mean", "sum", "none")
-IMPLS = ("auto", "chunked", "reference", "cce", "liger")
+IMPLS = LOSS_IMPLS
 
 
 @dataclass

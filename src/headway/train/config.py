@@ -1,71 +1,208 @@
 """Training configuration: one dataclass, validated whole before any work, saved as JSON beside
-every checkpoint; which fields a resumed run may change."""
+every checkpoint; which fields a resumed run may change.
+
+Every field carries its own documentation in `dataclasses.field(metadata=...)` (written with `opt`):
+its `help` (the flag's `--help` line), its `section` (one of `SECTIONS`), its `choices` where the
+values are a fixed list, and whether a resumed run may change it (`resumable`). The command line
+(`headway train` flags, grouped by section in `--help`), the validation of choices in `check()`,
+the config-file reader and `--print-config` (`headway.train.config_file`) and `RESUMABLE` all read
+that metadata: a field is declared in one place.
+
+Why dataclass metadata: it is the standard library's own slot for per-field data, so the core
+install gains no dependency (tyro or jsonargparse would add one, and a second way to declare a
+field), `TrainConfig` stays a plain dataclass (`dataclasses.replace`, `asdict`, equality), and
+argparse, validation and the file formats are a few loops over `dataclasses.fields`.
+
+Why attribute access stays flat (`cfg.lr`, not `cfg.optim.lr`): every field name is unique across
+the sections, so a section adds no information to a name. Every existing flag, config file (flat
+or under `[train]`), saved `config.json` of an earlier run and library call (`TrainConfig(lr=...)`)
+keeps working unchanged, while the sections organise config files (`[model]`, `[data]`, `[optim]`,
+`[eval]`, `[run]` tables), `--help` and `--print-config`. `TrainConfig.section(name)` gives one
+section's values as a dict.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from headway.constants import LOSS_IMPLS
 from headway.recipe import RECIPE
+
+SECTIONS: tuple[str, ...] = ("model", "data", "optim", "eval", "run")
+"""The sections of `TrainConfig`, in the order `--help` and `--print-config` show them."""
+
+SECTION_HELP: dict[str, str] = {
+    "model": "the model: objective, backbone, size, initialization, head and loss",
+    "data": "the data: sources, tokenizer, split, packing and batch shape",
+    "optim": "the optimization: optimizer, learning-rate schedule, regularization",
+    "eval": "validation during and at the end of the run",
+    "run": "the run: its length, hardware, output folder, logging and checkpoints",
+}
+"""One line per section: the description of its group in `--help` and its table in `--print-config`."""
+
+
+def opt(default: Any = dataclasses.MISSING, *, help: str, section: str, choices: tuple[str, ...] | None = None,
+        resumable: bool = False, metavar: str | None = None,
+        factory: Callable[[], Any] | None = None) -> Any:
+    """A `TrainConfig` field with its metadata: `help` (one `--help` line), `section` (one of
+    `SECTIONS`), `choices` (the allowed values, where they are a fixed list), `resumable` (a resumed
+    run may change it), `metavar` (the value's name in `--help`). `factory` builds a mutable default."""
+    if section not in SECTIONS:
+        raise ValueError(f"opt: section must be one of {SECTIONS}, got {section!r}")
+    meta = {"help": help, "section": section, "choices": tuple(choices) if choices else None,
+            "resumable": resumable, "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of `headway train` (a flag each; `--config FILE` keys). The defaults of the
-    model, objective, data and optimization come from `headway.RECIPE`, the library's defaults too."""
+    """Every setting of `headway train` (a flag each; `--config FILE` keys, flat or in their
+    section's table). The defaults of the model, objective, data and optimization come from
+    `headway.RECIPE`, the library's defaults too. Each field's help, section and choices are in its
+    metadata (`dataclasses.fields(TrainConfig)[i].metadata`)."""
 
-    objective: str = RECIPE.objective
-    backbone: str = RECIPE.backbone
-    size: str = RECIPE.size  # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm
-    seq_len: int = RECIPE.seq_len
-    batch_size: int = RECIPE.batch_size
-    grad_accum: int = 1
-    steps: int | None = None
-    tokens: int | None = None
-    time_budget: float | None = 400.0  # seconds of training; the default run's main knob (the README's first
-    # command, installs included, must end within 10 minutes on 2 slow cores: 440 s took 10 min 8 s there)
-    optimizer: str = "auto"  # auto (muon; adamw under FSDP) | adamw | muon (hidden matrices; AdamW for the rest)
-    activation: str = RECIPE.activation  # transformer MLP: gelu | relu2
-    qk_norm: bool = RECIPE.qk_norm  # transformer: RMS-normalize queries and keys
-    zero_init: bool = RECIPE.zero_init  # transformer: zero-initialized output projections
-    lr: float = RECIPE.lr
-    min_lr_ratio: float = RECIPE.min_lr_ratio
-    warmup: int = RECIPE.warmup
-    weight_decay: float = RECIPE.weight_decay
-    grad_clip: float = RECIPE.grad_clip
-    z_loss: float = 0.0
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    out: str = "runs/default"
-    data: list[str] = field(default_factory=list)
-    text_field: str = "text"
-    glob: str | None = None  # which files of --data folders (default: text, jsonl and parquet files)
-    val_fraction: float = 0.05
-    tokenizer: str = RECIPE.tokenizer
-    vocab_size: int = RECIPE.vocab_size
-    tokenizer_sample_bytes: int = 64 << 20  # the BPE is trained on at most this much text
-    prepare_workers: int = 0  # processes tokenizing the data; 0: every core
-    loader_workers: int = -1  # DataLoader worker processes building batches; 0: in the training process; -1: auto
-    packing: str = RECIPE.packing
-    eval_every: int = 1000  # steps; 0: only at the end
-    eval_stride: int = 0  # sliding-window validation stride; 0: seq_len // 2
-    eval_tokens: int | None = 65536  # cap on validation tokens for periodic evals
-    infill_lines: int = 200  # validation lines for the single-line infilling score at the end; 0: none
-    final_eval_tokens: int = 500_000  # cap on validation tokens for the final evaluation; 0: the whole split
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 0  # 0: keep every checkpoint
-    log_every: int = 10
-    threads: int = 0  # torch intra-op threads; 0: all cores
-    on_nan: str = "stop"  # a non-finite loss or gradient norm: stop | skip (the batch)
-    log: str = ""  # besides metrics.jsonl: "tensorboard", "wandb" or both, comma-separated
-    allow_leak: bool = False
-    compile: bool = False
-    parallel: str = "ddp"  # under torchrun: ddp | fsdp
-    tensor_parallel_head: bool = False
+    # model
+    objective: str = opt(RECIPE.objective, section="model", help=(
+        "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, or e.g. "
+        "'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)"))
+    backbone: str = opt(RECIPE.backbone, section="model", help=(
+        "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm)"))
+    # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm
+    size: str = opt(RECIPE.size, section="model", help=(
+        "model size: tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers], "
+        "or custom HIDDENxLAYERS[xHEADS] such as 96x3"))
+    activation: str = opt(RECIPE.activation, section="model", choices=("gelu", "relu2"), help=(
+        "transformer MLP activation: gelu (tanh approximation) | relu2 (ReLU squared); the gated SSM ignores it"))
+    qk_norm: bool = opt(RECIPE.qk_norm, section="model", help=(
+        "transformer: RMS-normalize queries and keys per head before RoPE (the gated SSM ignores it)"))
+    zero_init: bool = opt(RECIPE.zero_init, section="model", help=(
+        "transformer: initialize the attention and MLP output projections at zero (the gated SSM ignores it)"))
+    z_loss: float = opt(0.0, section="model", help="z-loss coefficient (z * logsumexp^2 per token, PaLM)")
+    tensor_parallel_head: bool = opt(False, section="model", help=(
+        "untie the LM head from the embedding and, under torchrun, shard it by vocabulary rows over the ranks "
+        "(vocab-parallel loss: no rank holds the whole head, its gradient, its optimizer state or a chunk's full "
+        "logits)"))
+    loss_impl: str = opt("auto", section="model", choices=LOSS_IMPLS, resumable=True, help=(
+        "which fused loss backend computes the head's loss: " + " | ".join(LOSS_IMPLS) + " (see "
+        "headway.linear_cross_entropy's `impl`; the loss is the same up to rounding, so a resumed run may change "
+        "it)"))
+    init: str | None = opt(None, section="model", metavar="FOLDER", help=(
+        "start an hf: backbone from this local HuggingFace checkpoint folder's weights (and its tokenizer unless "
+        "--tokenizer is given): continued pre-training"))
+    allow_leak: bool = opt(False, section="model", help=(
+        "train a causal objective even when the causality check finds a leak (experts only)"))
+
+    # data
+    data: list[str] = opt(section="data", factory=list, metavar="PATH", help=(
+        "training text instead of the embedded standard-library corpus: files, folders, .txt, .jsonl[.gz|.zst], "
+        ".parquet, a locally saved HuggingFace dataset, or a folder made by `headway prepare`; several with "
+        "weights mix by sampling: --data code/:0.7 notes.jsonl:0.3"))
+    text_field: str = opt("text", section="data", help="field holding the text in .jsonl / parquet / datasets")
+    glob: str | None = opt(None, section="data", help=(
+        "which files of --data folders to read, e.g. '*.py' (default: text, .jsonl[.gz|.zst] and .parquet files)"))
+    val_fraction: float = opt(0.05, section="data", help=(
+        "fraction of documents held out for validation (deterministic split by name)"))
+    tokenizer: str = opt(RECIPE.tokenizer, section="data", help=(
+        "bpe (byte-level BPE trained on a sample of the training split, cached in OUT/data) | bytes | PATH: a "
+        "tokenizer.json or a folder AutoTokenizer loads offline; its whole vocabulary is the base split and "
+        "headway's special tokens are appended"))
+    vocab_size: int = opt(RECIPE.vocab_size, section="data", help=(
+        "BPE base vocabulary size (special tokens are a separate split on top)"))
+    tokenizer_sample_bytes: int = opt(64 << 20, section="data", help=(
+        "train the BPE on at most this many bytes of training text (files in a fixed pseudo-random order), so "
+        "preparing a large corpus needs no more memory"))
+    prepare_workers: int = opt(0, section="data", resumable=True, help=(
+        "processes that hash and tokenize the data into shards (0: every core)"))
+    loader_workers: int = opt(-1, section="data", resumable=True, help=(
+        "DataLoader worker processes that apply the objective and pack batches while the model trains (0: in "
+        "the training process; -1: one per 8 cores, at most 4, so 0 on small machines where a worker would "
+        "compete with training for the cores). A resume with another count continues from the same position "
+        "in the data, but not with the identical batches"))
+    packing: str = opt(RECIPE.packing, section="data", choices=("bfd", "concat"), help=(
+        "bfd (best-fit-decreasing, documents never split) | concat (concat-and-split)"))
+    seq_len: int = opt(RECIPE.seq_len, section="data", help="tokens per packed row")
+    batch_size: int = opt(RECIPE.batch_size, section="data", help="rows per micro-batch")
+
+    # optim
+    optimizer: str = opt("auto", section="optim", choices=("auto", "adamw", "muon"), help=(
+        "auto (muon; adamw under --parallel fsdp) | adamw | muon (torch.optim.Muon on the backbone's hidden "
+        "matrices, AdamW on embeddings, head, norms; not with --parallel fsdp)"))
+    lr: float = opt(RECIPE.lr, section="optim", help=(
+        "peak learning rate (AdamW, betas 0.9/0.95; Muon's update is scaled to AdamW's RMS, so the same rate)"))
+    min_lr_ratio: float = opt(RECIPE.min_lr_ratio, section="optim", help=(
+        "final learning rate as a fraction of the peak (cosine decay)"))
+    warmup: int = opt(RECIPE.warmup, section="optim", help="linear warmup steps")
+    weight_decay: float = opt(RECIPE.weight_decay, section="optim", help=(
+        "AdamW weight decay on matrices (not on norms/biases)"))
+    grad_clip: float = opt(RECIPE.grad_clip, section="optim", help="clip the gradient norm to this (0: off)")
+    grad_accum: int = opt(1, section="optim", help=(
+        "micro-batches per optimizer step (loss normalized by the global count of targets)"))
+
+    # eval
+    eval_every: int = opt(1000, section="eval", resumable=True, help="validate every N steps (0: only at the end)")
+    eval_stride: int = opt(0, section="eval", resumable=True, help=(
+        "validation windows start every N tokens and score only tokens not scored before, so each has at least "
+        "seq_len - N tokens of context (0: seq_len // 2; seq_len: non-overlapping)"))
+    eval_tokens: int | None = opt(65536, section="eval", resumable=True, help=(
+        "cap on validation tokens for the periodic evaluations"))
+    infill_lines: int = opt(200, section="eval", resumable=True, help=(
+        "at the end, score single-line infilling on this many validation lines drawn by --seed: exact match "
+        "with prefix + suffix (FIM) next to completing from the prefix alone (0: skip)"))
+    final_eval_tokens: int = opt(500_000, section="eval", resumable=True, help=(
+        "cap on validation tokens of the final evaluation (whole documents, exact bytes; 0: the whole split)"))
+
+    # run
+    steps: int | None = opt(None, section="run", resumable=True, help=(
+        "optimizer steps to train (overrides --time-budget)"))
+    tokens: int | None = opt(None, section="run", resumable=True, help=(
+        "token budget: steps = tokens / (batch x seq_len x grad_accum) (overrides --time-budget)"))
+    # the default run's main knob: the README's first command, installs included, must end within 10 minutes
+    # on 2 slow cores (440 s took 10 min 8 s there)
+    time_budget: float | None = opt(400.0, section="run", resumable=True, help=(
+        "seconds of training when neither --steps nor --tokens is given; the step count is fixed after 30 "
+        "steps from the measured speed so the LR schedule ends on time"))
+    precision: str = opt("auto", section="run", choices=("auto", "fp32", "bf16", "fp16"), resumable=True, help=(
+        "auto | fp32 | bf16 | fp16 (autocast; softmax and loss accumulation stay float32). auto: bf16 on GPUs "
+        "that support it and on CPUs with AVX512-BF16/AMX (several times faster matmuls), else fp32"))
+    device: str = opt("auto", section="run", choices=("auto", "cpu", "cuda"), resumable=True,
+                      help="auto | cpu | cuda")
+    seed: int = opt(0, section="run", help="seed of model init, data order and objective randomness")
+    out: str = opt("runs/default", section="run", resumable=True, help=(
+        "output folder: tokenizer, token shards (data/), metrics.jsonl, loss.png, checkpoints, summary.json"))
+    checkpoint_every: int = opt(0, section="run", resumable=True, help=(
+        "save a checkpoint every N steps (0: only at the end, on Ctrl-C / SIGTERM and on divergence)"))
+    keep_checkpoints: int = opt(0, section="run", resumable=True, help=(
+        "keep only the newest N checkpoints (0: keep all)"))
+    log_every: int = opt(10, section="run", resumable=True, help="write a metrics.jsonl line every N steps")
+    log: str = opt("", section="run", resumable=True, help=(
+        "also log to tensorboard (OUT/tensorboard) and/or wandb (offline unless WANDB_API_KEY or WANDB_MODE say "
+        "otherwise), e.g. --log tensorboard,wandb: train loss, learning rate, tokens/s, gradient norm, validation "
+        "loss and bits/byte (metrics.jsonl is always written)"))
+    threads: int = opt(0, section="run", resumable=True, help="torch CPU threads (0: every core)")
+    on_nan: str = opt("stop", section="run", choices=("stop", "skip"), resumable=True, help=(
+        "what a non-finite loss or gradient norm does: stop (save the last good weights, exit 3) | skip (drop "
+        "that batch; 20 in a row stop the run)"))
+    compile: bool = opt(False, section="run", resumable=True, help=(
+        "torch.compile the model (inductor; the fused loss runs as written). The first steps compile (10-30 s on "
+        "2 cores); on the 2-core CPU default model it was 8% slower per step than eager (bench/speedrun.py), so "
+        "it is off by default"))
+    parallel: str = opt("ddp", section="run", choices=("ddp", "fsdp"), help=(
+        "under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters, gradients and "
+        "optimizer state sharded over ranks; distributed checkpoints). Ignored in a single process"))
+
+    def section(self, name: str) -> dict[str, Any]:
+        """{field: value} of the fields in section `name` (one of `SECTIONS`), in declaration order."""
+        if name not in SECTIONS:
+            raise ValueError(f"TrainConfig.section: `name` must be one of {' | '.join(SECTIONS)}, got {name!r}")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["section"] == name}
 
     def resolved_optimizer(self) -> str:
         """auto: Muon (+ AdamW) in one process and under DDP; AdamW under FSDP (Muon needs whole matrices)."""
@@ -83,19 +220,21 @@ class TrainConfig:
         return min(4, (os.cpu_count() or 1) // 8)
 
     def save(self, path: Path) -> None:
+        """Write the config as flat JSON (`config.json` beside every checkpoint), atomically."""
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
+        """A saved `config.json`; fields it lacks (a run saved before they existed) take their defaults."""
         raw = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def check(self) -> None:
         """Clear errors, naming the flag, for every value no run can use — before any work."""
-        from headway.models import BACKBONES, parse_size
+        from headway.models import check_backbone, parse_size
         from headway.objectives import check_spec
 
         def need(ok: bool, flag: str, expected: str, got: object) -> None:
@@ -155,12 +294,20 @@ class TrainConfig:
         integer("keep_checkpoints", 0)
         integer("log_every", 1)
         integer("threads", 0, 4096)
-        for name, choices in (("precision", ("auto", "fp32", "bf16", "fp16")), ("device", ("auto", "cpu", "cuda")),
-                              ("tokenizer", ("bpe", "bytes")), ("packing", ("bfd", "concat")),
-                              ("parallel", ("ddp", "fsdp")), ("on_nan", ("stop", "skip")),
-                              ("optimizer", ("auto", "adamw", "muon")), ("activation", ("gelu", "relu2")),
-                              ("backbone", BACKBONES)):
-            need(getattr(self, name) in choices, name, "one of " + " | ".join(choices), getattr(self, name))
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices is not None:
+                need(getattr(self, f.name) in choices, f.name, "one of " + " | ".join(choices), getattr(self, f.name))
+        check_backbone(self.backbone)
+        need(self.tokenizer in ("bpe", "bytes") or (isinstance(self.tokenizer, str) and self.tokenizer != ""
+                                                    and Path(self.tokenizer).exists()), "tokenizer",
+             "bpe | bytes | the path of a tokenizer.json file or of a folder AutoTokenizer loads (none exists "
+             "there)", self.tokenizer)
+        need(self.init is None or (isinstance(self.init, str) and self.init != "" and Path(self.init).is_dir()
+                                   and (Path(self.init) / "config.json").is_file()), "init",
+             "a local HuggingFace checkpoint folder holding config.json", self.init)
+        need(self.init is None or str(self.backbone).startswith("hf:"), "init", "given with an hf: --backbone "
+             f"(it starts that backbone from the folder's weights; --backbone is {self.backbone!r})", self.init)
         need(isinstance(self.log, str) and all(x.strip() in LOGGERS for x in self.log.split(",") if x.strip()),
              "log", "empty or a comma-separated list of " + " | ".join(LOGGERS), self.log)
         need(isinstance(self.data, list) and all(isinstance(p, str) and p for p in self.data), "data",
@@ -174,12 +321,10 @@ class TrainConfig:
 
 LOGGERS = ("tensorboard", "wandb")
 
-# What a resumed run may change: the schedule's length, logging, evaluation, checkpointing and the
-# hardware it runs on. Everything else defines the model, its data or its optimization.
-RESUMABLE = frozenset({"steps", "tokens", "time_budget", "eval_every", "eval_stride", "eval_tokens",
-                       "checkpoint_every", "keep_checkpoints", "log_every", "threads", "device", "precision",
-                       "compile", "on_nan", "out", "log", "final_eval_tokens", "infill_lines",
-                       "prepare_workers", "loader_workers"})
+# What a resumed run may change (the fields declared `resumable=True`): the schedule's length, logging,
+# evaluation, checkpointing, the hardware it runs on and the loss backend. Everything else defines the
+# model, its data or its optimization.
+RESUMABLE: frozenset[str] = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
 
 
 def merge_for_resume(saved: TrainConfig, given: TrainConfig, names: set[str]) -> tuple[TrainConfig, dict]:
