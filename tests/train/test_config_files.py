@@ -287,8 +287,9 @@ def test_new_fields_are_validated_naming_their_flag(tmp_path):
     with pytest.raises(ValueError, match="^--init must be a local HuggingFace checkpoint folder"):
         TrainConfig(init=str(hf)).check()
     (hf / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="^--init must be given with an hf: --backbone"):
-        TrainConfig(init=str(hf)).check()
+    TrainConfig(init=str(hf)).check()  # the backbone becomes the checkpoint's architecture
+    with pytest.raises(ValueError, match="^--init must be given without --backbone"):
+        TrainConfig(init=str(hf), backbone="gated_ssm").check()
     with pytest.raises(ValueError, match="^--backbone must be one of"):
         TrainConfig(backbone="lstm").check()
 

@@ -74,7 +74,11 @@ class TrainConfig:
         "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, or e.g. "
         "'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)"))
     backbone: str = opt(RECIPE.backbone, section="model", help=(
-        "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm)"))
+        "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm) | "
+        "hf:NAME, a transformers architecture by model_type (llama, qwen2, mistral, gpt_neox, gemma2, mamba2, ...): "
+        "--size HxLxHEADS sets hidden size, layers and heads, the other widths scale from the architecture's "
+        "defaults | hf:PATH, the architecture of a config.json or a folder holding one (--size ignored). State-space "
+        "and hybrid architectures train one document per row"))
     # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm
     size: str = opt(RECIPE.size, section="model", help=(
         "model size: tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers], "
@@ -95,8 +99,9 @@ class TrainConfig:
         "headway.linear_cross_entropy's `impl`; the loss is the same up to rounding, so a resumed run may change "
         "it)"))
     init: str | None = opt(None, section="model", metavar="FOLDER", help=(
-        "start an hf: backbone from this local HuggingFace checkpoint folder's weights (and its tokenizer unless "
-        "--tokenizer is given): continued pre-training"))
+        "continued pre-training: start from this local HuggingFace checkpoint folder's architecture (the backbone "
+        "becomes hf:FOLDER; leave --backbone out), weights and tokenizer (unless --tokenizer names another); "
+        "headway's special tokens get new rows at the mean of the checkpoint's"))
     allow_leak: bool = opt(False, section="model", help=(
         "train a causal objective even when the causality check finds a leak (experts only)"))
 
@@ -126,8 +131,9 @@ class TrainConfig:
         "the training process; -1: one per 8 cores, at most 4, so 0 on small machines where a worker would "
         "compete with training for the cores). A resume with another count continues from the same position "
         "in the data, but not with the identical batches"))
-    packing: str = opt(RECIPE.packing, section="data", choices=("bfd", "concat"), help=(
-        "bfd (best-fit-decreasing, documents never split) | concat (concat-and-split)"))
+    packing: str = opt(RECIPE.packing, section="data", choices=("bfd", "concat", "single"), help=(
+        "bfd (best-fit-decreasing, documents never split) | concat (concat-and-split) | single (one document per "
+        "row, then padding; chosen by the run for backbones that cannot keep packed documents apart)"))
     seq_len: int = opt(RECIPE.seq_len, section="data", help="tokens per packed row")
     batch_size: int = opt(RECIPE.batch_size, section="data", help="rows per micro-batch")
 
@@ -306,8 +312,9 @@ class TrainConfig:
         need(self.init is None or (isinstance(self.init, str) and self.init != "" and Path(self.init).is_dir()
                                    and (Path(self.init) / "config.json").is_file()), "init",
              "a local HuggingFace checkpoint folder holding config.json", self.init)
-        need(self.init is None or str(self.backbone).startswith("hf:"), "init", "given with an hf: --backbone "
-             f"(it starts that backbone from the folder's weights; --backbone is {self.backbone!r})", self.init)
+        need(self.init is None or self.backbone == RECIPE.backbone or str(self.backbone).startswith("hf:"), "init",
+             f"given without --backbone (the checkpoint's architecture is the backbone; --backbone is "
+             f"{self.backbone!r})", self.init)
         need(isinstance(self.log, str) and all(x.strip() in LOGGERS for x in self.log.split(",") if x.strip()),
              "log", "empty or a comma-separated list of " + " | ".join(LOGGERS), self.log)
         need(isinstance(self.data, list) and all(isinstance(p, str) and p for p in self.data), "data",
