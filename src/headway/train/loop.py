@@ -9,7 +9,6 @@ Every way a run can end goes through `finish`: it writes a checkpoint of the las
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -22,12 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from headway.check import check_causal
 from headway.data.loader import Loader, merge_rank_states
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective, text_lead
-from headway.recipe import lr_schedule
 from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
@@ -40,11 +37,13 @@ from headway.train.checkpoint import (
 )
 from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.data import RunData, prepare_run_data
+from headway.train.device import autocast_for, pick_device, precision_dtype, resolve_precision
 from headway.train.distributed import all_gather_object, all_sum, barrier, broadcast_int, setup, teardown
 from headway.train.flops import flops_per_token, matmul_peak
+from headway.train.guard import guard_causality
 from headway.train.loggers import Loggers, check_installed
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
-from headway.train.optim import make_optimizer
+from headway.train.optim import lr_at, make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
@@ -94,19 +93,8 @@ class Summary:
         return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total` (`headway.recipe.lr_schedule`)."""
-    return lr_schedule(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
-
-
 def _quiet(*_a: object, **_k: object) -> None:
     pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
 def _planned_steps(cfg: TrainConfig) -> int | None:
@@ -131,53 +119,6 @@ def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel: 
         if cfg.backbone == "transformer" else {}
     return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss, **recipe,
                        tie_head=not cfg.tensor_parallel_head)
-
-
-def _guard_causality(model: LanguageModel, cfg: TrainConfig, log, objective: Objective | None = None) -> None:  # noqa: ANN001
-    if objective is not None and not objective.trains_left_to_right:
-        return
-    # zero-initialized projections make every output independent of every input at init, which no
-    # detector can tell from causal: check a copy whose all-zero matrices are drawn at random instead
-    probe = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in probe.parameters():
-            if p.dim() >= 2 and not bool(p.any()):
-                p.normal_(0.0, 0.02)
-    rep = check_causal(probe, lengths=(16, 17))  # both detectors, train and eval mode
-    if not rep.ok:
-        msg = (f"the {cfg.backbone} backbone is not causal ({rep}); a causal objective ({cfg.objective}) would "
-               "teach it to copy the future. Pass --allow-leak to train anyway.")
-        if not cfg.allow_leak:
-            raise ValueError(msg)
-        log("WARNING: " + msg)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products several times faster than float32 on this CPU.
-    The environment variable HEADWAY_FAST_BF16=1/0 overrides the reading, so `--precision auto`
-    (and a whole test run) can take either CPU kind's path on any machine."""
-    forced = os.environ.get("HEADWAY_FAST_BF16")
-    if forced is not None:
-        return forced != "0"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def _autocast(precision: str, device: torch.device):  # noqa: ANN202
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _progress(total: int | None, initial: int):  # noqa: ANN202
@@ -258,7 +199,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
         data = prepare_run_data(cfg, out, log, tokenizer_from=ck, first=False)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
     model = make_model(cfg, objective, data.vocab).to(device)
-    _guard_causality(model, cfg, log, objective)
+    guard_causality(model, cfg, log, objective)
     sharded = is_sharded(cfg.parallel, cfg.tensor_parallel_head, world)
     fwd: torch.nn.Module = parallelize(model, cfg.parallel, cfg.tensor_parallel_head, world, device)
     if world > 1:
@@ -288,10 +229,9 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
             if changed else ""))
     if rank == 0:
         cfg.save(out / "config.json")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     summary = Summary(params=sum(p.numel() for p in model.parameters()), steps=start_step,
                       tokens=state.get("tokens", 0), flops_per_token=flops_per_token(model, cfg.seq_len),
-                      matmul_peak=matmul_peak(dtype, device))
+                      matmul_peak=matmul_peak(precision_dtype(precision), device))
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
               spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)
@@ -355,7 +295,7 @@ def validate(run: Run, max_tokens: int | None) -> tuple[EvalResult, list[np.ndar
     """Bits per byte on the validation documents within `max_tokens` (None: all); also returns them."""
     cfg = run.cfg
     docs, nbytes = run.data.val_docs(max_tokens)
-    with _autocast(run.precision, run.device):
+    with autocast_for(run.precision, run.device):
         r = evaluate(run.model, docs, nbytes, run.data.vocab.eos, run.data.vocab.pad, cfg.seq_len, cfg.batch_size,
                      run.device, cfg.eval_stride or cfg.seq_len // 2, run.rank, run.world,
                      should_stop=run.stopper.raise_if_requested, lead=text_lead(run.objective, run.data.vocab.eos))
@@ -377,7 +317,7 @@ def train_step(run: Run, stream, lr: float) -> tuple[float, bool, float]:  # noq
         g["lr"] = lr
     loss_sum = 0.0
     for b in micro:
-        with _autocast(run.precision, run.device):
+        with autocast_for(run.precision, run.device):
             loss = run.fwd(b, num_items_in_batch=max(n_items, 1))
         run.scaler.scale(loss * run.world).backward()  # DDP averages over ranks; the loss is already global
         loss_sum += float(loss.detach())
@@ -501,7 +441,7 @@ def final_evaluation(run: Run) -> None:
 
             lines = pick_lines(texts, run.cfg.infill_lines, run.cfg.seed)
             run.log(f"scoring single-line infilling on {len(lines)} validation lines")
-            with _autocast(run.precision, run.device):
+            with autocast_for(run.precision, run.device):
                 res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len,
                                    lead=text_lead(run.objective, run.data.vocab.eos))
             s.infill_eval = {"lines": res.lines, "fim_exact": res.fim_exact, "prefix_exact": res.prefix_exact,
