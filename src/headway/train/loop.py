@@ -29,7 +29,6 @@ from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
     check_writable,
-    disk_full_message,
     load_checkpoint,
     resolve,
     save_checkpoint,
@@ -41,10 +40,10 @@ from headway.train.device import autocast_for, pick_device, precision_dtype, res
 from headway.train.distributed import all_gather_object, all_sum, barrier, broadcast_int, setup, teardown
 from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.guard import guard_causality
-from headway.train.loggers import Loggers, check_installed
+from headway.train.loggers import MetricsLog, Progress, check_installed, quiet
 from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
 from headway.train.optim import lr_at, make_optimizer
-from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
+from headway.train.outdir import claim_output_folder, output_lock
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from headway.train.signals import Interrupted, Stopper
@@ -93,10 +92,6 @@ class Summary:
         return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
 
-def _quiet(*_a: object, **_k: object) -> None:
-    pass
-
-
 def _planned_steps(cfg: TrainConfig) -> int | None:
     per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     if cfg.steps is not None:
@@ -119,14 +114,6 @@ def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel: 
         if cfg.backbone == "transformer" else {}
     return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss, **recipe,
                        tie_head=not cfg.tensor_parallel_head)
-
-
-def _progress(total: int | None, initial: int):  # noqa: ANN202
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
 @dataclass
@@ -152,8 +139,7 @@ class Run:
     summary: Summary
     stopper: Stopper
     loader: Loader | None = None
-    metrics: Any = None
-    loggers: Any = None
+    metrics: MetricsLog = field(default_factory=MetricsLog)  # rank 0 writes metrics.jsonl
     step: int = 0
     saved_step: int = -1
     spent_before: float = 0.0  # training seconds of the earlier parts of a resumed run
@@ -168,7 +154,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     out = Path(cfg.out)
     rank, world = setup(device)
     if rank != 0:
-        log = _quiet  # one process logs
+        log = quiet  # one process logs
     ck, state, changed = None, {}, {}
     if resume is not None:
         ck = resolve(Path(resume) if resume != "latest" else out)
@@ -243,11 +229,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
             f"{run.loader.spec.streams} (--loader-workers or the number of processes changed): continuing from the "
             "same position in the data, with other batches than the uninterrupted run")
     if rank == 0:
-        trim_metrics(out / "metrics.jsonl", start_step)
-        run.metrics = (out / "metrics.jsonl").open("a")
-        run.loggers = Loggers(cfg.log, out, cfg, ck is not None)
-        if ck is not None:
-            _write(run, {"step": start_step, "resumed_from": str(ck), "changed": changed})
+        run.metrics = MetricsLog.open(out, cfg.log, cfg, start_step, ck, changed)
     log(f"model: {cfg.backbone}/{cfg.size}, {summary.params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
         f"({data.vocab.base_size} base + {data.vocab.special_size} special), device {device}, "
         f"{precision}, {torch.get_num_threads()} threads")
@@ -256,18 +238,6 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
         f"{tr['tokens'] / 1e6:.2f}M train tokens, objective {cfg.objective}, "
         f"{cfg.resolved_loader_workers()} loader worker(s)")
     return run
-
-
-def _write(run: Run, rec: dict) -> None:
-    if run.loggers is not None:
-        run.loggers.log(rec)
-    if run.metrics is not None:
-        try:
-            run.metrics.write(json.dumps(rec) + "\n")
-            run.metrics.flush()
-        except OSError as e:
-            raise DiskFullError(disk_full_message(e, run.out) or f"cannot write {run.out / 'metrics.jsonl'}: "
-                                f"{e.strerror or e}") from None
 
 
 def save(run: Run) -> None:
@@ -351,7 +321,7 @@ def train(run: Run) -> None:
     """Steps until the budget is spent; raises Interrupted (signal), Diverged or DiskFullError."""
     cfg, s = run.cfg, run.summary
     stream = run.loader
-    bar = _progress(run.total, run.start_step) if run.rank == 0 else None
+    bar = Progress(run.total, run.start_step, show=run.rank == 0)
     t_train = time.perf_counter()
     step_times: list[float] = []
     skipped_in_a_row = 0
@@ -386,34 +356,28 @@ def train(run: Run) -> None:
                 left = cfg.time_budget - run.spent_before - s.train_seconds  # type: ignore[operator]
                 first = run.total is None
                 run.total = broadcast_int(run.step + max(0, int(left / per)), run.device)  # every rank stops together
-                if bar is not None:
-                    bar.total = run.total
-                    bar.refresh()
+                bar.set_total(run.total)
                 if first:
                     run.log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for about "
                             f"{run.total} steps ({run.total * per_step_tokens / 1e6:.1f}M tokens; re-estimated every "
                             f"{RECALIBRATE_EVERY} steps)")
             if run.rank == 0 and (run.step % cfg.log_every == 0 or run.step == run.total):
-                _write(run, {"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
-                             "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
-                             "elapsed": s.train_seconds})
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{per_step_tokens / dt:.0f}",
-                                mfu=f"{per_step_tokens / dt * s.flops_per_token / s.matmul_peak:.0%}")
-                bar.update(1)
+                run.metrics.write({"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
+                                   "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
+                                   "elapsed": s.train_seconds})
+            bar.step(loss_val, per_step_tokens, dt, s.flops_per_token, s.matmul_peak)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step != run.total:
                 r, _ = validate(run, cfg.eval_tokens)
                 if run.rank == 0:
-                    _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
-                                 "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None})
+                    run.metrics.write({"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
+                                       "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None})
                 run.log(f"step {run.step}: val loss {r.loss:.4f}, {r.bits_per_byte:.4f} bits/byte")
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save(run)
     finally:
         s.train_seconds = time.perf_counter() - t_train
         s.steps = run.step
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def final_evaluation(run: Run) -> None:
@@ -431,8 +395,8 @@ def final_evaluation(run: Run) -> None:
              "bytes": r.bytes, "whole_split": r.tokens >= run.data.prepared.totals("val")["tokens"]}
     texts = [run.data.tokenizer.decode(d.tolist()) for d in docs]
     if run.rank == 0:
-        _write(run, {"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte, "val_tokens": r.tokens,
-                     "subset": False})
+        run.metrics.write({"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte, "val_tokens": r.tokens,
+                           "subset": False})
         s.compressors = compressor_bits_per_byte(texts)
     if (run.rank == 0 or run.sharded) and run.model.backbone.causal:  # sharded: generating is a collective
         s.infill = demo_infill(run.model, run.data)
@@ -474,13 +438,7 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
         finally:
             run.stopper.deferred = True
     s.exit_code = EXIT[s.ended]
-    if run.metrics is not None:
-        try:
-            run.metrics.close()
-        except OSError:
-            pass  # a full disk: already reported
-    if run.loggers is not None:
-        run.loggers.close()
+    run.metrics.close()
     s.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     s.wall_seconds = time.perf_counter() - t_wall
     teardown()
