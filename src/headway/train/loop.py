@@ -9,7 +9,6 @@ Every way a run can end goes through `finish`: it writes a checkpoint of the las
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -24,7 +23,7 @@ import torch
 from headway.data.loader import Loader, merge_rank_states
 from headway.models import build_model
 from headway.models.lm import LanguageModel
-from headway.objectives import build_objective, text_lead
+from headway.objectives import build_objective
 from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
@@ -38,58 +37,22 @@ from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.data import RunData, prepare_run_data
 from headway.train.device import autocast_for, pick_device, precision_dtype, resolve_precision
 from headway.train.distributed import all_gather_object, all_sum, barrier, broadcast_int, setup, teardown
+from headway.train.evaluation import final_evaluation, periodic_validation
 from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.guard import guard_causality
 from headway.train.loggers import MetricsLog, Progress, check_installed, quiet
-from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
 from headway.train.optim import lr_at, make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from headway.train.signals import Interrupted, Stopper
+from headway.train.summary import Summary
 from headway.types import Objective
 
 CALIBRATE_AT = 30  # with a time budget, the total step count is first set from the speed of steps 10..30
 RECALIBRATE_EVERY = 50  # ... and set again every 50 steps from the time left and the recent speed
 MAX_SKIPPED_IN_A_ROW = 20  # --on-nan skip: this many bad batches in a row stop the run anyway
 EXIT = {"done": 0, "diverged": 3, "disk full": 4, "SIGINT": 128 + 2, "SIGTERM": 128 + 15}
-
-
-@dataclass
-class Summary:
-    """What a run did, returned by `run` and written to `summary.json`: steps, tokens, times,
-    throughput and MFU, peak memory, losses, validation and infilling results, how it ended."""
-
-    steps: int = 0
-    tokens: int = 0
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    final_loss: float = float("nan")
-    val: dict = field(default_factory=dict)
-    compressors: dict = field(default_factory=dict)
-    peak_rss_mib: float = 0.0
-    params: int = 0
-    infill: dict = field(default_factory=dict)
-    infill_eval: dict = field(default_factory=dict)
-    ended: str = "done"  # done | SIGINT | SIGTERM | diverged | disk full
-    message: str = ""
-    exit_code: int = 0
-    skipped_batches: int = 0
-    flops_per_token: float = 0.0  # 6·N + 12·L·H·S (train/flops.py)
-    matmul_peak: float = 0.0  # FLOP/s of this machine's square products in the run's precision, measured
-
-    @property
-    def mfu(self) -> float:
-        """Model FLOPs utilization: useful FLOP/s over the measured matmul peak."""
-        return self.tokens_per_second * self.flops_per_token / self.matmul_peak if self.matmul_peak else 0.0
-
-    @property
-    def interrupted(self) -> bool:
-        return self.ended in ("SIGINT", "SIGTERM")
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
 
 def _planned_steps(cfg: TrainConfig) -> int | None:
@@ -261,17 +224,6 @@ def save(run: Run) -> None:
     run.saved_step = run.step
 
 
-def validate(run: Run, max_tokens: int | None) -> tuple[EvalResult, list[np.ndarray]]:
-    """Bits per byte on the validation documents within `max_tokens` (None: all); also returns them."""
-    cfg = run.cfg
-    docs, nbytes = run.data.val_docs(max_tokens)
-    with autocast_for(run.precision, run.device):
-        r = evaluate(run.model, docs, nbytes, run.data.vocab.eos, run.data.vocab.pad, cfg.seq_len, cfg.batch_size,
-                     run.device, cfg.eval_stride or cfg.seq_len // 2, run.rank, run.world,
-                     should_stop=run.stopper.raise_if_requested, lead=text_lead(run.objective, run.data.vocab.eos))
-    return r, docs
-
-
 class Diverged(Exception):
     pass
 
@@ -366,51 +318,13 @@ def train(run: Run) -> None:
                                    "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
                                    "elapsed": s.train_seconds})
             bar.step(loss_val, per_step_tokens, dt, s.flops_per_token, s.matmul_peak)
-            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step != run.total:
-                r, _ = validate(run, cfg.eval_tokens)
-                if run.rank == 0:
-                    run.metrics.write({"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte,
-                                       "val_tokens": r.tokens, "subset": cfg.eval_tokens is not None})
-                run.log(f"step {run.step}: val loss {r.loss:.4f}, {r.bits_per_byte:.4f} bits/byte")
+            periodic_validation(run)
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save(run)
     finally:
         s.train_seconds = time.perf_counter() - t_train
         s.steps = run.step
         bar.close()
-
-
-def final_evaluation(run: Run) -> None:
-    """Validation bits per byte (within --final-eval-tokens), the compressors on the same documents,
-    the infill demo."""
-    s = run.summary
-    if not run.objective.trains_left_to_right:
-        return  # left-to-right bits per byte mean nothing for a bidirectional (MLM) model
-    r, docs = validate(run, run.cfg.final_eval_tokens or None)
-    if r.tokens == 0:
-        s.val = {"tokens": 0, "note": "no validation tokens (every validation document is empty)"}
-        run.log("validation: no tokens (every validation document is empty)")
-        return
-    s.val = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens,
-             "bytes": r.bytes, "whole_split": r.tokens >= run.data.prepared.totals("val")["tokens"]}
-    texts = [run.data.tokenizer.decode(d.tolist()) for d in docs]
-    if run.rank == 0:
-        run.metrics.write({"step": run.step, "val_loss": r.loss, "val_bpb": r.bits_per_byte, "val_tokens": r.tokens,
-                           "subset": False})
-        s.compressors = compressor_bits_per_byte(texts)
-    if (run.rank == 0 or run.sharded) and run.model.backbone.causal:  # sharded: generating is a collective
-        s.infill = demo_infill(run.model, run.data)
-        if run.cfg.infill_lines:
-            from headway.train.infill_eval import infill_lines, pick_lines
-
-            lines = pick_lines(texts, run.cfg.infill_lines, run.cfg.seed)
-            run.log(f"scoring single-line infilling on {len(lines)} validation lines")
-            with autocast_for(run.precision, run.device):
-                res = infill_lines(run.model, run.data.tokenizer, run.data.vocab, lines, run.cfg.seq_len,
-                                   lead=text_lead(run.objective, run.data.vocab.eos))
-            s.infill_eval = {"lines": res.lines, "fim_exact": res.fim_exact, "prefix_exact": res.prefix_exact,
-                             "fim_chars": res.fim_chars, "prefix_chars": res.prefix_chars, "layout": res.layout,
-                             "fim_bits": res.fim_bits, "prefix_bits": res.prefix_bits, "examples": res.examples}
 
 
 def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
@@ -442,19 +356,8 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
     s.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     s.wall_seconds = time.perf_counter() - t_wall
     teardown()
-    if run.rank != 0:
-        return s
-    try:
-        (run.out / "summary.json").write_text(json.dumps({**s.__dict__, "tokens_per_second": s.tokens_per_second,
-                                                          "mfu": s.mfu},
-                                                         indent=2, default=str))
-        from headway.train.plots import plot_metrics
-
-        plot_metrics(run.out / "metrics.jsonl", run.out / "loss.png")
-    except ImportError:
-        run.log("matplotlib is not installed: no loss.png")
-    except OSError as e:
-        run.log(f"could not write summary.json / loss.png in {run.out}: {e.strerror or e}")
+    if run.rank == 0:
+        s.write(run.out, run.log)
     return s
 
 
@@ -482,21 +385,3 @@ def run(cfg: TrainConfig, resume: bool | str | None = None, log=print, *, given:
         except DiskFullError as e:
             ended, message = "disk full", str(e)
         return finish(r, ended, message, t_wall)
-
-
-# the prefix ends on a token boundary: a byte-level BPE attaches a word's leading space to the word
-# (" sys"), so a prefix ending in "import " would end on a token training never shows there
-DEMO = ("import os\nimport", "\n\n\ndef main():\n    print(sys.argv[1:], os.getcwd())\n")
-
-
-def demo_infill(model: LanguageModel, data: RunData, prefix: str = DEMO[0], suffix: str = DEMO[1]) -> dict:
-    """Single-line infilling (greedy, cut at the first line break), as in single-line FIM evals; the
-    middle is not empty (its first token is not a special one)."""
-    tok, vocab = data.tokenizer, data.vocab
-    dev = next(model.parameters()).device
-    text_ids = torch.arange(vocab.size, device=dev) < vocab.base_size
-    mid = model.infill(torch.tensor(tok.encode(prefix), device=dev), torch.tensor(tok.encode(suffix), device=dev),
-                       vocab, max_new_tokens=16, temperature=0.0, first_allowed=text_ids)
-    return {"prefix": prefix, "suffix": suffix, "middle": tok.decode(mid.tolist()).split("\n")[0]}
-
-
