@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from headway.data.loader import Loader, merge_rank_states
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
+from headway.train.budget import describe_time_budget, planned_steps, steps_left
 from headway.train.checkpoint import (
     CheckpointError,
     DiskFullError,
@@ -49,19 +49,8 @@ from headway.train.signals import Interrupted, Stopper
 from headway.train.summary import Summary
 from headway.types import Objective
 
-CALIBRATE_AT = 30  # with a time budget, the total step count is first set from the speed of steps 10..30
-RECALIBRATE_EVERY = 50  # ... and set again every 50 steps from the time left and the recent speed
 MAX_SKIPPED_IN_A_ROW = 20  # --on-nan skip: this many bad batches in a row stop the run anyway
 EXIT = {"done": 0, "diverged": 3, "disk full": 4, "SIGINT": 128 + 2, "SIGTERM": 128 + 15}
-
-
-def _planned_steps(cfg: TrainConfig) -> int | None:
-    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    if cfg.steps is not None:
-        return cfg.steps
-    if cfg.tokens is not None:
-        return max(1, math.ceil(cfg.tokens / per_step))
-    return None
 
 
 def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel:  # noqa: ANN001
@@ -160,7 +149,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     opt = make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    total = _planned_steps(cfg)
+    total = planned_steps(cfg)
     start_step = 0
     if ck is not None:
         state = load_sharded_checkpoint(ck, model, opt) if (ck / "dcp").is_dir() else load_checkpoint(
@@ -300,19 +289,14 @@ def train(run: Run) -> None:
             dt = time.perf_counter() - t0
             step_times.append(dt)
             s.train_seconds = time.perf_counter() - t_train
-            done = run.step - run.start_step
-            if timed and (done == CALIBRATE_AT or (done > CALIBRATE_AT and done % RECALIBRATE_EVERY == 0)):
-                # the budget is wall time of training (evaluations included): when the machine slows down or an
-                # evaluation takes a while, the remaining steps shrink so the run still ends on time
-                per = float(np.median(step_times[-RECALIBRATE_EVERY:] if done > CALIBRATE_AT else step_times[10:]))
-                left = cfg.time_budget - run.spent_before - s.train_seconds  # type: ignore[operator]
+            if timed and (est := steps_left(run.step - run.start_step, step_times,  # the rule: budget.py
+                                            cfg.time_budget - run.spent_before - s.train_seconds)):  # type: ignore[operator]
+                more, per = est
                 first = run.total is None
-                run.total = broadcast_int(run.step + max(0, int(left / per)), run.device)  # every rank stops together
+                run.total = broadcast_int(run.step + more, run.device)  # every rank stops together
                 bar.set_total(run.total)
                 if first:
-                    run.log(f"time budget {cfg.time_budget:.0f}s at {per * 1000:.0f} ms/step: training for about "
-                            f"{run.total} steps ({run.total * per_step_tokens / 1e6:.1f}M tokens; re-estimated every "
-                            f"{RECALIBRATE_EVERY} steps)")
+                    run.log(describe_time_budget(cfg.time_budget, per, run.total, per_step_tokens))  # type: ignore[arg-type]
             if run.rank == 0 and (run.step % cfg.log_every == 0 or run.step == run.total):
                 run.metrics.write({"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
                                    "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
