@@ -19,24 +19,16 @@ from typing import Any
 
 import torch
 
-from headway.data.loader import Loader, merge_rank_states
+from headway.data.loader import Loader
 from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
 from headway.train.budget import describe_time_budget, planned_steps, steps_left
-from headway.train.checkpoint import (
-    CheckpointError,
-    DiskFullError,
-    check_writable,
-    load_checkpoint,
-    resolve,
-    save_checkpoint,
-    verify,
-)
-from headway.train.config import TrainConfig, merge_for_resume
-from headway.train.data import RunData, prepare_run_data
+from headway.train.checkpoint import CheckpointError, DiskFullError, check_writable
+from headway.train.config import TrainConfig
+from headway.train.data import RunData, prepare_on_ranks
 from headway.train.device import autocast_for, pick_device, precision_dtype, resolve_precision
-from headway.train.distributed import all_gather_object, all_sum, barrier, broadcast_int, setup, teardown
+from headway.train.distributed import all_sum, broadcast_int, setup, teardown
 from headway.train.evaluation import final_evaluation, periodic_validation
 from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.guard import guard_causality
@@ -44,7 +36,7 @@ from headway.train.loggers import MetricsLog, Progress, check_installed, quiet
 from headway.train.optim import lr_at, make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
-from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from headway.train.resume import open_loader, open_resume, restore, save
 from headway.train.signals import Interrupted, Stopper
 from headway.train.summary import Summary
 from headway.types import Objective
@@ -107,34 +99,14 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     rank, world = setup(device)
     if rank != 0:
         log = quiet  # one process logs
-    ck, state, changed = None, {}, {}
-    if resume is not None:
-        ck = resolve(Path(resume) if resume != "latest" else out)
-        try:
-            verify(ck, need_optimizer=True)
-        except CheckpointError as e:
-            from headway.train.checkpoint import newest_intact
-
-            alt = newest_intact(ck.parent)
-            hint = f"; the newest intact checkpoint is {alt}: resume from it with --resume {alt}" if alt else ""
-            raise CheckpointError(f"{e}{hint}") from None
-        saved = TrainConfig.load(ck / "config.json")
-        if given is None:  # a library call: the fields set away from their defaults
-            given = {k for k, v in vars(cfg).items() if v != getattr(TrainConfig(), k)}
-        cfg, changed = merge_for_resume(saved, cfg, given)
-        cfg.check()
-        check_installed(cfg.log)
+    ck, cfg, changed = open_resume(resume, out, cfg, given)
     check_writable(out, need_bytes=64 * 2**20)
     if rank == 0:
         claim_output_folder(out, resume is not None, overwrite)
     precision = resolve_precision(cfg.precision, device)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
-    if rank == 0:  # rank 0 prepares the shards (on every core); the others then open them
-        data = prepare_run_data(cfg, out, log, tokenizer_from=ck)
-    barrier()
-    if rank != 0:
-        data = prepare_run_data(cfg, out, log, tokenizer_from=ck, first=False)
+    data = prepare_on_ranks(cfg, out, log, rank, tokenizer_from=ck)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
     model = make_model(cfg, objective, data.vocab).to(device)
     guard_causality(model, cfg, log, objective)
@@ -149,22 +121,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     opt = make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    total = planned_steps(cfg)
-    start_step = 0
-    if ck is not None:
-        state = load_sharded_checkpoint(ck, model, opt) if (ck / "dcp").is_dir() else load_checkpoint(
-            ck, model, opt, device)
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        start_step = state["step"]
-        if total is None and not ({"time_budget"} & set(changed)):
-            total = state.get("total_steps")
-        if total is not None and total <= start_step:
-            raise ValueError(f"--resume: the checkpoint is at step {start_step} and the run's budget is {total} "
-                             "steps: nothing to train; pass a larger --steps (or --tokens / --time-budget)")
-        log(f"resumed from step {start_step}" + (f" of {total}" if total else "") + (
-            f"; changed: {', '.join(f'--{k.replace(chr(95), chr(45))} {v[0]} -> {v[1]}' for k, v in changed.items())}"
-            if changed else ""))
+    state, total = restore(ck, model, opt, scaler, device, planned_steps(cfg), changed, log)
+    start_step = state.get("step", 0)
     if rank == 0:
         cfg.save(out / "config.json")
     summary = Summary(params=sum(p.numel() for p in model.parameters()), steps=start_step,
@@ -173,44 +131,14 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
               spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)
-    if ck is not None and "data" not in state:
-        raise CheckpointError(f"{ck} has no data position (a checkpoint of an older headway); start a new run")
-    run.loader = data.loader(objective, cfg, rank, world, state.get("data"))
-    if ck is not None and not run.loader.exact:
-        log(f"data: the checkpoint was made with {state['data']['streams']} data streams and this run has "
-            f"{run.loader.spec.streams} (--loader-workers or the number of processes changed): continuing from the "
-            "same position in the data, with other batches than the uninterrupted run")
+    run.loader = open_loader(run, ck, state)
     if rank == 0:
         run.metrics = MetricsLog.open(out, cfg.log, cfg, start_step, ck, changed)
     log(f"model: {cfg.backbone}/{cfg.size}, {summary.params / 1e6:.2f}M parameters, vocab {data.vocab.size} "
         f"({data.vocab.base_size} base + {data.vocab.special_size} special), device {device}, "
         f"{precision}, {torch.get_num_threads()} threads")
-    tr, va = data.prepared.totals("train"), data.prepared.totals("val")
-    log(f"data: {data.corpus_name}: {tr['docs']:,} train / {va['docs']:,} validation documents, "
-        f"{tr['tokens'] / 1e6:.2f}M train tokens, objective {cfg.objective}, "
-        f"{cfg.resolved_loader_workers()} loader worker(s)")
+    log(data.describe(cfg))
     return run
-
-
-def save(run: Run) -> None:
-    """Checkpoint the current step (once per step) with everything needed to resume exactly."""
-    if run.saved_step == run.step:
-        return
-    cfg, s = run.cfg, run.summary
-    st = {"total_steps": run.total, "tokens": s.tokens, "seed": cfg.seed, "world_size": run.world,
-          "train_seconds": run.spent_before + s.train_seconds}
-    if run.scaler.is_enabled():
-        st["scaler"] = run.scaler.state_dict()
-    if run.loader is not None:  # the data position of every rank: an exact, O(1) resume
-        st["data"] = merge_rank_states(all_gather_object(run.loader.state_dict()))
-    extras = {"config.json": run.out / "config.json", "tokenizer.json": run.out / "tokenizer.json"}
-    if run.sharded:
-        save_sharded_checkpoint(run.out, run.step, run.model, run.opt, st, extras, run.rank, cfg.keep_checkpoints)
-    else:
-        if run.rank == 0:
-            save_checkpoint(run.out, run.step, run.model, run.opt, st, extras, cfg.keep_checkpoints)
-        barrier()
-    run.saved_step = run.step
 
 
 class Diverged(Exception):
