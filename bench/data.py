@@ -97,7 +97,8 @@ def step_time(tmp: Path, steps: int) -> None:
     import torch
 
     from headway.train.config import TrainConfig
-    from headway.train.loop import build, lr_at, train_step
+    from headway.train.loop import build, train_step
+    from headway.train.optim import lr_at
     from headway.train.signals import Stopper
 
     print(f"\n## step time of the default model: real loader vs. the same batches in memory ({steps} steps each, "

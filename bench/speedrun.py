@@ -66,7 +66,8 @@ def old_loss() -> Iterator[None]:
 def throughput(tmp: Path, new_flags: dict, blocks: int, steps: int) -> None:
     from headway.train.config import TrainConfig
     from headway.train.flops import head_shape
-    from headway.train.loop import build, lr_at, train_step
+    from headway.train.loop import build, train_step
+    from headway.train.optim import lr_at
     from headway.train.signals import Stopper
 
     print(f"\n## throughput: old vs new default (and new with --compile), {blocks} alternating blocks of {steps} "

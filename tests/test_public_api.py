@@ -102,7 +102,8 @@ def test_the_old_vocab_path_warns_and_still_works() -> None:
 def test_library_defaults_are_what_headway_train_trains() -> None:
     from headway.objectives import build_objective
     from headway.train.config import TrainConfig
-    from headway.train.loop import lr_at, make_model
+    from headway.train.loop import make_model
+    from headway.train.optim import lr_at
 
     cfg, r = TrainConfig(), hw.RECIPE
     for f in dataclasses.fields(r):
@@ -120,12 +121,12 @@ def test_library_defaults_are_what_headway_train_trains() -> None:
     assert set(opt.parts) == {"adamw", "muon"}
     assert all(g["lr"] == cfg.lr and g["weight_decay"] in (cfg.weight_decay, 0.0) for g in opt.param_groups)
     assert [r.lr_at(s, 300) for s in range(0, 300, 7)] == [lr_at(s, 300, cfg) for s in range(0, 300, 7)]
-    from headway.train.loop import _autocast, resolve_precision
+    from headway.train.device import autocast_for, resolve_precision
 
     for forced in ("0", "1"):  # the precision `--precision auto` picks on either CPU kind
         with pytest.MonkeyPatch.context() as m:
             m.setenv("HEADWAY_FAST_BF16", forced)
-            want = _autocast(resolve_precision("auto", torch.device("cpu")), torch.device("cpu"))
+            want = autocast_for(resolve_precision("auto", torch.device("cpu")), torch.device("cpu"))
             with r.autocast("cpu"), want:
                 pass
             assert type(r.autocast("cpu")) is type(want)

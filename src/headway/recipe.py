@@ -74,10 +74,10 @@ class Recipe:
         CLI does on the same machine."""
         import torch
 
-        from headway.train.loop import _autocast, resolve_precision
+        from headway.train.device import autocast_for, resolve_precision
 
         dev = torch.device(device)  # type: ignore[arg-type]
-        return _autocast(resolve_precision("auto", dev), dev)
+        return autocast_for(resolve_precision("auto", dev), dev)
 
     def model_options(self, backbone: str) -> dict[str, object]:
         """The keyword arguments `build_model` takes for `backbone` under this recipe (the transformer's

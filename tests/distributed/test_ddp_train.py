@@ -69,7 +69,8 @@ def _one_process_losses(ddp_out: Path, ref_out: Path, steps: int) -> list[float]
     import itertools
 
     from headway.train.config import TrainConfig
-    from headway.train.loop import build, lr_at, train_step
+    from headway.train.loop import build, train_step
+    from headway.train.optim import lr_at
     from headway.train.signals import Stopper
 
     cfg = TrainConfig.load(ddp_out / "config.json")

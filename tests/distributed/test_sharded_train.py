@@ -36,7 +36,7 @@ def test_sharded_training_equals_one_process_on_the_same_global_batches(corpus, 
     line = next(x for x in ev.stdout.splitlines() if x.startswith("loss "))
     assert float(line.split(", ")[-1].split()[0]) == pytest.approx(s2["val"]["bits_per_byte"], rel=1e-4)
     from headway.cli import load_run
-    from headway.train.loop import demo_infill
+    from headway.train.evaluation import demo_infill
 
     model, tok, vocab, _ = load_run(str(two))
     assert demo_infill(model, SimpleNamespace(tokenizer=tok, vocab=vocab))["middle"] == s2["infill"]["middle"]

@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import json, torch
 from headway.loss import matmul
-from headway.train.loop import resolve_precision
+from headway.train.device import resolve_precision
 print(json.dumps({"precision": resolve_precision("auto", torch.device("cpu")),
                   "onednn": matmul.use_onednn(torch.zeros(2, 2))}))
 """

@@ -161,14 +161,14 @@ def test_sample_infill_eval_and_show_on_a_real_checkpoint(corpus, tmp_path, caps
 def test_causal_objective_on_a_leaky_model_is_refused():
     from headway.models import build_model
     from headway.train.config import TrainConfig
-    from headway.train.loop import _guard_causality
+    from headway.train.guard import guard_causality
     from headway.types import Vocab
 
     leaky = build_model(Vocab(50, num_sentinels=2), "gated_ssm", "tiny", bidirectional=True)
     with pytest.raises(ValueError, match="not causal.*--allow-leak"):
-        _guard_causality(leaky, TrainConfig(objective="clm", backbone="gated_ssm"), print)
+        guard_causality(leaky, TrainConfig(objective="clm", backbone="gated_ssm"), print)
     warned = []
-    _guard_causality(leaky, TrainConfig(objective="clm", allow_leak=True), warned.append)
+    guard_causality(leaky, TrainConfig(objective="clm", allow_leak=True), warned.append)
     assert warned and "WARNING" in warned[0]
 
 

@@ -4,6 +4,7 @@ stream (`headway.data.loader`) and validation documents under a token budget."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from headway.data.tokenizer import Tokenizer
 from headway.objectives import vocab_for
 from headway.train.checkpoint import saved_rows
 from headway.train.config import TrainConfig
+from headway.train.distributed import barrier
 from headway.types import DEFAULT_SPECIALS, Objective, Vocab
 
 
@@ -38,6 +40,13 @@ class RunData:
             docs += d
             nbytes += b
         return docs, nbytes
+
+    def describe(self, cfg: TrainConfig) -> str:
+        """The line a run logs about its data."""
+        tr, va = self.prepared.totals("train"), self.prepared.totals("val")
+        return (f"data: {self.corpus_name}: {tr['docs']:,} train / {va['docs']:,} validation documents, "
+                f"{tr['tokens'] / 1e6:.2f}M train tokens, objective {cfg.objective}, "
+                f"{cfg.resolved_loader_workers()} loader worker(s)")
 
     def loader(self, objective: Objective, cfg: TrainConfig, rank: int, world: int, state: dict | None) -> Loader:
         spec = StreamSpec(cfg.seq_len, cfg.batch_size, cfg.packing, cfg.seed, self.vocab.pad, rank, world,
@@ -88,6 +97,18 @@ def prepare_run_data(cfg: TrainConfig, out: Path, log=print, tokenizer_from: Pat
     if first:
         tok.save(out)
     return RunData(p, tok, run_vocab(tok, cfg, tokenizer_from))
+
+
+def prepare_on_ranks(cfg: TrainConfig, out: Path, log: Callable[[str], object], rank: int,
+                     tokenizer_from: Path | None = None) -> RunData:
+    """`prepare_run_data` in a run of many processes: rank 0 prepares the shards (on every core);
+    the others then open them."""
+    if rank == 0:
+        data = prepare_run_data(cfg, out, log, tokenizer_from=tokenizer_from)
+    barrier()
+    if rank != 0:
+        data = prepare_run_data(cfg, out, log, tokenizer_from=tokenizer_from, first=False)
+    return data
 
 
 def run_vocab(tok: Tokenizer, cfg: TrainConfig, checkpoint: Path | None = None) -> Vocab:

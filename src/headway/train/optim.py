@@ -1,4 +1,5 @@
-"""The optimizer: AdamW, or Muon for the backbone's hidden matrices with AdamW for the rest.
+"""The optimizer: AdamW, or Muon for the backbone's hidden matrices with AdamW for the rest; and
+`lr_at`, a run's learning rate at each step (the math is `headway.recipe.lr_schedule`).
 
 Muon (`torch.optim.Muon`, Jordan et al. 2024) orthogonalizes each 2-D update by Newton–Schulz
 iterations; it is meant for hidden weight matrices only, so embeddings, the LM head, norms and
@@ -14,12 +15,15 @@ in bfloat16 it takes exactly torch's steps (tested).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from headway.recipe import RECIPE
+from headway.recipe import RECIPE, lr_schedule
+
+if TYPE_CHECKING:
+    from headway.train.config import TrainConfig
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -138,3 +142,8 @@ def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = R
     muon = Muon([p for p in model.parameters() if id(p) in hidden], lr=lr, weight_decay=weight_decay,
                             adjust_lr_fn="match_rms_adamw")
     return Combined({"adamw": adamw, "muon": muon})
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total` (`headway.recipe.lr_schedule`)."""
+    return lr_schedule(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
