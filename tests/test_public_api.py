@@ -102,8 +102,8 @@ def test_the_old_vocab_path_warns_and_still_works() -> None:
 def test_library_defaults_are_what_headway_train_trains() -> None:
     from headway.objectives import build_objective
     from headway.train.config import TrainConfig
-    from headway.train.loop import make_model
     from headway.train.optim import lr_at
+    from headway.train.runs import model_for_run
 
     cfg, r = TrainConfig(), hw.RECIPE
     for f in dataclasses.fields(r):
@@ -112,7 +112,7 @@ def test_library_defaults_are_what_headway_train_trains() -> None:
     assert cfg.resolved_optimizer() == r.optimizer
     vocab = hw.Vocab(300)
     torch.manual_seed(0)
-    cli = make_model(cfg, build_objective(cfg.objective, vocab), vocab)
+    cli = model_for_run(cfg, build_objective(cfg.objective, vocab), vocab)
     torch.manual_seed(0)
     lib = hw.build_model(vocab)
     assert cli.backbone.config == lib.backbone.config

@@ -8,13 +8,13 @@ from headway.heads.split import SplitEmbedding, SplitLMHead
 from headway.models import hf_backbone as _hf_backbone  # noqa: F401 - registers the hf: family
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
-from headway.models.transformer import Transformer, TransformerConfig
 from headway.models.registry import BuildRequest, backbone_names, check_backbone, get_backbone
+from headway.models.transformer import Transformer, TransformerConfig
 from headway.recipe import RECIPE
 from headway.types import Vocab
 
 __all__ = ["Transformer", "TransformerConfig", "GatedSSM", "GatedSSMConfig", "LanguageModel", "sample",
-           "build_model", "SIZES", "BACKBONES", "check_backbone"]
+           "build_model", "SIZES", "backbone_names", "check_backbone"]
 
 # hidden size, layers, heads
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -25,12 +25,6 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "base": (384, 8, 6),
 }
 """Size presets: name -> (hidden size, layers, attention heads)."""
-
-
-def __getattr__(name: str) -> object:
-    if name == "BACKBONES":  # the registered names, read when asked (a family registers many)
-        return tuple(backbone_names())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_size(size: str) -> tuple[int, int, int]:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headway.models.registry import BackboneSpec, BuildRequest, register_backbone
 from headway.masks import segment_starts
+from headway.models.registry import BackboneSpec, BuildRequest, register_backbone
 from headway.types import Batch
 
 

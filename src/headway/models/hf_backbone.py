@@ -58,8 +58,8 @@ def _base_config(name: str) -> tuple[Any, bool]:
     if p.is_dir() or p.suffix == ".json" or "/" in name or name.startswith("."):
         file = p / "config.json" if p.is_dir() else p
         if not file.is_file():
-            raise ValueError(f"expected a transformers model_type (e.g. {', '.join(TESTED)}) or a config.json / a folder "
-                             f"holding one, got {name!r} (no such file: {file})")
+            raise ValueError(f"expected a transformers model_type (e.g. {', '.join(TESTED)}) or a config.json / a "
+                             f"folder holding one, got {name!r} (no such file: {file})")
         raw = json.loads(file.read_text())
         mt = raw.pop("model_type", None)
         if mt is None:

@@ -29,7 +29,8 @@ def guard_causality(model: LanguageModel, cfg: TrainConfig, log: Callable[[str],
         for p in probe.parameters():
             if p.dim() >= 2 and not bool(p.any()):
                 p.normal_(0.0, 0.02)
-    rep = check_causal(probe, lengths=(16, 17))  # both detectors, train and eval mode
+    # both detectors, train and eval mode; across packed documents unless the run puts one per row
+    rep = check_causal(probe, lengths=(16, 17), packed=cfg.packing != "single")
     if not rep.ok:
         msg = (f"the {cfg.backbone} backbone is not causal ({rep}); a causal objective ({cfg.objective}) would "
                "teach it to copy the future. Pass --allow-leak to train anyway.")

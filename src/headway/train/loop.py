@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from headway.data.loader import Loader
-from headway.models import build_model
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
 from headway.train.budget import describe_time_budget, planned_steps, steps_left
@@ -37,27 +36,13 @@ from headway.train.optim import lr_at, make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
 from headway.train.resume import open_loader, open_resume, restore, save
+from headway.train.runs import model_for_run, resolve_run_config, save_architecture
 from headway.train.signals import Interrupted, Stopper
 from headway.train.summary import Summary
 from headway.types import Objective
 
 MAX_SKIPPED_IN_A_ROW = 20  # --on-nan skip: this many bad batches in a row stop the run anyway
 EXIT = {"done": 0, "diverged": 3, "disk full": 4, "SIGINT": 128 + 2, "SIGTERM": 128 + 15}
-
-
-def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel:  # noqa: ANN001
-    """The model an objective needs: a gated SSM gets its backward branch when the objective needs
-    bidirectional context (its direction is in its weights); the transformer follows each batch's
-    mask spec. An objective that needs both directions at once on the SSM is refused."""
-    bidirectional = objective.needs_bidirectional and cfg.backbone == "gated_ssm"
-    if bidirectional and objective.trains_left_to_right:
-        raise ValueError(f"--objective {cfg.objective}: mixes MLM (bidirectional) with left-to-right objectives; the "
-                         "gated SSM's direction is fixed in its weights, so it cannot do both. Use --backbone "
-                         "transformer (its mask follows each example) or train them separately")
-    recipe = {"activation": cfg.activation, "qk_norm": cfg.qk_norm, "zero_init": cfg.zero_init} \
-        if cfg.backbone == "transformer" else {}
-    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss, **recipe,
-                       tie_head=not cfg.tensor_parallel_head)
 
 
 @dataclass
@@ -100,6 +85,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     if rank != 0:
         log = quiet  # one process logs
     ck, cfg, changed = open_resume(resume, out, cfg, given)
+    if ck is None:
+        resolve_run_config(cfg, log)  # --init's architecture and tokenizer; one document per row where needed
     check_writable(out, need_bytes=64 * 2**20)
     if rank == 0:
         claim_output_folder(out, resume is not None, overwrite)
@@ -108,7 +95,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     torch.manual_seed(cfg.seed)
     data = prepare_on_ranks(cfg, out, log, rank, tokenizer_from=ck)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
-    model = make_model(cfg, objective, data.vocab).to(device)
+    model = model_for_run(cfg, objective, data.vocab, checkpoint=ck).to(device)
     guard_causality(model, cfg, log, objective)
     sharded = is_sharded(cfg.parallel, cfg.tensor_parallel_head, world)
     fwd: torch.nn.Module = parallelize(model, cfg.parallel, cfg.tensor_parallel_head, world, device)
@@ -125,6 +112,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     start_step = state.get("step", 0)
     if rank == 0:
         cfg.save(out / "config.json")
+        save_architecture(model, out)
     summary = Summary(params=sum(p.numel() for p in model.parameters()), steps=start_step,
                       tokens=state.get("tokens", 0), flops_per_token=flops_per_token(model, cfg.seq_len),
                       matmul_peak=matmul_peak(precision_dtype(precision), device))

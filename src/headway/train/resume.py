@@ -16,6 +16,7 @@ from headway.train.checkpoint import CheckpointError, load_checkpoint, newest_in
 from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.distributed import all_gather_object, barrier
 from headway.train.loggers import check_installed
+from headway.train.runs import ARCHITECTURE_FILE
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ def save(run: Run) -> None:
     if run.loader is not None:  # the data position of every rank: an exact, O(1) resume
         st["data"] = merge_rank_states(all_gather_object(run.loader.state_dict()))
     extras = {"config.json": run.out / "config.json", "tokenizer.json": run.out / "tokenizer.json"}
+    if (run.out / ARCHITECTURE_FILE).exists():  # an hf: backbone's resolved transformers config
+        extras[ARCHITECTURE_FILE] = run.out / ARCHITECTURE_FILE
     if run.sharded:
         save_sharded_checkpoint(run.out, run.step, run.model, run.opt, st, extras, run.rank, cfg.keep_checkpoints)
     else:
