@@ -72,10 +72,10 @@ def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIP
         raise ValueError(f"build_model: the {backbone} backbone cannot be built bidirectional")
     if init is not None and "init" not in spec.extra:
         raise ValueError(f"build_model: `init` starts an hf: backbone from a checkpoint; {backbone!r} is not one")
-    H, L, nh = parse_size(size) if init is None else (0, 0, 0)
+    H, L, nh = parse_size(size)
+    H = spec.extra.get("hidden_size", H)  # an architecture read from a file fixes its own size
+    emb = SplitEmbedding(vocab.split_sizes, H)  # first: a seed gives the same weights as ever
     body = spec.build(BuildRequest(H, L, nh, bidirectional, options, init))
-    H = int(body.config.hidden_size)
-    emb = SplitEmbedding(vocab.split_sizes, H)
     softcap = spec.extra.get("softcap")
     head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss, softcap=softcap) if tie_head else LMHead(
         H, vocab.size, z_loss=z_loss, softcap=softcap)

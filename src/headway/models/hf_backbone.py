@@ -333,6 +333,7 @@ def _resolve_cached(name: str, stamp: int) -> BackboneSpec:
                              cfg.model_type}
     if from_file:
         extra["tied"] = bool(getattr(cfg, "tie_word_embeddings", True))
+        extra["hidden_size"] = int(cfg.hidden_size)
     return BackboneSpec(name=f"hf:{name}", help=f"transformers {cfg.model_type}", build=build,
                         follows_mask=attention, bidirectional=False, packs_documents=attention, export="native",
                         extra=extra)
