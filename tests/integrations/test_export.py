@@ -67,3 +67,28 @@ def test_export_refuses_a_used_folder_and_an_mlm_model(corpus, tmp_path, capsys)
     assert main(train_args(corpus, run, "--objective", "mlm")) == 0
     assert main(["export", str(run), str(tmp_path / "hf")]) == 2
     assert "mlm" in capsys.readouterr().err
+
+
+def test_remote_code_backbones_import_only_what_the_export_stubs_provide():
+    """The rule that makes a remote-code backbone's source portable (export.py's docstring): its
+    headway imports are one-line `from headway... import names` whose names the stubs define."""
+    import ast
+    import inspect
+
+    from headway.integrations.export import STUBS
+    from headway.models import build_model
+    from headway.models.registry import backbone_names, get_backbone
+    from headway.types import Vocab
+
+    namespace: dict = {}
+    exec(STUBS, namespace)  # what the generated module defines in place of headway's imports
+    stubbed = set(namespace)
+    remote = [n for n in backbone_names() if ":" not in n and get_backbone(n).export == "remote_code"]
+    assert set(remote) >= {"transformer", "gated_ssm"}
+    for name in remote:
+        module = inspect.getmodule(type(build_model(Vocab(300), name, "32x1").backbone))
+        for node in ast.parse(inspect.getsource(module)).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("headway"):
+                names = {a.name for a in node.names}
+                assert names <= stubbed, f"{module.__name__} imports {names - stubbed} from {node.module}"
+                assert node.lineno == node.end_lineno, f"{module.__name__}: a headway import spans lines"
