@@ -98,3 +98,27 @@ def test_init_continues_a_checkpoint_with_its_tokenizer(corpus, tmp_path):
     assert vocab.base_size == tok.get_vocab_size(with_added_tokens=True)
     assert run_tok.encode("<|endoftext|>") != [tok.token_to_id("<|endoftext|>")]  # a literal stays text
     assert model.backbone.config.hidden_size == 32
+
+
+def test_llama_with_an_existing_tokenizer_and_fim_exports_natively(corpus, tmp_path):
+    """Pre-train a Llama-architecture model with an existing Llama-style tokenizer and FIM; the
+    exported folder's tokenizer gives the ids headway trained on and holds headway's special tokens."""
+    from tests.data.test_external_tokenizer import byte_level_with_specials
+
+    tok_file = tmp_path / "tokenizer.json"
+    byte_level_with_specials().save(str(tok_file))
+    out = tmp_path / "run"
+    args = _hf_args(corpus, out, "hf:llama", "--objective", "fim", "--steps", "2")
+    args[args.index("--tokenizer") + 1] = str(tok_file)
+    assert main(args) == 0
+    folder = tmp_path / "exported"
+    assert main(["export", str(out), str(folder)]) == 0
+    _, tok, vocab, _ = load_run(out)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    text = "def area(width):\n    return width  # é\n"
+    assert hf_tok(text)["input_ids"] == tok.encode(text)  # no BOS: the post-processor was dropped
+    literal = "x = '<|endoftext|>'"  # headway encoded the literal as text; it decodes back as text
+    assert hf_tok.decode(tok.encode(literal)) == literal
+    assert [hf_tok.convert_tokens_to_ids(n) for n in ("<eos>", "<fim_prefix>", "<fim_middle>")] == \
+        [vocab.eos, vocab.id("<fim_prefix>"), vocab.id("<fim_middle>")]
+    assert transformers.AutoModelForCausalLM.from_pretrained(folder).config.vocab_size == vocab.size
