@@ -82,9 +82,14 @@ def _one_process_losses(ddp_out: Path, ref_out: Path, steps: int) -> list[float]
         return [train_step(run, stream, lr_at(i, steps, cfg))[0] for i in range(steps)]
 
 
-def test_two_process_ddp_equals_one_process_on_the_same_global_batches(corpus, tmp_path):
+@pytest.mark.parametrize("backbone", ["transformer", "hf:llama"])
+def test_two_process_ddp_equals_one_process_on_the_same_global_batches(corpus, tmp_path, backbone):
+    extra = ["--backbone", backbone]
+    if backbone.startswith("hf:"):  # a transformers architecture under DDP
+        pytest.importorskip("transformers")
+        extra += ["--size", "32x2x2"]
     two = tmp_path / "two"
-    r2 = _torchrun(2, _train_args(corpus, two, batch=2))
+    r2 = _torchrun(2, _train_args(corpus, two, batch=2) + extra)
     assert r2.returncode == 0, r2.stderr[-3000:]
     one = _one_process_losses(two, tmp_path / "one", 4)
     assert _losses(two) == pytest.approx(one, rel=1e-4)
