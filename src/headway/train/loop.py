@@ -47,6 +47,7 @@ from headway.train.metrics import EvalResult, compressor_bits_per_byte, evaluate
 from headway.train.optim import make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock, trim_metrics
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
+from headway.train.runs import loss_options
 from headway.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from headway.train.signals import Interrupted, Stopper
 from headway.types import Objective
@@ -129,7 +130,7 @@ def make_model(cfg: TrainConfig, objective: Objective, vocab) -> LanguageModel: 
                          "transformer (its mask follows each example) or train them separately")
     recipe = {"activation": cfg.activation, "qk_norm": cfg.qk_norm, "zero_init": cfg.zero_init} \
         if cfg.backbone == "transformer" else {}
-    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, z_loss=cfg.z_loss, **recipe,
+    return build_model(vocab, cfg.backbone, cfg.size, bidirectional=bidirectional, loss=loss_options(cfg), **recipe,
                        tie_head=not cfg.tensor_parallel_head)
 
 
