@@ -41,3 +41,10 @@ def test_loss_impl_reaches_the_head_and_reference_equals_chunked(corpus, tmp_pat
     assert len(losses["reference"]) == 3
     # the same three steps: the two backends differ by float32 rounding only
     assert losses["reference"] == pytest.approx(losses["chunked"], rel=1e-5, abs=1e-6)
+    # a resumed run may change the backend: the rebuilt head takes the new one
+    out = tmp_path / "reference"
+    before = len(calls)
+    flags = ("--steps", "4", "--loss-impl", "chunked", "--precision", "fp32", "--final-eval-tokens", "2000")
+    assert main(train_args(corpus, out, *flags, "--resume")) == 0
+    assert len(calls) == before and json.loads((out / "config.json").read_text())["loss_impl"] == "chunked"
+    assert len(_losses(out)) == 4

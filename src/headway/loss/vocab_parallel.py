@@ -180,19 +180,17 @@ def vocab_parallel_linear_cross_entropy(
         weight = weight.to_local()
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError(f"{fn}: torch.distributed is not initialized")
-    try:
-        opts = merge_options(fn, options, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-                             softcap=softcap, chunk_size=chunk_size)
+    opts: dict[str, object] = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+                                   softcap=softcap, chunk_size=chunk_size)
+    impl, conflict = "auto", ""
+    try:  # a keyword that disagrees with `options` is reported by every rank, as any bad argument is
+        opts = merge_options(fn, options, **opts)
         impl = "auto" if options is None else options.impl
-    except ValueError as e:  # reported by every rank through the agreement step, as any bad argument is
-        opts, impl, conflict = {}, "auto", str(e)
-    else:
-        conflict = ""
-    ignore_index = opts.get("ignore_index", ignore_index)
-    kw: dict[str, object] = dict(bias=bias, ignore_index=ignore_index, reduction=reduction, shift=shift,
-                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                                 num_items_in_batch=num_items_in_batch, chunk_size=chunk_size)
-    kw.update(opts)
+    except ValueError as e:
+        conflict = str(e)
+    ignore_index = opts["ignore_index"]  # type: ignore[assignment]
+    kw: dict[str, object] = dict(bias=bias, reduction=reduction, shift=shift, num_items_in_batch=num_items_in_batch,
+                                 **opts)
     error, a, y, cols = local_check(fn, hidden, weight, labels, vocab_start, gather_tokens, return_lse, kw, impl)
     error = conflict or error
     table, msgs = agree(group, comm_device(group), cols, y, cols.get("ignore_index", 0), error)
