@@ -24,7 +24,7 @@ PACKAGES = ["headway", "headway.check", "headway.data", "headway.heads", "headwa
             "headway.models", "headway.objectives", "headway.recipe", "headway.train"]
 RECIPE_NAMES = ["Vocab", "ByteTokenizer", "BPETokenizer", "build_objective", "vocab_for", "CLM", "MLM", "PrefixLM",
                 "FIM", "SpanCorruption", "Mixture", "ul2", "Packer", "batches", "Loader", "collate", "build_model",
-                "make_optimizer", "RECIPE", "check_causal", "linear_cross_entropy", "token_logprobs",
+                "make_optimizer", "RECIPE", "check_causal", "linear_cross_entropy", "token_logprobs", "LossOptions",
                 "use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallback", "IGNORE_INDEX"]
 
 

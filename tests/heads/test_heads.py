@@ -111,3 +111,77 @@ def test_tied_split_weight_is_joined_without_a_copy_and_grads_split_correctly():
     before = emb.full_weight().detach().clone()
     opt.step()
     torch.testing.assert_close(emb.full_weight().detach(), before - g)
+
+
+def test_heads_carry_their_loss_options_and_pass_them_to_the_loss(monkeypatch):
+    """`loss=LossOptions(...)` is what a head computes with (impl included); the softcap / z_loss /
+    label_smoothing keywords build the same options; a keyword that disagrees with `loss` is refused."""
+    import headway.loss.api as api
+    from headway.loss import LossOptions, linear_cross_entropy
+
+    o = LossOptions(label_smoothing=0.1, z_loss=1e-3, softcap=5.0, chunk_size=7, impl="reference")
+    emb = SplitEmbedding(SPLITS, 16).double()
+    split = SplitLMHead(SPLITS, 16, tie_to=emb, loss=o)
+    plain = LMHead(16, 60, bias=True, loss=o).double()
+    h, y = torch.randn(2, 9, 16, dtype=torch.float64), _labels()
+    calls = []
+    monkeypatch.setattr(api, "reference_token_losses", lambda a: calls.append(a) or _reference(a))
+    for head in (split, plain):
+        assert head.loss_options is o
+        assert (head.softcap, head.z_loss, head.label_smoothing) == (5.0, 1e-3, 0.1)
+        want = linear_cross_entropy(h, head.weight, y, bias=head.bias, options=o)
+        assert torch.equal(head(h, y), want)
+        z = h @ head.weight.detach().T + (0 if head.bias is None else head.bias.detach())
+        torch.testing.assert_close(head.logits(h), (5.0 * torch.tanh(z / 5.0)).float())  # float32 logits
+    assert len(calls) == 4  # impl="reference" reached the loss from both heads
+    assert LMHead(16, 60, z_loss=1e-3, softcap=5.0).loss_options == LossOptions(z_loss=1e-3, softcap=5.0)
+    assert LMHead(16, 60, z_loss=1e-3, loss=LossOptions(z_loss=1e-3)).z_loss == 1e-3  # agreeing: fine
+    with pytest.raises(ValueError, match=r"LMHead: z_loss=0.01 and options.z_loss=0.001 disagree"):
+        LMHead(16, 60, z_loss=1e-2, loss=o)
+    with pytest.raises(ValueError, match=r"LossOptions: `softcap` must be"):
+        SplitLMHead(SPLITS, 16, softcap=-1.0)
+    head = LMHead(16, 60)
+    head.z_loss = 1e-4  # the attributes stay settable: they replace the options
+    assert head.loss_options == LossOptions(z_loss=1e-4) and "z_loss=0.0001" in repr(head)
+
+
+def _reference(a):
+    from headway.loss.reference import reference_token_losses
+
+    return reference_token_losses(a)
+
+
+def test_build_model_takes_loss_options_and_keeps_the_z_loss_shortcut():
+    import headway as hw
+    from headway.loss import LossOptions
+
+    vocab = hw.Vocab(50, num_sentinels=2)
+    o = LossOptions(label_smoothing=0.05, z_loss=2e-4, impl="chunked", chunk_size=16)
+    for tie in (True, False):
+        assert hw.build_model(vocab, size="32x1", loss=o, tie_head=tie).head.loss_options == o
+    assert hw.build_model(vocab, size="32x1", z_loss=1e-3).head.loss_options == LossOptions(z_loss=1e-3)
+    assert hw.build_model(vocab, size="32x1").head.loss_options == LossOptions()
+    assert hw.build_model(vocab, size="32x1", loss=o, z_loss=2e-4).head.loss_options == o
+    with pytest.raises(ValueError, match=r"build_model: z_loss=0.001 and options.z_loss=0.0002 disagree"):
+        hw.build_model(vocab, size="32x1", loss=o, z_loss=1e-3)
+    torch.manual_seed(0)
+    model = hw.build_model(vocab, "gated_ssm", "32x1", loss=o)
+    batch = next(iter(hw.batches([torch.arange(40).numpy() % 50], hw.build_objective("clm", vocab), 16, 2,
+                                 vocab.pad)))
+    h = model.hidden(batch.input_ids, batch)
+    want = hw.linear_cross_entropy(h, model.head.weight, batch.labels, options=o)
+    assert torch.equal(model(batch), want)
+
+
+def test_an_architectures_softcap_fills_the_options_unless_they_set_one():
+    pytest.importorskip("transformers")
+    import headway as hw
+    from headway.loss import LossOptions
+
+    vocab = hw.Vocab(50, num_sentinels=2)
+    arch = hw.build_model(vocab, "hf:gemma2", "32x1x2").head.loss_options.softcap
+    assert arch is not None and arch > 0  # Gemma-2's final_logit_softcapping
+    got = hw.build_model(vocab, "hf:gemma2", "32x1x2", loss=LossOptions(z_loss=1e-3)).head.loss_options
+    assert got == LossOptions(z_loss=1e-3, softcap=arch)
+    assert hw.build_model(vocab, "hf:gemma2", "32x1x2", loss=LossOptions(softcap=7.0)).head.softcap == 7.0
+    assert hw.build_model(vocab, "hf:llama", "32x1x2", z_loss=1e-3).head.loss_options == LossOptions(z_loss=1e-3)

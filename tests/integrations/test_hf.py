@@ -167,8 +167,10 @@ def test_masked_lm_sees_right_context_and_never_padding(backbone):
     from headway.integrations.hf import HeadwayForMaskedLM
 
     torch.manual_seed(0)
+    # zero_init=False: the recipe's zero-initialized output projections make every position independent
+    # of every other one until trained, which would hide the attention pattern this test looks at
     model = HeadwayForMaskedLM(HeadwayConfig(base_vocab_size=61, num_sentinels=4, backbone=backbone,
-                                             size="tiny")).eval()
+                                             size="tiny", zero_init=False)).eval()
     ids = torch.randint(0, 60, (2, 10))
     base = model(input_ids=ids).logits
     later = ids.clone()
@@ -261,3 +263,72 @@ def test_trainer_callback_refuses_a_leaking_model_at_train_start(tmp_path, leaky
     else:
         trainer.train()
         assert cb.report.ok and trainer.state.global_step == 2
+
+
+def test_use_fused_loss_takes_loss_options():
+    """options= gives the keyword shortcut's loss, adds label smoothing on request, keeps the model's own
+    softcap (and refuses another), and refuses a keyword that disagrees with the options."""
+    from headway.loss import LossOptions, linear_cross_entropy
+
+    ids = torch.randint(0, 128, (2, 9))
+    by_kw = use_fused_loss(tiny_llama().eval(), z_loss=1e-3, chunk_size=5)
+    by_opt = use_fused_loss(tiny_llama().eval(), options=LossOptions(z_loss=1e-3, chunk_size=5))
+    assert torch.equal(by_kw(input_ids=ids, labels=ids).loss, by_opt(input_ids=ids, labels=ids).loss)
+    o = LossOptions(label_smoothing=0.1, impl="reference")
+    model = use_fused_loss(tiny_gemma2().eval(), options=o)
+    ref = tiny_gemma2().eval()
+    h = ref.model(input_ids=ids)[0]
+    want = linear_cross_entropy(h, ref.lm_head.weight, ids, shift=True, label_smoothing=0.1, softcap=5.0)
+    torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, want, rtol=1e-5, atol=1e-6)
+    assert use_fused_loss(tiny_gemma2().eval(), options=LossOptions(softcap=5.0)) is not None  # the model's own
+    with pytest.raises(ValueError, match=r"options.softcap=3.0, but Gemma2ForCausalLM's logits are soft-capped at 5.0"):
+        use_fused_loss(tiny_gemma2(), options=LossOptions(softcap=3.0))
+    with pytest.raises(ValueError, match="not soft-capped"):
+        use_fused_loss(tiny_llama(), options=LossOptions(softcap=3.0))
+    with pytest.raises(ValueError, match=r"use_fused_loss: z_loss=0.01 and options.z_loss=0.0 disagree"):
+        use_fused_loss(tiny_llama(), z_loss=1e-2, options=o)
+
+
+def test_headway_config_carries_the_recipe_and_loss_options_and_old_configs_load_as_before(tmp_path):
+    """A new HeadwayConfig defaults to headway.RECIPE's transformer (what `headway train` trains) and
+    saves every recipe and loss field; a config saved before those fields existed (no `activation`)
+    still builds the plain GELU transformer it was built with."""
+    import json
+
+    import headway as hw
+    from headway.loss import LossOptions
+
+    register()
+    new = HeadwayConfig(base_vocab_size=61, num_sentinels=4, size="tiny")
+    assert (new.activation, new.qk_norm, new.zero_init) == (hw.RECIPE.activation, hw.RECIPE.qk_norm,
+                                                           hw.RECIPE.zero_init)
+    assert new.loss_options() == LossOptions()
+    cfg = HeadwayConfig(base_vocab_size=61, num_sentinels=4, size="tiny", z_loss=1e-3, label_smoothing=0.1,
+                        chunk_size=16, loss_impl="chunked")
+    model = HeadwayForCausalLM(cfg)
+    assert model.lm.head.loss_options == LossOptions(z_loss=1e-3, label_smoothing=0.1, chunk_size=16, impl="chunked")
+    tc = model.lm.backbone.config
+    assert (tc.activation, tc.qk_norm, tc.zero_init) == ("relu2", True, True)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("activation", "qk_norm", "zero_init", "z_loss", "label_smoothing", "softcap", "ignore_index",
+                "chunk_size", "loss_impl"):
+        assert key in saved, key
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert again.lm.head.loss_options == model.lm.head.loss_options
+    assert again.lm.backbone.config == model.lm.backbone.config
+    # a 0.1.0 config: none of the recipe or new loss keys
+    old = {k: v for k, v in saved.items() if k not in ("activation", "qk_norm", "zero_init", "label_smoothing",
+                                                       "softcap", "ignore_index", "chunk_size", "loss_impl")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    for loaded in (HeadwayConfig.from_dict(dict(old)), HeadwayConfig.from_pretrained(tmp_path),
+                   HeadwayConfig.from_json_file(tmp_path / "config.json")):
+        assert (loaded.activation, loaded.qk_norm, loaded.zero_init) == ("gelu", False, False)
+        assert loaded.loss_options() == LossOptions(z_loss=1e-3)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).lm
+    assert (plain.backbone.config.activation, plain.backbone.config.qk_norm, plain.backbone.config.zero_init) == (
+        "gelu", False, False)
+    ssm = HeadwayForCausalLM(HeadwayConfig(base_vocab_size=61, num_sentinels=4, backbone="gated_ssm", size="tiny"))
+    assert ssm.lm.head.loss_options == LossOptions()  # the recipe fields do not apply to the gated SSM
+    with pytest.raises(ValueError, match="LossOptions: `label_smoothing` must be a number in"):
+        HeadwayConfig(label_smoothing=2.0)

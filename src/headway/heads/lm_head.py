@@ -1,9 +1,9 @@
 """LM heads: hidden states -> loss through the fused linear cross-entropy (or -> logits).
 
-`HeadBase` holds what every LM head shares — the loss options, autocast handling, `forward` and
-`logits` — over a (V, H) weight that each subclass provides: `LMHead` owns a parameter (or ties an
-embedding's), `SplitLMHead` concatenates vocabulary splits, `VocabParallelLMHead` shards the rows
-over ranks.
+`HeadBase` holds what every LM head shares — its loss options (`LossOptions`), autocast handling,
+`forward` and `logits` — over a (V, H) weight that each subclass provides: `LMHead` owns a parameter
+(or ties an embedding's), `SplitLMHead` concatenates vocabulary splits, `VocabParallelLMHead` shards
+the rows over ranks.
 """
 
 from __future__ import annotations
@@ -11,27 +11,68 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from headway.constants import IGNORE_INDEX
-from headway.loss import linear_cross_entropy
+from headway.loss import LossOptions, linear_cross_entropy
+from headway.loss.options import merge_options
 
 
 class HeadBase(nn.Module):
     """The shared LM-head logic. Subclasses provide `weight` (V, H) (`loss_weight` / `full_weight`
     when the loss and the logits need different views of it) and may override `_loss`.
 
-    `forward(h, labels)` returns ``linear_cross_entropy(h, W, labels, ...)`` — equal to
-    ``F.cross_entropy((h @ W.T + b).float(), labels)`` plus the optional z-loss / softcap /
-    smoothing — without materializing the (B·S, V) logits. `logits(h, keep_last=k)` materializes
-    logits for the last k positions only (generation).
+    `forward(h, labels)` returns ``linear_cross_entropy(h, W, labels, options=self.loss_options)`` —
+    equal to ``F.cross_entropy((h @ W.T + b).float(), labels)`` plus the options' z-loss
+    (``z_loss * lse**2`` per token), soft-capping (logits ``softcap * tanh(z / softcap)``) and
+    label smoothing (``(1 - ε) * nll + ε * (lse - mean(z))``) — without materializing the (B·S, V)
+    logits. `logits(h, keep_last=k)` materializes the (soft-capped) logits for the last k positions
+    only (generation).
+
+    `loss`: the head's `LossOptions` (kept as `self.loss_options`). `softcap`, `z_loss` and
+    `label_smoothing` are a shortcut that builds them (``LMHead(H, V, z_loss=1e-4)``); given with
+    `loss`, a keyword other than its default must equal the option (else ValueError naming both).
+    They stay readable (and settable) as attributes of the head.
     """
 
     weight: Tensor
     bias: nn.Parameter | None
+    loss_options: LossOptions
 
-    def __init__(self, *, softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
+    def __init__(self, *, loss: LossOptions | None = None, softcap: float | None = None, z_loss: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.softcap, self.z_loss, self.label_smoothing = softcap, z_loss, label_smoothing
+        name = type(self).__name__
+        given = merge_options(name, loss, softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
+        self.loss_options = loss if loss is not None else LossOptions(**given)
         self.tied = False
+
+    @property
+    def softcap(self) -> float | None:
+        """The logit soft-cap c (logits ``c * tanh(z / c)``), None for none: `loss_options.softcap`."""
+        return self.loss_options.softcap
+
+    @softcap.setter
+    def softcap(self, value: float | None) -> None:
+        self.loss_options = self.loss_options.replace(softcap=value)
+
+    @property
+    def z_loss(self) -> float:
+        """The z-loss coefficient (``z_loss * lse**2`` per token): `loss_options.z_loss`."""
+        return self.loss_options.z_loss
+
+    @z_loss.setter
+    def z_loss(self, value: float) -> None:
+        self.loss_options = self.loss_options.replace(z_loss=value)
+
+    @property
+    def label_smoothing(self) -> float:
+        """The label smoothing ε: `loss_options.label_smoothing`."""
+        return self.loss_options.label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        self.loss_options = self.loss_options.replace(label_smoothing=value)
+
+    def extra_repr(self) -> str:
+        return "" if self.loss_options == LossOptions() else f"loss={self.loss_options}"
 
     def loss_weight(self) -> Tensor:
         """The weight the loss multiplies by (this rank's rows for a sharded head)."""
@@ -42,8 +83,7 @@ class HeadBase(nn.Module):
         return self.weight
 
     def _loss(self, hidden: Tensor, weight: Tensor, labels: Tensor, **kw: object) -> Tensor:
-        out = linear_cross_entropy(hidden, weight, labels, bias=self.bias, ignore_index=IGNORE_INDEX,
-                                   label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+        out = linear_cross_entropy(hidden, weight, labels, bias=self.bias, options=self.loss_options,
                                    **kw)  # type: ignore[arg-type]
         assert isinstance(out, Tensor)
         return out
@@ -69,18 +109,21 @@ class HeadBase(nn.Module):
         z = (hidden @ self.full_weight().t()).float()
         if self.bias is not None:
             z = z + self.bias.float()
-        if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
+        c = self.loss_options.softcap
+        if c is not None:
+            z = c * torch.tanh(z / c)
         return z
 
 
 class LMHead(HeadBase):
     """Projects (B, S, H) hidden states onto a V-word vocabulary with its own (V, H) weight, or the
-    weight of `tie_to` (an `nn.Embedding`), plus an optional bias."""
+    weight of `tie_to` (an `nn.Embedding`), plus an optional bias. `loss` (or the `softcap`, `z_loss`,
+    `label_smoothing` shortcut): the loss options (`HeadBase`)."""
 
     def __init__(self, hidden_size: int, vocab_size: int, *, bias: bool = False, tie_to: nn.Embedding | None = None,
-                 softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
-        super().__init__(softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
+                 loss: LossOptions | None = None, softcap: float | None = None, z_loss: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(loss=loss, softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
         if tie_to is not None:
             if tuple(tie_to.weight.shape) != (vocab_size, hidden_size):
                 raise ValueError(f"LMHead: `tie_to` weight must be ({vocab_size}, {hidden_size}), "

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from headway.eager import eager_under_compile
 from headway.heads.lm_head import HeadBase
+from headway.loss import LossOptions
 
 
 class _Joined(torch.autograd.Function):
@@ -127,12 +128,14 @@ class SplitLMHead(HeadBase):
     """LM head over the concatenated splits; tied split by split to a `SplitEmbedding` or its own.
 
     The loss equals an `LMHead` whose weight is the concatenation of the splits; a frozen split
-    (``requires_grad=False``) gets no gradient.
+    (``requires_grad=False``) gets no gradient. `loss` (or the `softcap`, `z_loss`, `label_smoothing`
+    shortcut): the loss options (`HeadBase`).
     """
 
     def __init__(self, split_sizes: dict[str, int], hidden_size: int, *, tie_to: SplitEmbedding | None = None,
-                 softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0) -> None:
-        super().__init__(softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
+                 loss: LossOptions | None = None, softcap: float | None = None, z_loss: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(loss=loss, softcap=softcap, z_loss=z_loss, label_smoothing=label_smoothing)
         if tie_to is not None and tie_to.split_sizes != dict(split_sizes):
             raise ValueError(f"SplitLMHead: tied embedding has splits {tie_to.split_sizes}, expected {split_sizes}")
         self.table = tie_to if tie_to is not None else SplitEmbedding(split_sizes, hidden_size, hidden_size**-0.5)

@@ -27,9 +27,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 
 from headway.constants import IGNORE_INDEX
 from headway.data.packing import chunks
-from headway.loss import linear_cross_entropy
+from headway.loss import LossOptions, linear_cross_entropy
+from headway.loss.options import merge_options
 from headway.models import build_model
 from headway.models.lm import check_token_ids
+from headway.recipe import RECIPE
 from headway.types import Batch, Objective, Vocab
 
 # logits = lm_head(h) * factor: (config attribute, whether the model divides by it)
@@ -48,13 +50,20 @@ def _logit_scale(cfg: Any) -> float:
     return scale
 
 
-def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: int | None = None) -> PreTrainedModel:
+def use_fused_loss(model: PreTrainedModel, *, options: LossOptions | None = None, z_loss: float = 0.0,
+                   chunk_size: int | None = None) -> PreTrainedModel:
     """Make a HF causal LM compute its training loss with `linear_cross_entropy` from the final
     hidden states, never building the logits. Honours `num_items_in_batch` (as `Trainer` passes it)
     and aligned `shift_labels`; `labels` keep HF's meaning (shifted inside). Calls without labels
     (evaluation of logits, `generate`) run the original forward unchanged. Output scales
     (`logit_scale`, `lm_head_multiplier`, `logits_scaling`) and Gemma-2/3's final-logit soft-capping
     are applied.
+
+    options: the loss's `LossOptions` (z-loss, label smoothing, ignore index, chunk size, backend);
+    `z_loss` and `chunk_size` are a shortcut for them (given with `options`, a value other than the
+    default must equal the option's, else ValueError naming both). The softcap is the model's own
+    (config.final_logit_softcapping): `options.softcap` may be left None or equal it, and is refused
+    otherwise, since the loss would no longer be that of the model's logits.
 
     Supported: decoder-only causal LMs whose logits are `lm_head(final hidden states)` (nn.Linear,
     with or without bias), optionally times config.logit_scale / config.lm_head_multiplier, divided
@@ -73,7 +82,14 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
     if base is None or not isinstance(head, nn.Linear):
         raise ValueError(f"use_fused_loss: {name} has no base model + nn.Linear output head "
                          f"(got {type(head).__name__}); supported: {SUPPORTED}")
+    merge_options("use_fused_loss", options, z_loss=z_loss, chunk_size=chunk_size)  # refuses disagreeing keywords
+    opts = LossOptions(z_loss=z_loss, chunk_size=chunk_size) if options is None else options
     softcap = getattr(cfg, "final_logit_softcapping", None)
+    if opts.softcap is not None and opts.softcap != softcap:
+        raise ValueError(f"use_fused_loss: options.softcap={opts.softcap!r}, but {name}'s logits are "
+                         + ("not soft-capped" if softcap is None else f"soft-capped at {softcap!r}")
+                         + " (config.final_logit_softcapping); leave options.softcap None to use the model's own")
+    opts = opts.replace(softcap=None if softcap is None else float(softcap))
     scale = _logit_scale(cfg)
     original = model.forward
 
@@ -94,13 +110,12 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
         if input_ids is not None:
             check_token_ids(input_ids, model.get_input_embeddings().weight.shape[0], name, "input_ids")
         y = shift_labels if shift_labels is not None else labels
-        check_labels(y, head.weight.shape[0], name)
+        check_labels(y, head.weight.shape[0], name, opts.ignore_index)
         out, h = hidden_states(input_ids, attention_mask, kw)
         aligned = shift_labels is not None
         y = shift_labels if aligned else labels
         loss = linear_cross_entropy(h, head.weight, y.to(h.device), bias=head.bias, shift=not aligned,
-                                    softcap=softcap, z_loss=z_loss, num_items_in_batch=num_items_in_batch,
-                                    chunk_size=chunk_size)
+                                    num_items_in_batch=num_items_in_batch, options=opts)
         return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=getattr(out, "past_key_values", None),
                                       hidden_states=getattr(out, "hidden_states", None))
 
@@ -108,11 +123,11 @@ def use_fused_loss(model: PreTrainedModel, *, z_loss: float = 0.0, chunk_size: i
     return model
 
 
-def check_labels(labels: Tensor, size: int, who: str) -> None:
-    """A ValueError unless every label is IGNORE_INDEX or in [0, size) (the head's rows)."""
+def check_labels(labels: Tensor, size: int, who: str, ignore_index: int = IGNORE_INDEX) -> None:
+    """A ValueError unless every label is `ignore_index` or in [0, size) (the head's rows)."""
     if torch.compiler.is_compiling():
         return
-    check_token_ids(torch.where(labels == IGNORE_INDEX, 0, labels), size, who, "labels")  # no data-dependent shape
+    check_token_ids(torch.where(labels == ignore_index, 0, labels), size, who, "labels")  # no data-dependent shape
 
 
 def fit_vocab(model: PreTrainedModel, vocab: Vocab, resize: bool = True) -> PreTrainedModel:
@@ -156,21 +171,70 @@ def _verify(model: PreTrainedModel, original: Any, head: nn.Linear, hidden: Any,
         model.train(was_training)
 
 
+LEGACY_RECIPE: dict[str, Any] = {"activation": "gelu", "qk_norm": False, "zero_init": False}
+"""The transformer recipe of a `HeadwayConfig` saved before it carried one (no `activation` key): the
+plain one (GELU, no QK-norm, no zero-init) that 0.1.0 built, so such folders keep loading as they were."""
+
+
 class HeadwayConfig(PretrainedConfig):
-    """The HF config of a headway `LanguageModel` (`model_type = "headway"`): the base vocabulary
-    size and sentinel count of its `Vocab`, the backbone ("transformer" | "gated_ssm"), the size
-    preset, `bidirectional` (the gated SSM's backward branch) and `z_loss`. It builds the plain
-    transformer recipe (GELU, no QK-norm, no zero-init), as 0.1.0 did, so saved folders keep loading."""
+    """The HF config of a headway `LanguageModel` (`model_type = "headway"`), every field plain JSON:
+
+    the base vocabulary size and sentinel count of its `Vocab`; the backbone ("transformer" |
+    "gated_ssm" | any registered name), the size preset, `bidirectional` (the gated SSM's backward
+    branch); the transformer's recipe `activation` ("gelu" | "relu2"), `qk_norm`, `zero_init`
+    (defaults: `headway.RECIPE`'s, what `headway train` trains; other backbones ignore them); and
+    the head's loss options (`headway.LossOptions`' fields, the backend as `loss_impl`): the loss
+    per token is ``(1 - ε)·(lse - z_y) + ε·(lse - mean z) + z_loss·lse²`` over logits soft-capped at
+    `softcap` (None: none), with ε = `label_smoothing`; `ignore_index` labels count for nothing.
+
+    A config saved before the recipe fields existed (a dict without `activation`) loads with
+    `LEGACY_RECIPE`, the plain GELU transformer it was built with."""
 
     model_type = "headway"
 
     def __init__(self, base_vocab_size: int = 256, num_sentinels: int = 100, backbone: str = "transformer",
                  size: str = "small", bidirectional: bool = False, z_loss: float = 0.0,
-                 tie_word_embeddings: bool = True, **kw: Any) -> None:
+                 tie_word_embeddings: bool = True, activation: str = RECIPE.activation, qk_norm: bool = RECIPE.qk_norm,
+                 zero_init: bool = RECIPE.zero_init, label_smoothing: float = 0.0, softcap: float | None = None,
+                 ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None, loss_impl: str = "auto",
+                 **kw: Any) -> None:
         self.base_vocab_size, self.num_sentinels = base_vocab_size, num_sentinels
-        self.backbone, self.size, self.bidirectional, self.z_loss = backbone, size, bidirectional, z_loss
+        self.backbone, self.size, self.bidirectional = backbone, size, bidirectional
+        self.activation, self.qk_norm, self.zero_init = activation, qk_norm, zero_init
+        opts = LossOptions(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, ignore_index=ignore_index,
+                           chunk_size=chunk_size, impl=loss_impl)  # checked here: a bad value names its field
+        self.z_loss, self.label_smoothing, self.softcap = opts.z_loss, opts.label_smoothing, opts.softcap
+        self.ignore_index, self.chunk_size, self.loss_impl = opts.ignore_index, opts.chunk_size, opts.impl
         self.vocab_size = Vocab(base_vocab_size, num_sentinels=num_sentinels).size
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kw)
+
+    def loss_options(self) -> LossOptions:
+        """The head's `LossOptions` from the loss fields."""
+        return LossOptions(label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+                           ignore_index=self.ignore_index, chunk_size=self.chunk_size, impl=self.loss_impl)
+
+    def recipe(self) -> dict[str, Any]:
+        """The transformer recipe (`build_model`'s activation / qk_norm / zero_init) for a backbone that
+        declares them; {} for one that does not (the gated SSM)."""
+        from headway.models.registry import get_backbone
+
+        declared = get_backbone(self.backbone).options
+        return {k: getattr(self, k) for k in LEGACY_RECIPE if k in declared}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """As `PretrainedConfig.from_dict`; a dict saved without the recipe fields gets `LEGACY_RECIPE`."""
+        return super().from_dict(_with_legacy_recipe(config_dict), **kwargs)
+
+    @classmethod
+    def from_json_file(cls, json_file: Any) -> Any:
+        """As `PretrainedConfig.from_json_file`; a file without the recipe fields gets `LEGACY_RECIPE`."""
+        return cls(**_with_legacy_recipe(cls._dict_from_json_file(json_file)))
+
+
+def _with_legacy_recipe(d: dict[str, Any]) -> dict[str, Any]:
+    """`d`, with `LEGACY_RECIPE` under it when it predates the recipe fields (no `activation` key)."""
+    return d if "activation" in d else {**LEGACY_RECIPE, **d}
 
 
 class _HeadwayPreTrained(PreTrainedModel):
@@ -183,7 +247,7 @@ class _HeadwayPreTrained(PreTrainedModel):
         super().__init__(config)
         vocab = Vocab(config.base_vocab_size, num_sentinels=config.num_sentinels)
         self.lm = build_model(vocab, config.backbone, config.size, bidirectional=config.bidirectional,
-                              z_loss=config.z_loss, activation="gelu", qk_norm=False, zero_init=False)
+                              loss=config.loss_options(), **config.recipe())
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:  # headway modules initialize themselves

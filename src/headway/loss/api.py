@@ -12,19 +12,17 @@ from headway.eager import eager_under_compile
 from headway.loss import backends
 from headway.loss.amp import cast
 from headway.loss.chunked import ChunkedLinearCrossEntropy
-from headway.loss.core import ChunkOpts, acc_dtype, default_chunk_size, mean_scale
+from headway.loss.core import ChunkOpts, acc_dtype, default_chunk_size
+from headway.loss.options import LossOptions, merge_options
+from headway.loss.reduction import loss_scale, reduce_losses
 from headway.loss.reference import reference_token_losses
 from headway.loss.validate import LossArgs, check_args
 
 
-def _reduce(per_token: Tensor, n_valid: Tensor, a: LossArgs) -> Tensor:
-    """Apply the one normalization: sum / num_items_in_batch, sum / n_valid, sum, or none."""
-    if a.reduction == "none":
-        return per_token.reshape(a.lead_shape)
-    total = per_token.sum()
-    if a.reduction == "sum":
-        return total
-    return total * mean_scale(n_valid, a.num_items_in_batch, acc_dtype(a.hidden.dtype))
+def _reduce(losses: Tensor, a: LossArgs) -> Tensor:
+    """Per-token losses (N,) (or their sum) reduced as `a` asks: `reduction.reduce_losses`."""
+    return reduce_losses(losses, (a.labels != a.ignore_index).sum(), a.reduction, a.num_items_in_batch,
+                         acc_dtype(a.hidden.dtype), a.lead_shape)
 
 
 @eager_under_compile  # a hand-scheduled kernel with buffers kept across calls: torch.compile runs it as is
@@ -42,10 +40,8 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
                                                device=a.weight.device)
     o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, chunk)
     per_token = a.reduction == "none"
-    if a.reduction == "sum" or per_token:
-        scale = torch.ones((), dtype=acc_dtype(h.dtype), device=h.device)
-    else:
-        scale = mean_scale(n_valid, a.num_items_in_batch, acc_dtype(h.dtype))
+    # the reduction's factor goes into the Function: the gradients it computes in the forward carry it
+    scale = loss_scale(a.reduction, n_valid, a.num_items_in_batch, acc_dtype(h.dtype))
     # gradients only when autograd records this call (never under no_grad / inference_mode)
     grad_now = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, a.weight, a.bias))
     # under autocast weight and bias are cast inside the Function: their float32 sums over chunks reach
@@ -78,21 +74,18 @@ def _dispatch(a: LossArgs) -> tuple[Tensor, Tensor | None]:
 def _run(a: LossArgs) -> tuple[Tensor, Tensor | None]:
     if a.impl == "reference":
         per_token, lse = reference_token_losses(_cast_all(a))
-        return _reduce(per_token, (a.labels != a.ignore_index).sum(), a), lse
+        return _reduce(per_token, a), lse
     use_cce = a.impl == "cce" or (a.impl == "auto" and backends.available("cce") and backends.cce_supports(a))
     if use_cce:
         if not backends.cce_supports(a):
             raise ValueError("linear_cross_entropy: impl='cce' needs CUDA bf16/fp16 inputs, no bias, "
                              "label_smoothing=0 and z_loss=0")
-        return _reduce(backends.cce_token_losses(_cast_all(a)), (a.labels != a.ignore_index).sum(), a), None
+        return _reduce(backends.cce_token_losses(_cast_all(a)), a), None
     use_liger = a.impl == "liger" or (a.impl == "auto" and backends.available("liger") and backends.liger_supports(a))
     if use_liger:
         if not backends.liger_supports(a):
             raise ValueError("linear_cross_entropy: impl='liger' needs CUDA inputs and reduction 'mean' or 'sum'")
-        total = backends.liger_sum(_cast_all(a))
-        n_valid = (a.labels != a.ignore_index).sum()
-        return (total if a.reduction == "sum" else total * mean_scale(n_valid, a.num_items_in_batch,
-                                                                       acc_dtype(a.hidden.dtype))), None
+        return _reduce(backends.liger_sum(_cast_all(a)), a), None  # the summed loss, reduced
     return _chunked(a)
 
 
@@ -112,6 +105,7 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     impl: str = "auto",
     return_lse: bool = False,
+    options: LossOptions | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Cross-entropy of `hidden @ weight.T + bias` against `labels`, without the (N, V) logits.
 
@@ -133,6 +127,10 @@ def linear_cross_entropy(
         return_lse: also return the float32 log-sum-exp of shape (...) (0 where ignored on
             every path; not available from the cce/liger backends). It is differentiable, so
             ``loss + c * (lse**2).mean()`` trains with the z-loss gradient.
+        options: a `LossOptions` holding ignore_index, label_smoothing, z_loss, softcap, chunk_size
+            and impl in one object (what a head carries); the call then runs with its values. A
+            keyword left at its default defers to it; one set to another value than the option's
+            raises ValueError naming both.
 
     A batch without a valid label gives loss 0 and zero gradients.
 
@@ -146,9 +144,10 @@ def linear_cross_entropy(
     ``F.cross_entropy(F.linear(h, w).float(), y)`` under the same autocast, to the rounding of the
     product in the autocast dtype. Outside autocast, a dtype mismatch raises ValueError.
     """
-    a = check_args(hidden, weight, labels, bias=bias, ignore_index=ignore_index, reduction=reduction,
-                   shift=shift, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   num_items_in_batch=num_items_in_batch, chunk_size=chunk_size, impl=impl)
+    opts = merge_options("linear_cross_entropy", options, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                         z_loss=z_loss, softcap=softcap, chunk_size=chunk_size, impl=impl)
+    a = check_args(hidden, weight, labels, bias=bias, reduction=reduction, shift=shift,
+                   num_items_in_batch=num_items_in_batch, **opts)
     if return_lse and a.impl in ("cce", "liger"):
         raise ValueError(f"linear_cross_entropy: return_lse=True is not available with impl={a.impl!r}")
     if return_lse and a.impl == "auto":
@@ -171,14 +170,20 @@ def token_logprobs(
     softcap: float | None = None,
     chunk_size: int | None = None,
     impl: str = "auto",
+    options: LossOptions | None = None,
 ) -> Tensor:
     """Per-token log-probabilities log p(labels[t] | hidden[t]) of shape (...), 0 where ignored.
 
-    Equals ``log_softmax(hidden @ weight.T + bias).gather(-1, labels)``, in float32 (float64 for
-    float64 inputs); differentiable. Dtype and autocast rules as `linear_cross_entropy`'s.
+    Equals ``log_softmax(z).gather(-1, labels)`` for z = hidden @ weight.T + bias (soft-capped,
+    ``softcap * tanh(z / softcap)``, when softcap is given), in float32 (float64 for float64
+    inputs); differentiable. Dtype and autocast rules as `linear_cross_entropy`'s.
+
+    options: a `LossOptions` (conflicts with the keywords as in `linear_cross_entropy`); its
+    ignore_index, softcap, chunk_size and impl are used. Its label_smoothing and z_loss are terms of
+    a training loss, not of a log-probability, and are not applied, so a head's options can score text.
     """
-    nll = linear_cross_entropy(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
-                               reduction="none", shift=shift, softcap=softcap, chunk_size=chunk_size,
-                               impl=impl)
+    opts = merge_options("token_logprobs", options, ignore_index=ignore_index, softcap=softcap,
+                         chunk_size=chunk_size, impl=impl)
+    nll = linear_cross_entropy(hidden, weight, labels, bias=bias, reduction="none", shift=shift, **opts)
     assert isinstance(nll, Tensor)
     return -nll

@@ -120,14 +120,6 @@ def token_losses(st: Stats, o: ChunkOpts, V: int) -> Tensor:
     return loss
 
 
-def mean_scale(n_valid: Tensor, num_items_in_batch: Tensor | float | None, dtype: torch.dtype) -> Tensor:
-    """The one normalization of reduction="mean": 1 / num_items_in_batch, else 1 / max(n_valid, 1)
-    (no valid token: loss 0 and zero gradients, never NaN)."""
-    if num_items_in_batch is not None:
-        return 1.0 / torch.as_tensor(num_items_in_batch, device=n_valid.device).to(dtype)
-    return 1.0 / n_valid.clamp(min=1).to(dtype)
-
-
 class ChunkBuffers:
     """The chunk's logits buffers, shared by every chunk of a call and kept across calls.
 

@@ -68,12 +68,20 @@ _SAME: tuple[tuple[str, str, Callable[[int], object], bool | None], ...] = (
 )
 
 
+VOCAB_PARALLEL_IMPLS = ("auto", "chunked")
+"""The `impl` values the vocab-parallel loss runs: it has the chunk driver only ("auto" means it)."""
+
+
 def local_check(fn: str, hidden: Tensor, weight: Tensor, labels: Tensor, vocab_start: int | None,
-                 gather_tokens: bool, return_lse: bool, kw: dict[str, object]
-                 ) -> tuple[str, LossArgs | None, Tensor | None, dict[str, int]]:
+                gather_tokens: bool, return_lse: bool, kw: dict[str, object], impl: str = "auto"
+                ) -> tuple[str, LossArgs | None, Tensor | None, dict[str, int]]:
     """This rank's checks, raising nothing: (error message or "", checked arguments, aligned labels (N,),
-    the agreement columns). Labels are range-checked later, against the V that the agreement gives."""
+    the agreement columns). Labels are range-checked later, against the V that the agreement gives.
+    `impl`: the backend asked for (`LossOptions.impl`); only `VOCAB_PARALLEL_IMPLS` run here."""
     try:
+        if impl not in VOCAB_PARALLEL_IMPLS:
+            raise ValueError(f"{fn}: `impl` must be one of {VOCAB_PARALLEL_IMPLS} (the vocab-parallel loss runs the "
+                             f"chunk driver only), got {impl!r}")
         if not isinstance(weight, Tensor) or weight.dim() != 2:
             got = getattr(weight, "shape", type(weight).__name__)
             raise ValueError(f"{fn}: `weight` must be this rank's 2-D (V_r, H) slice, got {got}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from headway.constants import LOSS_IMPLS
+from headway.constants import IGNORE_INDEX, LOSS_IMPLS
 from headway.loss.amp import autocast_dtype, cast_dtype
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -41,6 +42,28 @@ class LossArgs:
 
 def _fail(arg: str, expected: str, actual: object) -> ValueError:
     return ValueError(f"linear_cross_entropy: `{arg}` must be {expected}, got {actual}")
+
+
+def check_options(*, label_smoothing: object, z_loss: object, softcap: object, chunk_size: object, impl: object,
+                  ignore_index: object = IGNORE_INDEX, fn: str = "linear_cross_entropy") -> None:
+    """The checks of the loss options (`headway.loss.LossOptions`' fields): a ValueError naming the
+    option, what it must be and what it got. `fn` names the caller in the message."""
+    try:
+        if impl not in IMPLS:
+            raise _fail("impl", f"one of {IMPLS}", repr(impl))
+        if not (_finite(label_smoothing) and 0.0 <= float(label_smoothing) <= 1.0):  # type: ignore[arg-type]
+            raise _fail("label_smoothing", "a number in [0, 1]", label_smoothing)
+        if not (_finite(z_loss) and float(z_loss) >= 0):  # type: ignore[arg-type]
+            raise _fail("z_loss", "a finite number >= 0", z_loss)
+        if softcap is not None and not (_finite(softcap) and float(softcap) > 0):  # type: ignore[arg-type]
+            raise _fail("softcap", "None (no capping) or a finite number > 0", softcap)
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                       or chunk_size <= 0):
+            raise _fail("chunk_size", "None or a positive int", chunk_size)
+        if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+            raise _fail("ignore_index", "an int (the label value that is not a target)", repr(ignore_index))
+    except ValueError as e:
+        raise ValueError(str(e).replace("linear_cross_entropy:", f"{fn}:", 1)) from None
 
 
 def shift_labels(labels: Tensor, ignore_index: int) -> Tensor:
@@ -132,16 +155,8 @@ def _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_s
             raise _fail("bias", f"dtype {h_dt} (same as hidden{_amp_note(amp, dev)})", _dtype_after(bias, amp, dev))
     if reduction not in REDUCTIONS:
         raise _fail("reduction", f"one of {REDUCTIONS}", repr(reduction))
-    if impl not in IMPLS:
-        raise _fail("impl", f"one of {IMPLS}", repr(impl))
-    if not (_finite(label_smoothing) and 0.0 <= float(label_smoothing) <= 1.0):
-        raise _fail("label_smoothing", "a number in [0, 1]", label_smoothing)
-    if not (_finite(z_loss) and float(z_loss) >= 0):
-        raise _fail("z_loss", "a finite number >= 0", z_loss)
-    if softcap is not None and not (_finite(softcap) and float(softcap) > 0):
-        raise _fail("softcap", "None (no capping) or a finite number > 0", softcap)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0):
-        raise _fail("chunk_size", "None or a positive int", chunk_size)
+    check_options(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, chunk_size=chunk_size, impl=impl,
+                  ignore_index=ignore_index)
     if num_items_in_batch is not None:
         if reduction != "mean":
             raise _fail("num_items_in_batch", 'None unless reduction="mean"', num_items_in_batch)

@@ -30,13 +30,14 @@ from headway.loss.core import (
     Stats,
     acc_dtype,
     default_chunk_size,
-    mean_scale,
     new_grads,
     run_chunks,
     token_losses,
 )
+from headway.loss.options import LossOptions, merge_options
 from headway.loss.rank_agreement import C as _C
 from headway.loss.rank_agreement import agree, comm_device, local_check, verdict
+from headway.loss.reduction import reduce_losses
 
 
 class _VocabParallelCE(torch.autograd.Function):
@@ -137,6 +138,7 @@ def vocab_parallel_linear_cross_entropy(
     group=None,  # noqa: ANN001
     gather_tokens: bool = False,
     return_lse: bool = False,
+    options: LossOptions | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """`linear_cross_entropy` with the head weight sharded by vocabulary rows across `group`.
 
@@ -166,6 +168,10 @@ def vocab_parallel_linear_cross_entropy(
     `vocab_start` and `chunk_size` may differ across ranks, and so may `reduction`, `num_items_in_batch`
     and `return_lse` with gather_tokens=True. The check costs one all-gather of a few hundred bytes
     per rank.
+
+    `options`: a `LossOptions`, as in `linear_cross_entropy` (a keyword set to another value than the
+    option's raises ValueError naming both). This loss runs the chunk driver only: its `impl` must be
+    "auto" or "chunked" (the others are refused, through the agreement step, on every rank).
     """
     fn = "vocab_parallel_linear_cross_entropy"
     if hasattr(weight, "to_local") and hasattr(weight, "placements"):  # a DTensor
@@ -174,10 +180,19 @@ def vocab_parallel_linear_cross_entropy(
         weight = weight.to_local()
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError(f"{fn}: torch.distributed is not initialized")
-    kw: dict[str, object] = dict(
-        bias=bias, ignore_index=ignore_index, reduction=reduction, shift=shift, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, num_items_in_batch=num_items_in_batch, chunk_size=chunk_size)
-    error, a, y, cols = local_check(fn, hidden, weight, labels, vocab_start, gather_tokens, return_lse, kw)
+    opts: dict[str, object] = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+                                   softcap=softcap, chunk_size=chunk_size)
+    impl, conflict = "auto", ""
+    try:  # a keyword that disagrees with `options` is reported by every rank, as any bad argument is
+        opts = merge_options(fn, options, **opts)
+        impl = "auto" if options is None else options.impl
+    except ValueError as e:
+        conflict = str(e)
+    ignore_index = opts["ignore_index"]  # type: ignore[assignment]
+    kw: dict[str, object] = dict(bias=bias, reduction=reduction, shift=shift, num_items_in_batch=num_items_in_batch,
+                                 **opts)
+    error, a, y, cols = local_check(fn, hidden, weight, labels, vocab_start, gather_tokens, return_lse, kw, impl)
+    error = conflict or error
     table, msgs = agree(group, comm_device(group), cols, y, cols.get("ignore_index", 0), error)
     error = verdict(fn, table, msgs)  # the same on every rank
     if error:
@@ -201,12 +216,7 @@ def vocab_parallel_linear_cross_entropy(
         per, lse_v = _VocabParallelCE.apply(flat.index_select(0, idx), weight, bias, y[idx], start, V, o, group,
                                             gather_tokens, any(row[_C["lse"]] for row in table), a.amp)
     full = torch.zeros(y.shape[0], dtype=per.dtype, device=per.device).index_put((idx,), per)[own]
-    if reduction == "none":
-        loss = full.reshape(a.lead_shape)
-    elif reduction == "sum":
-        loss = full.sum()
-    else:
-        loss = full.sum() * mean_scale(valid[own].sum(), a.num_items_in_batch, per.dtype)
+    loss = reduce_losses(full, valid[own].sum(), reduction, a.num_items_in_batch, per.dtype, a.lead_shape)
     if return_lse:
         lse = torch.zeros(y.shape[0], dtype=lse_v.dtype, device=lse_v.device).index_put((idx,), lse_v)[own]
         return loss, lse.reshape(a.lead_shape)

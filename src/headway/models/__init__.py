@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from headway.heads.lm_head import LMHead
 from headway.heads.split import SplitEmbedding, SplitLMHead
+from headway.loss.options import LossOptions, merge_options
 from headway.models import hf_backbone as _hf_backbone  # noqa: F401 - registers the hf: family
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
@@ -42,8 +43,9 @@ def parse_size(size: str) -> tuple[int, int, int]:
 
 
 def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIPE.size, *,
-                bidirectional: bool = False, z_loss: float = 0.0, tie_head: bool = True, activation: str | None = None,
-                qk_norm: bool | None = None, zero_init: bool | None = None, init: str | None = None) -> LanguageModel:
+                bidirectional: bool = False, loss: LossOptions | None = None, z_loss: float = 0.0,
+                tie_head: bool = True, activation: str | None = None, qk_norm: bool | None = None,
+                zero_init: bool | None = None, init: str | None = None) -> LanguageModel:
     """A `LanguageModel` with a split (base + special) embedding and a fused LM head, tied to the
     embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight.
 
@@ -56,7 +58,12 @@ def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIP
     declare them refuse them. bidirectional: build a backbone whose direction is in its weights (the gated
     SSM's backward branch, for MLM); a backbone that follows each batch's mask spec refuses it. init: a
     local HF checkpoint folder an `hf:` backbone starts from (its embedding and head rows too; `size`
-    is then the checkpoint's). `loss = model(batch)` gives the mean loss over the batch's targets."""
+    is then the checkpoint's). `loss = model(batch)` gives the mean loss over the batch's targets.
+
+    loss: the head's `LossOptions` (label smoothing, z-loss, softcap, ignore index, chunk size, backend);
+    `z_loss` is a shortcut for ``LossOptions(z_loss=...)`` (given with `loss`, a value other than 0 must
+    equal ``loss.z_loss``). A backbone whose architecture soft-caps its final logits (Gemma-2's
+    ``final_logit_softcapping``, an `hf:` backbone) fills ``softcap`` unless the options set one."""
     spec = get_backbone(backbone)
     given = {"activation": activation, "qk_norm": qk_norm, "zero_init": zero_init}
     recipe = RECIPE.model_options("transformer")
@@ -76,13 +83,22 @@ def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIP
     H = spec.extra.get("hidden_size", H)  # an architecture read from a file fixes its own size
     emb = SplitEmbedding(vocab.split_sizes, H)  # first: a seed gives the same weights as ever
     body = spec.build(BuildRequest(H, L, nh, bidirectional, options, init))
-    softcap = spec.extra.get("softcap")
-    head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, z_loss=z_loss, softcap=softcap) if tie_head else LMHead(
-        H, vocab.size, z_loss=z_loss, softcap=softcap)
+    opts = _head_options(loss, z_loss, spec.extra.get("softcap"))
+    head = SplitLMHead(vocab.split_sizes, H, tie_to=emb, loss=opts) if tie_head else LMHead(H, vocab.size, loss=opts)
     model = LanguageModel(emb, body, head)
     if init is not None:
         spec.extra["init"](model, vocab, init)
     return model
+
+
+def _head_options(loss: LossOptions | None, z_loss: float, arch_softcap: float | None) -> LossOptions:
+    """The head's loss options: `loss` (default: plain cross-entropy) with the `z_loss` shortcut applied
+    and, when the options set no softcap, the architecture's own final-logit softcap."""
+    merge_options("build_model", loss, z_loss=z_loss)  # a z_loss that disagrees with loss.z_loss is refused
+    opts = LossOptions(z_loss=z_loss) if loss is None else loss
+    if opts.softcap is None and arch_softcap is not None:
+        opts = opts.replace(softcap=arch_softcap)
+    return opts
 
 
 _NEUTRAL = {"activation": "gelu", "qk_norm": False, "zero_init": False}  # the untuned values: "not asked for"

@@ -4,7 +4,10 @@ built the way the trainer built them (`headway eval/sample/infill/export` and th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from headway.loss.options import LossOptions
 
 
 def load_run(ckpt: str | Path, device: str = "cpu", generating: bool = False) -> tuple[Any, Any, Any, Any]:
@@ -102,8 +105,16 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     recipe = {k: getattr(cfg, k) for k in spec.options}
     init = getattr(cfg, "init", None) if checkpoint is None else None
     tied = spec.extra.get("tied", True) is not False
-    return build_model(vocab, name, cfg.size, bidirectional=needs, z_loss=cfg.z_loss, **recipe,
+    return build_model(vocab, name, cfg.size, bidirectional=needs, loss=loss_options(cfg), **recipe,
                        tie_head=not cfg.tensor_parallel_head and tied, init=init)
+
+
+def loss_options(cfg: Any) -> LossOptions:
+    """The `LossOptions` of a run's head: ``LossOptions(z_loss=cfg.z_loss, impl=cfg.loss_impl)`` (the
+    `--z-loss` and `--loss-impl` flags; every other option at its default)."""
+    from headway.loss.options import LossOptions
+
+    return LossOptions(z_loss=cfg.z_loss, impl=cfg.loss_impl)
 
 
 def run_lead(cfg: Any, vocab: Any) -> int:
