@@ -31,6 +31,7 @@ from headway.loss import LossOptions, linear_cross_entropy
 from headway.loss.options import merge_options
 from headway.models import build_model
 from headway.models.lm import check_token_ids
+from headway.models.registry import get_backbone
 from headway.recipe import RECIPE
 from headway.types import Batch, Objective, Vocab
 
@@ -307,8 +308,12 @@ class HeadwayForMaskedLM(_HeadwayPreTrained):
     branch."""
 
     def __init__(self, config: HeadwayConfig) -> None:
-        if config.backbone == "gated_ssm":
-            config.bidirectional = True  # the SSM's direction is part of its weights
+        spec = get_backbone(config.backbone)
+        if not spec.follows_mask:  # no mask to make it see both sides: its direction is in its weights
+            if not spec.bidirectional:
+                raise ValueError(f"HeadwayForMaskedLM: the {config.backbone} backbone is causal only (no mask, no "
+                                 "bidirectional form); use a backbone that follows the mask spec")
+            config.bidirectional = True
         super().__init__(config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
