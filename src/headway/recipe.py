@@ -79,12 +79,10 @@ class Recipe:
         dev = torch.device(device)  # type: ignore[arg-type]
         return autocast_for(resolve_precision("auto", dev), dev)
 
-    def model_options(self, backbone: str) -> dict[str, object]:
-        """The keyword arguments `build_model` takes for `backbone` under this recipe (the transformer's
-        activation, QK-norm and zero-init; nothing for the gated SSM, which has its own gating)."""
-        if backbone != "transformer":
-            return {}
-        return {"activation": self.activation, "qk_norm": self.qk_norm, "zero_init": self.zero_init}
+    def model_options(self, names: tuple[str, ...] = ("activation", "qk_norm", "zero_init")) -> dict[str, object]:
+        """This recipe's values of the backbone options `names` (those a backbone's registration
+        declares, `BackboneSpec.options`; by default the transformer's activation, QK-norm and zero-init)."""
+        return {n: getattr(self, n) for n in names}
 
 
 RECIPE = Recipe()

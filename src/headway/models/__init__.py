@@ -66,7 +66,7 @@ def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIP
     ``final_logit_softcapping``, an `hf:` backbone) fills ``softcap`` unless the options set one."""
     spec = get_backbone(backbone)
     given = {"activation": activation, "qk_norm": qk_norm, "zero_init": zero_init}
-    recipe = RECIPE.model_options("transformer")
+    recipe = RECIPE.model_options(spec.options)
     options = {k: recipe[k] if v is None else v for k, v in given.items() if k in spec.options}
     refused = [k for k, v in given.items() if k not in spec.options and v is not None and v != _NEUTRAL[k]]
     if refused:
