@@ -61,11 +61,18 @@ def test_an_architecture_trains_packed_fim_resumes_exactly_and_exports_natively(
     assert hf_tok.convert_tokens_to_ids("<fim_middle>") == vocab.id("<fim_middle>")
 
 
-def test_a_state_space_model_trains_one_document_per_row_and_refuses_mlm(corpus, tmp_path, capsys):
+def test_a_state_space_model_trains_one_document_per_row_resumes_exactly_and_refuses_mlm(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_hf_args(corpus, out, "hf:mamba2", "--objective", "clm", "--steps", "2")) == 0
+    args = _hf_args(corpus, out, "hf:mamba2", "--objective", "clm:0.5,fim:0.5", "--steps", "4",
+                    "--checkpoint-every", "2")
+    assert main(args) == 0
     assert "one document per row" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["packing"] == "single"
+    straight = _losses(out)
+    (out / "latest").write_text("step-0000002")
+    (out / "metrics.jsonl").write_text("")
+    assert main([*args, "--resume"]) == 0
+    assert _losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
     assert main(_hf_args(corpus, tmp_path / "mlm", "hf:mamba2", "--objective", "mlm")) == 2
     assert "--objective mlm: needs bidirectional attention (MLM), which the hf:mamba2 backbone cannot give" in \
         capsys.readouterr().err

@@ -60,11 +60,10 @@ def _base_config(name: str) -> tuple[Any, bool]:
         if not file.is_file():
             raise ValueError(f"expected a transformers model_type (e.g. {', '.join(TESTED)}) or a config.json / a "
                              f"folder holding one, got {name!r} (no such file: {file})")
-        raw = json.loads(file.read_text())
-        mt = raw.pop("model_type", None)
-        if mt is None:
-            raise ValueError(f"{file} has no model_type")
-        return tf.AutoConfig.for_model(mt, **{k: v for k, v in raw.items() if k not in ("transformers_version",)}), True
+        mt = json.loads(file.read_text()).get("model_type")
+        if mt not in tf.CONFIG_MAPPING:
+            raise ValueError(f"{file} names no model_type transformers knows (got {mt!r})")
+        return tf.CONFIG_MAPPING[mt].from_json_file(str(file)), True  # its own decoding (inf, nested configs)
     try:
         return tf.AutoConfig.for_model(name), False
     except ValueError:
