@@ -15,6 +15,18 @@ from headway.loss import LossOptions, linear_cross_entropy
 from headway.loss.options import merge_options
 
 
+def _option(name: str, doc: str) -> property:
+    """A head attribute that reads and replaces one field of its `loss_options`."""
+
+    def get(self: HeadBase) -> object:
+        return getattr(self.loss_options, name)
+
+    def set_(self: HeadBase, value: object) -> None:
+        self.loss_options = self.loss_options.replace(**{name: value})
+
+    return property(get, set_, doc=doc + f" (`loss_options.{name}`)")
+
+
 class HeadBase(nn.Module):
     """The shared LM-head logic. Subclasses provide `weight` (V, H) (`loss_weight` / `full_weight`
     when the loss and the logits need different views of it) and may override `_loss`.
@@ -44,32 +56,9 @@ class HeadBase(nn.Module):
         self.loss_options = loss if loss is not None else LossOptions(**given)
         self.tied = False
 
-    @property
-    def softcap(self) -> float | None:
-        """The logit soft-cap c (logits ``c * tanh(z / c)``), None for none: `loss_options.softcap`."""
-        return self.loss_options.softcap
-
-    @softcap.setter
-    def softcap(self, value: float | None) -> None:
-        self.loss_options = self.loss_options.replace(softcap=value)
-
-    @property
-    def z_loss(self) -> float:
-        """The z-loss coefficient (``z_loss * lse**2`` per token): `loss_options.z_loss`."""
-        return self.loss_options.z_loss
-
-    @z_loss.setter
-    def z_loss(self, value: float) -> None:
-        self.loss_options = self.loss_options.replace(z_loss=value)
-
-    @property
-    def label_smoothing(self) -> float:
-        """The label smoothing ε: `loss_options.label_smoothing`."""
-        return self.loss_options.label_smoothing
-
-    @label_smoothing.setter
-    def label_smoothing(self, value: float) -> None:
-        self.loss_options = self.loss_options.replace(label_smoothing=value)
+    softcap = _option("softcap", "The logit soft-cap c (logits ``c * tanh(z / c)``), None for none.")
+    z_loss = _option("z_loss", "The z-loss coefficient (``z_loss * lse**2`` per token).")
+    label_smoothing = _option("label_smoothing", "The label smoothing ε.")
 
     def extra_repr(self) -> str:
         return "" if self.loss_options == LossOptions() else f"loss={self.loss_options}"
