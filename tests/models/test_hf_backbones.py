@@ -103,6 +103,15 @@ def test_hybrids_that_carry_state_across_documents_do_not_pack() -> None:
     assert not get_backbone("hf:falcon_h1").packs_documents  # attention + Mamba-2 mixers
 
 
+@pytest.mark.parametrize("arch,reason", [
+    ("t5", "is an encoder-decoder"), ("gemma3", "no hidden_size"), ("cohere", "scales its logits"),
+    ("gpt_neo", "does not run as a headway backbone"),  # its per-layer attention types do not scale
+])
+def test_architectures_that_cannot_run_are_refused_with_the_reason(arch: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"^--backbone hf:{arch}: .*{reason}"):
+        get_backbone(f"hf:{arch}")
+
+
 def test_unknown_names_and_files_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="--backbone hf:lama.*closest: llama"):
         get_backbone("hf:lama")

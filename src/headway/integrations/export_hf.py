@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from headway.models.hf_backbone import module_path
+
 
 def export_native(model: Any, vocab: Any, out: Path, bos: int) -> None:
     """Write `model` (a `LanguageModel` over an `HFBackbone`) as the architecture's causal LM in `out`."""
@@ -25,11 +27,15 @@ def export_native(model: Any, vocab: Any, out: Path, bos: int) -> None:
     cfg = copy.deepcopy(body.config)
     cfg.vocab_size, cfg.tie_word_embeddings, cfg.use_cache = vocab.size, bool(tied), True
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos, vocab.eos, vocab.pad
-    hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    try:
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - an architecture without a causal-LM class, or one that rejects the config
+        raise ValueError(f"export: transformers cannot build a causal LM of {cfg.model_type} from the run's "
+                         f"architecture ({type(e).__name__}: {e})") from None
     with torch.no_grad():
         missing, unexpected = hf.base_model.load_state_dict(body.model.state_dict(), strict=False)
         emb = hf.get_input_embeddings()
-        name = next(n for n, m in hf.base_model.named_children() if m is emb)
+        name = module_path(hf.base_model, emb)
         missing = [k for k in missing if not k.startswith(name + ".")]
         if missing or unexpected:
             raise ValueError(f"export: the {cfg.model_type} weights do not fit its causal LM (missing {missing[:3]}, "

@@ -83,42 +83,55 @@ def scaled_config(name: str, hidden: int, layers: int, heads: int) -> Any:
         h0 = cfg.hidden_size
         r = hidden / h0
         kv0, nh0 = getattr(cfg, "num_key_value_heads", None), getattr(cfg, "num_attention_heads", None)
-        cfg.hidden_size, cfg.num_hidden_layers = hidden, layers
+        hd0 = h0 // nh0 if nh0 else None
+        _set(cfg, "hidden_size", hidden)
+        _set(cfg, "num_hidden_layers", layers)
         types = getattr(cfg, "layer_types", None)
         if isinstance(types, list) and types:  # the per-layer pattern (e.g. sliding / full), repeated to L
-            try:
-                cfg.layer_types = [types[i % len(types)] for i in range(layers)]
-            except AttributeError:  # derived from other fields (a read-only property)
-                pass
+            _set(cfg, "layer_types", [types[i % len(types)] for i in range(layers)])
         if nh0 is not None:
-            cfg.num_attention_heads = heads
+            _set(cfg, "num_attention_heads", heads)
             if kv0:
                 kv = max(1, round(heads * kv0 / nh0))
                 while heads % kv:
                     kv -= 1
-                cfg.num_key_value_heads = kv
+                _set(cfg, "num_key_value_heads", kv)
             if hidden % heads:
-                raise ValueError(f"--size: hidden size {hidden} must split into {heads} heads")
+                raise Refused(f"--size: hidden size {hidden} must split into {heads} heads")
             if hasattr(cfg, "head_dim"):
-                cfg.head_dim = hidden // heads
+                _set(cfg, "head_dim", hidden // heads)
+            rot = getattr(cfg, "rotary_dim", None)
+            if isinstance(rot, int) and hd0:  # a partial rotary width: the same fraction of the new heads
+                _set(cfg, "rotary_dim", max(2, 2 * round(rot * (hidden // heads) / hd0 / 2)))
         if getattr(cfg, "intermediate_size", None):
-            cfg.intermediate_size = max(1, round(cfg.intermediate_size * r))
+            _set(cfg, "intermediate_size", max(1, round(cfg.intermediate_size * r)))
         if cfg.model_type == "mamba2":  # num_heads * head_dim = expand * hidden
             cfg.num_heads, cfg.n_groups = heads, 1
             if (cfg.expand * hidden) % heads:
-                raise ValueError(f"--size: mamba2 needs expand ({cfg.expand}) x hidden ({hidden}) divisible by the "
+                raise Refused(f"--size: mamba2 needs expand ({cfg.expand}) x hidden ({hidden}) divisible by the "
                                  f"heads ({heads})")
             cfg.head_dim = cfg.expand * hidden // heads
         if getattr(cfg, "state_size", None):
-            cfg.state_size = max(16, round(cfg.state_size * r))
+            _set(cfg, "state_size", max(16, round(cfg.state_size * r)))
         if hasattr(cfg, "time_step_rank") and isinstance(cfg.time_step_rank, int):
-            cfg.time_step_rank = math.ceil(hidden / 16)
+            _set(cfg, "time_step_rank", math.ceil(hidden / 16))
     cfg.vocab_size = 1  # the base model's own embedding is dropped: headway's split embedding feeds it
     for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if hasattr(cfg, k):
             setattr(cfg, k, None)
     cfg.use_cache = False
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):  # the architecture's own consistency rules (e.g. one attention type per layer)
+        validate()
     return cfg
+
+
+def _set(cfg: Any, name: str, value: Any) -> None:
+    """Set a config field, unless the architecture derives it (a read-only property)."""
+    try:
+        setattr(cfg, name, value)
+    except AttributeError:
+        pass
 
 
 def has_attention(cfg: Any) -> bool:
@@ -127,24 +140,36 @@ def has_attention(cfg: Any) -> bool:
     return cfg.model_type not in _NO_ATTENTION
 
 
+class Refused(ValueError):
+    """Why an architecture cannot run as a headway backbone (raised when its name is resolved)."""
+
+
 @torch.no_grad()
 def _keeps_documents_apart(name: str) -> bool:
-    """Build a tiny instance (hidden 32, 2 layers, 2 heads; its embedding verified, see `HFBackbone`)
-    and run it on a row packing two documents and on the second alone: equal outputs (float32) mean
-    the mask spec reaches every token mixer. Hybrids whose recurrent layers carry state across the
-    row (Falcon-H1, Jamba, ...) fail it, as do state-space models."""
-    cfg = scaled_config(name, 32, 2, 2)
-    torch.manual_seed(0)
-    body = HFBackbone(cfg, verify=True).eval()
-    if not has_attention(cfg):
-        return False
-    x = torch.randn(1, 12, 32)
-    doc = torch.tensor([[0] * 5 + [1] * 7])
-    pos = torch.cat([torch.arange(5), torch.arange(7)])[None]
-    b = Batch(torch.zeros(1, 12, dtype=torch.long), torch.zeros(1, 12, dtype=torch.long), pos, doc,
-              torch.zeros(1, 2, dtype=torch.long))
-    packed, alone = body(x, b)[:, 5:], body(x[:, 5:])
-    return bool(torch.allclose(packed, alone, rtol=1e-4, atol=1e-5))
+    """Build a tiny instance (hidden 32, 2 layers, 2 heads; its embedding verified, see `HFBackbone`),
+    run it on one document as training does, then on a row packing two documents: equal outputs for
+    the second document (float32) mean the mask spec reaches every token mixer. Hybrids whose
+    recurrent layers carry state across the row (Falcon-H1, MiniMax, ...) fail it, as do state-space
+    models. Whatever transformers raises on the way is a `Refused` naming the architecture."""
+    try:
+        cfg = scaled_config(name, 32, 2, 2)
+        torch.manual_seed(0)
+        body = HFBackbone(cfg, verify=True).eval()
+        x = torch.randn(1, 12, 32)
+        zeros = torch.zeros(1, 7, dtype=torch.long)
+        alone = body(x[:, 5:], Batch(zeros, zeros, torch.arange(7)[None], zeros, torch.zeros(1, 1, dtype=torch.long)))
+        if not has_attention(cfg):
+            return False
+        doc = torch.tensor([[0] * 5 + [1] * 7])
+        pos = torch.cat([torch.arange(5), torch.arange(7)])[None]
+        zeros = torch.zeros(1, 12, dtype=torch.long)
+        packed = body(x, Batch(zeros, zeros, pos, doc, torch.zeros(1, 2, dtype=torch.long)))[:, 5:]
+        return bool(torch.allclose(packed, alone, rtol=1e-4, atol=1e-5))
+    except Refused:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises: the architecture does not run here
+        raise Refused(f"{name} does not run as a headway backbone: a tiny instance fed inputs_embeds failed "
+                      f"({type(e).__name__}: {e})") from None
 
 
 class HFCache:
@@ -175,15 +200,15 @@ class HFBackbone(nn.Module):
         self.embed_scale = float(getattr(emb, "scalar_embed_scale", 1.0))
         if verify:  # the base model's output from ids must be its output from (scaled) embedding rows
             ids = torch.zeros(1, 4, dtype=torch.long)
+            self.model.eval()  # no dropout between the two passes
             with torch.no_grad():
                 want = self.model(input_ids=ids).last_hidden_state
                 got = self.model(inputs_embeds=emb.weight[ids] * self.embed_scale).last_hidden_state
             if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
-                raise ValueError(f"{config.model_type}'s input embedding does more than a scaled table lookup; "
+                raise Refused(f"{config.model_type}'s input embedding does more than a scaled table lookup; "
                                  "headway's split embedding cannot feed it")
-        for n, m in list(self.model.named_children()):
-            if m is emb:
-                setattr(self.model, n, None)  # headway's split embedding feeds inputs_embeds
+        parent, _, leaf = module_path(self.model, emb).rpartition(".")
+        setattr(self.model.get_submodule(parent), leaf, None)  # headway's split embedding feeds inputs_embeds
         _layers(self.model)  # fails early on a base model without a list of blocks
         params = inspect.signature(type(self.model).forward).parameters
         self._cache_arg = next((a for a in ("cache", "past_key_values", "cache_params") if a in params), None)
@@ -247,10 +272,11 @@ class HFBackbone(nn.Module):
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
-    """The base model's list of blocks (the causality check hooks them; FSDP wraps them)."""
-    lists = [m for m in model.children() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    """The base model's list of blocks, at any depth (`layers`, `h`, `encoder.layer`, ...): the
+    longest `nn.ModuleList` (the causality check hooks them; FSDP wraps them)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
-        raise ValueError(f"{type(model).__name__} has no list of layers")
+        raise Refused(f"{type(model).__name__} has no list of layers")
     return max(lists, key=len)
 
 
@@ -263,7 +289,7 @@ def load_init(model: nn.Module, vocab: Any, folder: str) -> None:
     hf = tf.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     base = hf.base_model
     emb = base.get_input_embeddings()
-    own = {k: v for k, v in base.state_dict().items() if not k.startswith(_child_name(base, emb) + ".")}
+    own = {k: v for k, v in base.state_dict().items() if not k.startswith(module_path(base, emb) + ".")}
     missing, unexpected = model.backbone.model.load_state_dict(own, strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
@@ -287,8 +313,12 @@ def _copy_rows(base: Tensor, special: Tensor, table: Tensor) -> None:
     special[:] = mean
 
 
-def _child_name(parent: nn.Module, child: nn.Module) -> str:
-    return next(n for n, m in parent.named_children() if m is child)
+def module_path(root: nn.Module, module: nn.Module) -> str:
+    """The dotted path of `module` inside `root` (e.g. "embed_tokens", "embeddings.word_embeddings")."""
+    for name, m in root.named_modules():
+        if m is module and name:
+            return name
+    raise Refused(f"{type(root).__name__}: its input embedding is not one of its modules")
 
 
 def checkpoint_ties_head(folder: str) -> bool:
@@ -307,7 +337,13 @@ def _resolve(name: str) -> BackboneSpec:
 @functools.lru_cache(maxsize=64)
 def _resolve_cached(name: str, stamp: int) -> BackboneSpec:
     cfg, from_file = _base_config(name)  # fails early, with the reason, on an unknown name or file
-    attention = has_attention(cfg) and _keeps_documents_apart(name if not from_file else cfg.model_type)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ValueError(f"{cfg.model_type} is an encoder-decoder; a headway backbone is one stack of layers "
+                         "(decoder-only architectures such as llama, qwen2, mistral, gemma2, mamba2)")
+    if not isinstance(getattr(cfg, "hidden_size", None), int):
+        raise ValueError(f"{cfg.model_type}'s config has no hidden_size (a composite, e.g. multimodal, config); "
+                         "name its text model's type instead (e.g. gemma3_text)")
+    attention = _keeps_documents_apart(name if not from_file else cfg.model_type)
     softcap = getattr(cfg, "final_logit_softcapping", None)
     for attr, default in (("logit_scale", None), ("lm_head_multiplier", None), ("logits_scaling", None)):
         v = getattr(cfg, attr, default)
