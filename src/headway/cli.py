@@ -349,14 +349,36 @@ def cmd_eval(a: argparse.Namespace) -> int:
     model, tok, vocab, cfg = load_run(a.checkpoint)
     ids, n_bytes, texts, what = _eval_docs(a, tok, cfg)
     S = a.seq_len or cfg.seq_len
+    from headway.objectives import build_objective, is_masked_diffusion
+
+    objective = build_objective(cfg.objective, vocab)
+    dev = next(model.parameters()).device
+    if is_masked_diffusion(objective):
+        from headway.train.diffusion_eval import evaluate_elbo
+
+        e = evaluate_elbo(model, ids, n_bytes, vocab.id("<mask>"), vocab.pad, S, a.batch_size, dev)
+        print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {e.tokens:,} tokens")
+        print(f"masked-diffusion ELBO: <= {e.nats_per_token:.4f} nats/token, <= {e.bits_per_byte:.4f} ± "
+              f"{e.se_bits_per_byte:.4f} bits/byte (an upper bound, {e.draws} draws per piece, ± one Monte Carlo "
+              "standard error)")
     lead = run_lead(cfg, vocab)
-    r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
-                 stride=a.stride or S // 2, lead=lead)
-    print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
-    print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
+    if objective.trains_left_to_right or not is_masked_diffusion(objective):
+        r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, dev, stride=a.stride or S // 2,
+                     lead=lead)
+        print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
+        print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
     for k, v in compressor_bits_per_byte(texts).items():
         print(f"{k}: {v:.4f} bits/byte")
-    if a.infill:
+    if a.infill and is_masked_diffusion(objective) and not objective.trains_left_to_right:
+        from headway.train.infill_eval import diffusion_infill_lines, pick_lines
+
+        res = diffusion_infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S)
+        print(res)
+        for e in res.examples:
+            ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
+            print(f"  line:        {e['line']!r}\n  {ok[0]}unmasked: {e['fim']!r}\n"
+                  f"  {ok[1]}prefix:   {e['prefix_only']!r}")
+    elif a.infill:
         from headway.train.infill_eval import infill_lines, pick_lines
 
         if not model.backbone.causal:

@@ -61,6 +61,10 @@ def test_sample_and_infill_unmask(diffusion_run, capsys):
                  "--block-length", "2"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("def area(") and text.rstrip("\n").endswith("):")
+    assert main(["eval", str(out), "--infill", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "masked-diffusion ELBO: <=" in text and "an upper bound" in text and "given the middle's length" in text
+    assert "perplexity" not in text  # no left-to-right figure for a model that never predicts left to right
 
 
 def test_a_mix_with_clm_reports_both_figures_and_the_ssm_refuses_it(corpus, tmp_path, capsys):
