@@ -211,3 +211,11 @@ def test_the_backbone_serves_it_or_the_run_is_refused_with_the_reason():
     pytest.importorskip("transformers")
     with pytest.raises(ValueError, match=r"needs bidirectional attention \(masked diffusion\), which the hf:mamba2"):
         model_for_run(_Cfg("diffusion", "hf:mamba2"), build_objective("diffusion", V), V)
+
+
+def test_a_hf_collator_refuses_weighted_examples():
+    pytest.importorskip("transformers")
+    from headway.integrations.hf import ObjectiveCollator
+
+    with pytest.raises(ValueError, match="weights its tokens"):
+        ObjectiveCollator(MaskedDiffusion(V), V.pad, allow_prefix=True)([{"input_ids": [1, 2, 3]}])

@@ -69,9 +69,12 @@ def test_sample_and_infill_unmask(diffusion_run, capsys):
 
 def test_a_mix_with_clm_reports_both_figures_and_the_ssm_refuses_it(corpus, tmp_path, capsys):
     out = tmp_path / "mix"
-    assert main(train_args(corpus, out, "--objective", "clm:0.5,diffusion:0.5", "--steps", "2")) == 0
+    assert main(train_args(corpus, out, "--objective", "clm:0.5,diffusion:0.5", "--steps", "2", "--eval-every", "1",
+                           "--eval-tokens", "500")) == 0
     s = json.loads((out / "summary.json").read_text())
     assert 0 < s["val"]["bits_per_byte"] < 20 and 0 < s["val_elbo"]["bits_per_byte_bound"] < 20
+    step1 = [r for r in _metrics(out) if r["step"] == 1 and r.get("subset")]  # the periodic validation: both
+    assert any("val_elbo_bpb" in r for r in step1) and any("val_bpb" in r for r in step1)
     assert main(["sample", str(out), "--max-new-tokens", "4", "--steps", "2"]) == 0  # --steps: by unmasking
     capsys.readouterr()
     bad = train_args(corpus, tmp_path / "ssm", "--objective", "clm:0.5,diffusion:0.5", "--backbone", "gated_ssm")
