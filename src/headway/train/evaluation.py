@@ -132,10 +132,13 @@ def final_elbo(run: Run) -> None:
         return
     s.val_elbo = {**r.as_dict(), "whole_split": r.tokens >= run.data.prepared.totals("val")["tokens"]}
     _log_elbo(run, r, False)
-    if run.objective.trains_left_to_right or run.rank != 0:
+    if run.objective.trains_left_to_right:
         return  # the left-to-right evaluation that follows has the compressors, the demo and the infill scores
     texts = [run.data.tokenizer.decode(d.tolist()) for d in docs]
-    s.compressors = compressor_bits_per_byte(texts)
+    if run.rank == 0:
+        s.compressors = compressor_bits_per_byte(texts)
+    if not (run.rank == 0 or run.sharded):  # sharded: every forward pass is a collective
+        return
     s.infill = demo_diffusion_infill(run.model, run.data)
     if cfg.infill_lines:
         from headway.train.infill_eval import diffusion_infill_lines, pick_lines
