@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "build_objective": "headway.objectives", "vocab_for": "headway.objectives", "CLM": "headway.objectives",
     "MLM": "headway.objectives", "PrefixLM": "headway.objectives", "FIM": "headway.objectives",
     "SpanCorruption": "headway.objectives", "Mixture": "headway.objectives", "ul2": "headway.objectives",
-    "ul2r": "headway.objectives", "ul2_decoder": "headway.objectives",
+    "ul2r": "headway.objectives", "ul2_decoder": "headway.objectives", "MaskedDiffusion": "headway.objectives",
     # models and training
     "build_model": "headway.models", "LanguageModel": "headway.models", "make_optimizer": "headway.train.optim",
     "Recipe": "headway.recipe", "RECIPE": "headway.recipe", "TrainConfig": "headway.train.config",
@@ -60,8 +60,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["IGNORE_INDEX", "__version__", "Vocab", "Example", "Batch", "Objective", "Backbone", "ByteTokenizer",
            "BPETokenizer", "load_tokenizer", "Packer", "examples_from_documents", "chunks", "collate", "batches",
            "Loader", "build_objective", "vocab_for", "CLM", "MLM", "PrefixLM", "FIM", "SpanCorruption", "Mixture",
-           "ul2", "ul2r", "ul2_decoder", "build_model", "LanguageModel", "make_optimizer", "Recipe", "RECIPE",
-           "TrainConfig", "check_causal", "linear_cross_entropy", "token_logprobs", "LossOptions",
+           "ul2", "ul2r", "ul2_decoder", "MaskedDiffusion", "build_model", "LanguageModel", "make_optimizer", "Recipe",
+           "RECIPE", "TrainConfig", "check_causal", "linear_cross_entropy", "token_logprobs", "LossOptions",
            "vocab_parallel_linear_cross_entropy"]
 # the HuggingFace helpers (`hw.use_fused_loss`, `hw.fit_vocab`, `hw.ObjectiveCollator`, `hw.CausalityCallback`) are
 # attributes but not in __all__, so `from headway import *` never imports transformers
@@ -90,6 +90,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the names above, imported 
         CLM,
         FIM,
         MLM,
+        MaskedDiffusion,
         Mixture,
         PrefixLM,
         SpanCorruption,

@@ -116,6 +116,13 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
         rows += [("validation loss", f"{s.val['loss']:.4f} nats/token (ppl {s.val['perplexity']:.2f})"),
                  ("validation bits/byte", f"{s.val['bits_per_byte']:.4f}")]
         rows += [(k, f"{v:.4f} bits/byte") for k, v in s.compressors.items()]
+    elbo = getattr(s, "val_elbo", {})
+    if elbo.get("tokens"):
+        rows += [("validation bits/byte (ELBO)", f"<= {elbo['bits_per_byte_bound']:.4f} ± {elbo['standard_error']:.4f}"
+                  f" (an upper bound: the masked-diffusion ELBO, {elbo['draws']} draws per piece, ± one Monte Carlo "
+                  "standard error)")]
+        if not s.val:
+            rows += [(k, f"{v:.4f} bits/byte") for k, v in s.compressors.items()]
     w = max(len(k) for k, _ in rows)
     print("\n" + "=" * 60)
     print(f"headway train: {cfg.backbone}/{cfg.size}, objective {cfg.objective}")
@@ -126,14 +133,23 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
         xz = s.compressors["xz -9e (per file)"]
         verdict = "beats" if s.val["bits_per_byte"] < xz else "does not beat"
         print(f"-> the model {verdict} xz -9e per file ({s.val['bits_per_byte']:.3f} vs {xz:.3f} bits/byte)")
+    elif elbo.get("tokens") and s.compressors:
+        xz = s.compressors["xz -9e (per file)"]
+        verdict = "beats" if elbo["bits_per_byte_bound"] < xz else "does not beat"
+        print(f"-> the model's bound {verdict} xz -9e per file ({elbo['bits_per_byte_bound']:.3f} vs {xz:.3f} "
+              "bits/byte)")
     if s.infill:
-        print("-" * 60 + "\nsingle-line infill demo (greedy; the model wrote the green part):")
+        given = f"; given the middle's length, {s.infill['given_length']} tokens" if "given_length" in s.infill else ""
+        print("-" * 60 + f"\nsingle-line infill demo (greedy{given}; the model wrote the green part):")
         print(s.infill["prefix"] + "\033[32m" + s.infill["middle"] + "\033[0m" + s.infill["suffix"])
     if s.infill_eval:
         e = s.infill_eval
         print("-" * 60 + f"\nsingle-line infilling, {e['lines']} validation lines (greedy, exact match):")
-        fim = f"prefix + suffix (FIM, {e.get('layout', 'psm').upper()})"
-        print(f"  {'':<{len(fim)}}  exact  chars before 1st mistake  line bits/byte (teacher-forced)")
+        diffusion = e.get("layout") == "diffusion"
+        fim = ("prefix + suffix (diffusion, given the length)" if diffusion
+               else f"prefix + suffix (FIM, {e.get('layout', 'psm').upper()})")
+        bits = "line bits/byte (ELBO bound)" if diffusion else "line bits/byte (teacher-forced)"
+        print(f"  {'':<{len(fim)}}  exact  chars before 1st mistake  {bits}")
         for name, k in ((fim, "fim"), ("prefix alone", "prefix")):
             print(f"  {name:<{len(fim)}}  {e[k + '_exact']:5.1%}  {e[k + '_chars']:24.1%}  {e.get(k + '_bits', 0):.3f}")
     print("=" * 60)
@@ -180,13 +196,36 @@ def _encode_arg(tok, text: str, flag: str) -> list[int]:  # noqa: ANN001
     return tok.encode(text)
 
 
-def _sampling(p: argparse.ArgumentParser, temperature: float = 0.8) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: 128)")
+def _sampling(p: argparse.ArgumentParser, temperature: float = 0.8, infill: bool = False) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: 128)" + (
+        "; a masked-diffusion run fills exactly this many: the middle's length" if infill else
+        "; a masked-diffusion run unmasks exactly this many"))
     p.add_argument("--temperature", type=float, default=temperature,
                    help=f"0 = greedy (default: {temperature:g}{', greedy' if temperature == 0 else ''})")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--steps", type=int, default=None, help="masked diffusion: unmasking steps of the reverse process "
+                   "(low-confidence remasking, LLaDA; default: one per new token). A run trained only with "
+                   "--objective diffusion always samples this way; a mix that trains it does with --steps")
+    p.add_argument("--block-length", type=int, default=None, help="masked diffusion: unmask the new tokens in "
+                   "blocks of this many, left to right (semi-autoregressive; default: one block)")
+
+
+def _diffusion_sampler(a: argparse.Namespace, cfg, vocab) -> bool:  # noqa: ANN001
+    """Whether `headway sample/infill` runs the masked-diffusion reverse process: for a run trained only with
+    masked diffusion, or with `--steps` for a mix that trains it; `--steps` on any other run is refused."""
+    from headway.objectives import build_objective, is_masked_diffusion
+
+    objective = build_objective(cfg.objective, vocab)
+    if not is_masked_diffusion(objective):
+        if a.steps is not None or a.block_length is not None:
+            raise ValueError(f"--steps / --block-length: the reverse process of masked diffusion; --objective "
+                             f"{cfg.objective} trains no masked diffusion")
+        return False
+    if a.steps is not None and a.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {a.steps}")
+    return not objective.trains_left_to_right or a.steps is not None
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
@@ -194,6 +233,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     model, tok, vocab, cfg = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
+    if _diffusion_sampler(a, cfg, vocab):
+        from headway.models.diffusion_sampling import diffusion_generate
+
+        new = diffusion_generate(model, torch.tensor(_encode_arg(tok, a.prompt, "--prompt"), dtype=torch.long),
+                                 a.max_new_tokens, vocab, a.steps, temperature=a.temperature, top_k=a.top_k,
+                                 top_p=a.top_p, block_length=a.block_length, generator=g)
+        print(a.prompt + tok.decode(new.tolist()))
+        return 0
     ids = [run_lead(cfg, vocab)] + _encode_arg(tok, a.prompt, "--prompt")  # a document opens as in training
     new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                          top_p=a.top_p, eos_id=vocab.eos, generator=g)
@@ -204,11 +251,20 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_infill(a: argparse.Namespace) -> int:
     import torch
 
-    model, tok, vocab, _ = load_run(a.checkpoint, generating=True)
+    model, tok, vocab, cfg = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
-    mid = model.infill(torch.tensor(_encode_arg(tok, a.prefix, "--prefix"), dtype=torch.long),
-                       torch.tensor(_encode_arg(tok, a.suffix, "--suffix"), dtype=torch.long), vocab, a.max_new_tokens,
-                       a.layout, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, generator=g)
+    if _diffusion_sampler(a, cfg, vocab):
+        from headway.models.diffusion_sampling import diffusion_infill
+
+        mid = diffusion_infill(model, torch.tensor(_encode_arg(tok, a.prefix, "--prefix"), dtype=torch.long),
+                               torch.tensor(_encode_arg(tok, a.suffix, "--suffix"), dtype=torch.long), vocab,
+                               a.max_new_tokens, a.steps, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                               block_length=a.block_length, generator=g)
+    else:
+        mid = model.infill(torch.tensor(_encode_arg(tok, a.prefix, "--prefix"), dtype=torch.long),
+                           torch.tensor(_encode_arg(tok, a.suffix, "--suffix"), dtype=torch.long), vocab,
+                           a.max_new_tokens, a.layout, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                           generator=g)
     color = sys.stdout.isatty()
     print(a.prefix + ("\033[32m" if color else "") + tok.decode(mid.tolist()) + ("\033[0m" if color else "")
           + a.suffix)
@@ -241,8 +297,9 @@ def cmd_show(a: argparse.Namespace) -> int:
     attn = dense_mask(torch.zeros(1, S, dtype=torch.long), torch.arange(S)[None],
                       torch.tensor([[ex.prefix_length]]))[0].numpy()
     png = Path(a.png or f"show-{a.objective.replace(':', '_').replace(',', '+')}.png")
+    weights = "" if ex.loss_weights is None else f", weight {float(ex.loss_weights.max()):.3g}"
     plot_example_masks(attn, loss_mask_image(ex)[0], f"{a.objective}: prefix {ex.prefix_length}, "
-                       f"{ex.num_targets} targets of {S}", png)
+                       f"{ex.num_targets} targets of {S}{weights}", png)
     print(f"\nattention and loss masks: {png}")
     return 0
 
@@ -292,14 +349,36 @@ def cmd_eval(a: argparse.Namespace) -> int:
     model, tok, vocab, cfg = load_run(a.checkpoint)
     ids, n_bytes, texts, what = _eval_docs(a, tok, cfg)
     S = a.seq_len or cfg.seq_len
+    from headway.objectives import build_objective, is_masked_diffusion
+
+    objective = build_objective(cfg.objective, vocab)
+    dev = next(model.parameters()).device
+    if is_masked_diffusion(objective):
+        from headway.train.diffusion_eval import evaluate_elbo
+
+        e = evaluate_elbo(model, ids, n_bytes, vocab.id("<mask>"), vocab.pad, S, a.batch_size, dev)
+        print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {e.tokens:,} tokens")
+        print(f"masked-diffusion ELBO: <= {e.nats_per_token:.4f} nats/token, <= {e.bits_per_byte:.4f} ± "
+              f"{e.se_bits_per_byte:.4f} bits/byte (an upper bound, {e.draws} draws per piece, ± one Monte Carlo "
+              "standard error)")
     lead = run_lead(cfg, vocab)
-    r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, next(model.parameters()).device,
-                 stride=a.stride or S // 2, lead=lead)
-    print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
-    print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
+    if objective.trains_left_to_right or not is_masked_diffusion(objective):
+        r = evaluate(model, ids, n_bytes, vocab.eos, vocab.pad, S, a.batch_size, dev, stride=a.stride or S // 2,
+                     lead=lead)
+        print(f"{what}: {len(ids)} documents, {n_bytes:,} bytes, {r.tokens:,} tokens")
+        print(f"loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}, {r.bits_per_byte:.4f} bits/byte")
     for k, v in compressor_bits_per_byte(texts).items():
         print(f"{k}: {v:.4f} bits/byte")
-    if a.infill:
+    if a.infill and is_masked_diffusion(objective) and not objective.trains_left_to_right:
+        from headway.train.infill_eval import diffusion_infill_lines, pick_lines
+
+        res = diffusion_infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S)
+        print(res)
+        for e in res.examples:
+            ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
+            print(f"  line:        {e['line']!r}\n  {ok[0]}unmasked: {e['fim']!r}\n"
+                  f"  {ok[1]}prefix:   {e['prefix_only']!r}")
+    elif a.infill:
         from headway.train.infill_eval import infill_lines, pick_lines
 
         if not model.backbone.causal:
@@ -392,10 +471,14 @@ def _load_for_check(target: str):  # noqa: ANN202
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    import json
+
     from headway.integrations.export import export
 
     out = export(a.run, a.out_dir)
-    print(f"exported {a.run} to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True) "
+    auto = "AutoModelForMaskedLM" if "AutoModelForMaskedLM" in json.loads((out / "config.json").read_text()).get(
+        "auto_map", {}) else "AutoModelForCausalLM"
+    print(f"exported {a.run} to {out}: {auto}.from_pretrained({str(out)!r}, trust_remote_code=True) "
           f"and AutoTokenizer.from_pretrained({str(out)!r}) load it without headway")
     return 0
 
@@ -426,7 +509,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--layout", choices=FIM_LAYOUTS, default="spm", help="prompt layout: spm (<fim_prefix><fim_suffix> "
                    "suffix <fim_middle> prefix, the default) or psm (<fim_prefix> prefix <fim_suffix> suffix "
                    "<fim_middle>)")
-    _sampling(i, temperature=0.0)  # greedy, as the end-of-run demo and the infill score
+    _sampling(i, temperature=0.0, infill=True)  # greedy, as the end-of-run demo and the infill score
     sh = sub.add_parser("show", help="print one example of an objective and save a PNG of its masks")
     sh.add_argument("--objective", default="fim", help="objective spec, as for train (default: fim)")
     sh.add_argument("--text", default=SHOW_TEXT, help="document to transform")

@@ -22,17 +22,28 @@ def token_text(i: int, vocab: Vocab, decode: Callable[[list[int]], str] | None) 
 def render_example(ex: Example, vocab: Vocab, decode: Callable[[list[int]], str] | None = None,
                    color: bool = False) -> str:
     """One line per position: position, attention kind (bi = bidirectional prefix, causal),
-    input token, and the target it is trained to predict ('-' when ignored)."""
+    input token, and the target it is trained to predict ('-' when ignored); for an example with
+    loss weights (masked diffusion: 1/t) also each target's weight."""
     c = COLORS if color else dict.fromkeys(COLORS, "")
-    lines = [f"{'pos':>4}  {'attn':<6} {'input':<24} target",
-             f"{'':>4}  prefix={ex.prefix_length}  targets={ex.num_targets}/{len(ex)}"]
+    w = ex.loss_weights
+    head = f"{'pos':>4}  {'attn':<6} {'input':<24} target"
+    info = f"{'':>4}  prefix={ex.prefix_length}  targets={ex.num_targets}/{len(ex)}"
+    if w is not None:
+        head = f"{head:<46} weight"
+        given = sorted({float(x) for x in w[ex.labels != IGNORE_INDEX]})
+        if len(given) == 1:
+            info += f"  weight {given[0]:.4g} on every target (1/t: t = {1 / given[0]:.4g})"
+    lines = [head, info]
     for t, (i, y) in enumerate(zip(ex.input_ids.tolist(), ex.labels.tolist())):
         kind = "bi" if t < ex.prefix_length else "causal"
         inp = token_text(i, vocab, decode)
         tgt = "-" if y == IGNORE_INDEX else token_text(y, vocab, decode)
         col = c["target"] if y != IGNORE_INDEX else c["ignored"]
         pre = c["prefix"] if kind == "bi" else ""
-        lines.append(f"{t:>4}  {pre}{kind:<6}{c['reset']} {inp[:24]:<24} {col}{tgt}{c['reset']}")
+        line = f"{t:>4}  {pre}{kind:<6}{c['reset']} {inp[:24]:<24} {col}{tgt}{c['reset']}"
+        if w is not None and y != IGNORE_INDEX:
+            line += " " * max(1, 9 - len(tgt)) + f"{float(w[t]):.4g}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -113,11 +113,17 @@ class Example:
     """One training example: `labels[t]` is the target of position t (aligned, never shifted later).
 
     `prefix_length` leading positions attend bidirectionally (0: causal; len: fully bidirectional).
+
+    `loss_weights` (optional, (L,) float32, 0 where the label is ignored): per-token loss weights.
+    A weighted example's loss Σ_t w_t·ℓ_t estimates a loss over *every one* of its positions (masked
+    diffusion: the masked tokens weighted by 1/t estimate the ELBO of the whole example), so it counts
+    `len(example)` items in the mean's denominator (`num_items`); an unweighted one counts its targets.
     """
 
     input_ids: np.ndarray  # (L,) int64
     labels: np.ndarray  # (L,) int64, IGNORE_INDEX where no target
     prefix_length: int = 0
+    loss_weights: np.ndarray | None = None  # (L,) float32, or None (every target weighs 1)
 
     def __post_init__(self) -> None:
         self.input_ids = np.asarray(self.input_ids, dtype=np.int64)
@@ -128,6 +134,13 @@ class Example:
         if not 0 <= self.prefix_length <= len(self.input_ids):
             raise ValueError(f"Example: prefix_length must be in [0, {len(self.input_ids)}], "
                              f"got {self.prefix_length}")
+        if self.loss_weights is not None:
+            self.loss_weights = np.asarray(self.loss_weights, dtype=np.float32)
+            if self.loss_weights.shape != self.labels.shape:
+                raise ValueError(f"Example: loss_weights {self.loss_weights.shape} must have the labels' shape "
+                                 f"{self.labels.shape}")
+            if not np.isfinite(self.loss_weights).all():
+                raise ValueError("Example: loss_weights must be finite")
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -135,6 +148,12 @@ class Example:
     @property
     def num_targets(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+    @property
+    def num_items(self) -> int:
+        """What the example adds to the mean's denominator: its length when it carries `loss_weights`
+        (its weighted loss estimates a sum over all of its positions), else its number of targets."""
+        return len(self) if self.loss_weights is not None else self.num_targets
 
 
 class Objective(Protocol):
@@ -162,6 +181,11 @@ class Batch:
     input_ids, labels, position_ids, document_ids: (B, S) int64. `document_ids` numbers the
     segments of each row 0, 1, ... (-1 on padding); `position_ids` restart at 0 in every segment;
     `prefix_lengths` (B, D) holds each segment's bidirectional prefix length.
+
+    `loss_weights` (B, S) float32 and `row_items` (B,) int64: None unless some example of the batch
+    carries loss weights; then every target has a weight (1 for an unweighted example's, 0 where
+    ignored) and `row_items` counts each row's items (`Example.num_items`), so that the batch's
+    mean loss is Σ w·ℓ / `num_items`.
     """
 
     input_ids: Tensor
@@ -169,13 +193,24 @@ class Batch:
     position_ids: Tensor
     document_ids: Tensor
     prefix_lengths: Tensor
+    loss_weights: Tensor | None = None
+    row_items: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return Batch(**{f.name: None if getattr(self, f.name) is None
+                        else getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
     @property
     def num_targets(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+    @property
+    def num_items(self) -> int:
+        """The count the batch's mean loss divides by: its number of targets, or, for a weighted batch,
+        the sum of its examples' `num_items` (a weighted example counts every position)."""
+        if self.loss_weights is None or self.row_items is None:
+            return self.num_targets
+        return int(self.row_items.sum())
 
     @property
     def is_causal(self) -> bool:

@@ -88,9 +88,11 @@ def examples_from_documents(docs: Iterable[np.ndarray], objective: Objective, ro
 
 
 def _piece(ex: Example, start: int, stop: int) -> Example:
-    """Positions [start, stop) of an example as its own segment (prefix clipped to the piece)."""
+    """Positions [start, stop) of an example as its own segment (prefix clipped to the piece; loss weights,
+    when the example has them, cut with it: a weighted piece counts its own positions)."""
     prefix = min(max(ex.prefix_length - start, 0), stop - start)
-    return Example(ex.input_ids[start:stop], ex.labels[start:stop], prefix)
+    w = None if ex.loss_weights is None else ex.loss_weights[start:stop]
+    return Example(ex.input_ids[start:stop], ex.labels[start:stop], prefix, w)
 
 
 class Packer:

@@ -78,8 +78,9 @@ class HeadBase(nn.Module):
         return out
 
     def forward(self, hidden: Tensor, labels: Tensor, *, num_items_in_batch: Tensor | int | None = None,
-                reduction: str = "mean", shift: bool = False) -> Tensor:
-        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H).
+                reduction: str = "mean", shift: bool = False, loss_weights: Tensor | None = None) -> Tensor:
+        """Loss of aligned `labels` (B, S) (or HF-style with shift=True) from `hidden` (B, S, H);
+        `loss_weights` (B, S) float: per-token weights (`linear_cross_entropy`'s, 0 where ignored).
 
         Under autocast, hidden and weight are cast to the autocast dtype so the three matrix
         products run in it; softmax and dW accumulation stay float32 inside the loss."""
@@ -88,8 +89,9 @@ class HeadBase(nn.Module):
         if torch.is_autocast_enabled(dev):
             dt = torch.get_autocast_dtype(dev)
             hidden, weight = hidden.to(dt), weight.to(dt)
+        kw = {} if loss_weights is None else {"loss_weights": loss_weights}  # an unweighted call is as it was
         return self._loss(hidden, weight, labels, reduction=reduction, shift=shift,
-                          num_items_in_batch=num_items_in_batch)
+                          num_items_in_batch=num_items_in_batch, **kw)
 
     def logits(self, hidden: Tensor, keep_last: int = 0) -> Tensor:
         """(B, k, V) float32 logits of the last `keep_last` positions (all when 0)."""

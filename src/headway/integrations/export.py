@@ -36,15 +36,34 @@ from typing import Any
 from torch import nn
 
 STUBS = '''
-class Batch:  # headway's packed-batch mask spec: never built by the HF wrapper below
+class Batch:  # headway's packed-batch mask spec: never built by the HF wrappers below
     pass
+
+
+class WholeRow:
+    """The one mask spec the masked-LM wrapper builds: each row one document that every position sees
+    whole (both ways), except right padding (attention_mask 0)."""
+
+    is_one_causal_document_per_row = False
+
+    def __init__(self, input_ids, attention_mask=None):
+        B, S = input_ids.shape
+        self.keys = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        self.position_ids = torch.arange(S, device=input_ids.device).expand(B, S)
+        self.is_one_document_per_row = bool(self.keys.all())
 
 
 def _packed_only(*a, **k):
     raise NotImplementedError("packed batches need headway itself; the exported model runs one sequence per row")
 
 
-sdpa_mask = segment_starts = _packed_only
+def sdpa_mask(batch):
+    if not isinstance(batch, WholeRow):
+        _packed_only()
+    return batch.keys[:, None, None, :]  # (B, 1, 1, S): every query sees the row's real tokens
+
+
+segment_starts = _packed_only
 
 
 class BackboneSpec:  # headway's backbone registry: registration is a no-op outside headway
@@ -81,7 +100,7 @@ WRAPPER = '''
 # ---- the HuggingFace wrapper ---------------------------------------------------------------------
 
 from transformers import GenerationMixin, PreTrainedModel  # noqa: E402
-from transformers.modeling_outputs import CausalLMOutput  # noqa: E402
+from transformers.modeling_outputs import CausalLMOutput, MaskedLMOutput  # noqa: E402
 
 from .configuration_headway import HeadwayExportConfig  # noqa: E402
 
@@ -121,6 +140,47 @@ class HeadwayExportForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, **kw):
         return {"input_ids": input_ids}
+
+
+class HeadwayExportForMaskedLM(PreTrainedModel):
+    """A masked-diffusion model: every position sees the whole row (right padding excluded) and the
+    logits at a `<mask>` position predict its token. Sampling: unmask step by step (headway's
+    `headway.models.diffusion_sampling` does it with low-confidence remasking)."""
+
+    config_class = HeadwayExportConfig
+    base_model_prefix = "backbone"
+    _no_split_modules = []
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        cfg_cls, body_cls = globals()[config.backbone_config_class], globals()[config.backbone_class]
+        self.backbone = body_cls(cfg_cls(**config.backbone_config))
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                          bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kw):
+        x = self.embed(input_ids)
+        if getattr(self.config, "follows_mask", True):  # attention: the whole row, both ways
+            h = self.backbone(x, WholeRow(input_ids, attention_mask))
+        else:  # a backbone whose direction is in its weights (the bidirectional gated SSM)
+            if attention_mask is not None and not bool(attention_mask.bool().all()):
+                raise NotImplementedError("this backbone reads every position of a row: pass rows without padding")
+            h = self.backbone(x)
+        w = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = (h @ w.t()).float()
+        loss = None
+        if labels is not None:  # aligned labels (not shifted), -100 where no target
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                     ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits)
 '''
 
 
@@ -173,28 +233,38 @@ def export(run: str | Path, out: str | Path) -> Path:
     registered with ``export="native"`` (the `hf:` architectures) is written as its own transformers
     class; headway's own backbones as remote code (see the module docstring)."""
     from headway.models.registry import get_backbone
+    from headway.objectives import build_objective, is_masked_diffusion
     from headway.train.checkpoint import resolve
     from headway.train.runs import load_run, run_lead
 
     model, tok, vocab, cfg = load_run(str(run), generating=True)
+    objective = build_objective(cfg.objective, vocab)
+    masked = is_masked_diffusion(objective) and not objective.trains_left_to_right
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"export: {out} is not empty")
+    spec = get_backbone(cfg.backbone)
+    if masked and spec.export == "native":
+        raise ValueError(f"export: a masked-diffusion model on the {cfg.backbone} backbone would export as its "
+                         "transformers *ForCausalLM class, which attends causally; only headway's own backbones "
+                         "export as a masked LM")
     out.mkdir(parents=True, exist_ok=True)
     bos = run_lead(cfg, vocab)  # what the objective opens a document with: HF generation starts from it
-    spec = get_backbone(cfg.backbone)
     if spec.export == "native":
         spec.extra["export"](model, vocab, out, bos)
     else:
-        _export_remote_code(model, cfg, vocab, out, bos)
+        _export_remote_code(model, cfg, vocab, out, bos, masked)
     _hf_tokenizer(tok, vocab, out)
     shutil.copyfile(resolve(Path(run)) / "config.json", out / "headway_train_config.json")  # how it was trained
     return out
 
 
-def _export_remote_code(model: Any, cfg: Any, vocab: Any, out: Path, bos: int) -> None:
-    """config.json with `auto_map`, the generated modeling source and model.safetensors."""
+def _export_remote_code(model: Any, cfg: Any, vocab: Any, out: Path, bos: int, masked: bool = False) -> None:
+    """config.json with `auto_map`, the generated modeling source and model.safetensors; `masked`: a
+    masked-diffusion model, written as `HeadwayExportForMaskedLM` (AutoModelForMaskedLM)."""
     from safetensors.torch import save_file
+
+    from headway.models.registry import get_backbone
 
     body = model.backbone
     sd = {"embed.weight": model.embedding.full_weight().detach().contiguous()}
@@ -212,6 +282,12 @@ def _export_remote_code(model: Any, cfg: Any, vocab: Any, out: Path, bos: int) -
         "auto_map": {"AutoConfig": "configuration_headway.HeadwayExportConfig",
                      "AutoModelForCausalLM": "modeling_headway.HeadwayExportForCausalLM"},
     }
+    if masked:
+        config["architectures"] = ["HeadwayExportForMaskedLM"]
+        config["auto_map"] = {"AutoConfig": "configuration_headway.HeadwayExportConfig",
+                              "AutoModelForMaskedLM": "modeling_headway.HeadwayExportForMaskedLM"}
+        config["follows_mask"] = get_backbone(cfg.backbone).follows_mask
+        config["mask_token_id"] = vocab.id("<mask>")
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": vocab.eos,
                                                             "pad_token_id": vocab.pad, "use_cache": False}, indent=1))

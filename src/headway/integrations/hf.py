@@ -397,6 +397,10 @@ class ObjectiveCollator:
                 boundary = getattr(self.objective, "is_character_boundary", None) if self.starts_char is None else None
                 toks = next(chunks(toks, limit, self.starts_char, boundary))
             ex = self.objective(toks, self.rng)
+            if ex.loss_weights is not None:
+                raise ValueError(f"ObjectiveCollator: objective {self.objective.name!r} weights its tokens "
+                                 "(Example.loss_weights, e.g. masked diffusion's 1/t), which a HF model's loss cannot "
+                                 "take; train it with headway (LanguageModel / headway train)")
             if ex.prefix_length > 1 and not self.allow_prefix:
                 raise ValueError(f"ObjectiveCollator: objective {self.objective.name!r} made a bidirectional prefix, "
                                  "which a HF causal LM cannot attend to; use a causal objective or allow_prefix=True")

@@ -20,7 +20,10 @@ from headway.loss.validate import LossArgs, check_args
 
 
 def _reduce(losses: Tensor, a: LossArgs) -> Tensor:
-    """Per-token losses (N,) (or their sum) reduced as `a` asks: `reduction.reduce_losses`."""
+    """Per-token losses (N,) (or their sum) reduced as `a` asks: `reduction.reduce_losses`; per-token
+    weights (`a.loss_weights`) multiply each token's loss first (0 where ignored stays 0)."""
+    if a.loss_weights is not None:  # (N,); an ignored position's weight is never read
+        losses = losses * torch.where(a.labels != a.ignore_index, a.loss_weights.to(losses.dtype), 0.0)
     return reduce_losses(losses, (a.labels != a.ignore_index).sum(), a.reduction, a.num_items_in_batch,
                          acc_dtype(a.hidden.dtype), a.lead_shape)
 
@@ -28,7 +31,7 @@ def _reduce(losses: Tensor, a: LossArgs) -> Tensor:
 @eager_under_compile  # a hand-scheduled kernel with buffers kept across calls: torch.compile runs it as is
 def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     """Loss (reduced) and lse (N,) through the chunked autograd Function, ignored rows dropped."""
-    h, y = a.hidden, a.labels
+    h, y, tw = a.hidden, a.labels, a.loss_weights
     N = h.shape[0]
     valid = y != a.ignore_index
     n_valid = valid.sum()
@@ -36,6 +39,7 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     if int(n_valid) != N:
         idx = valid.nonzero().squeeze(1)
         h, y = h.index_select(0, idx), y.index_select(0, idx)
+        tw = None if tw is None else tw.index_select(0, idx)
     chunk = a.chunk_size or default_chunk_size(a.weight.shape[0], a.softcap is not None, hidden=a.weight.shape[1],
                                                device=a.weight.device)
     o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, chunk)
@@ -46,7 +50,7 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     grad_now = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, a.weight, a.bias))
     # under autocast weight and bias are cast inside the Function: their float32 sums over chunks reach
     # them without another rounding to the autocast dtype
-    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token, grad_now, a.amp)
+    out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token, grad_now, a.amp, tw)
     if idx is not None:
         lse = torch.zeros(N, dtype=lse.dtype, device=lse.device).index_copy(0, idx, lse)
         if per_token:
@@ -84,7 +88,8 @@ def _run(a: LossArgs) -> tuple[Tensor, Tensor | None]:
     use_liger = a.impl == "liger" or (a.impl == "auto" and backends.available("liger") and backends.liger_supports(a))
     if use_liger:
         if not backends.liger_supports(a):
-            raise ValueError("linear_cross_entropy: impl='liger' needs CUDA inputs and reduction 'mean' or 'sum'")
+            raise ValueError("linear_cross_entropy: impl='liger' needs CUDA inputs, reduction 'mean' or 'sum' and no "
+                             "loss_weights (it returns the summed loss only)")
         return _reduce(backends.liger_sum(_cast_all(a)), a), None  # the summed loss, reduced
     return _chunked(a)
 
@@ -106,6 +111,7 @@ def linear_cross_entropy(
     impl: str = "auto",
     return_lse: bool = False,
     options: LossOptions | None = None,
+    loss_weights: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Cross-entropy of `hidden @ weight.T + bias` against `labels`, without the (N, V) logits.
 
@@ -120,6 +126,14 @@ def linear_cross_entropy(
             position t) unless ``shift=True`` (HF-style: position t predicts ``labels[t+1]``).
         reduction: "mean" (sum over valid tokens / their count, or / ``num_items_in_batch``),
             "sum", or "none" (per-token loss of shape (...), 0 where ignored).
+        loss_weights: optional (...) floating-point per-token weights w of the labels' shape (0 where
+            ignored by convention; ignored positions are never read). Each valid token's loss ℓ_t
+            becomes w_t·ℓ_t: "sum" = Σ w_t·ℓ_t, "mean" = Σ w_t·ℓ_t / (the count of valid tokens, or
+            ``num_items_in_batch``), "none" = w_t·ℓ_t per token. The gradients of hidden, weight and
+            bias carry the weights (and w gets dloss/dw_t = ℓ_t times the reduction's factor when it
+            requires grad). Shifted with the labels when ``shift=True``. Weights are data, not an
+            option: `LossOptions` has none. Masked diffusion (`headway.objectives.MaskedDiffusion`)
+            weights its masked tokens by 1/t. Not available with impl="liger".
         chunk_size: tokens per chunk; default keeps the chunk's float32 logits within 64 MiB (on CPU
             with a small hidden size, within cache: see `core.default_chunk_size`).
         impl: "auto" (chunked; on CUDA Cut-Cross-Entropy or Liger when installed and the options
@@ -147,7 +161,7 @@ def linear_cross_entropy(
     opts = merge_options("linear_cross_entropy", options, ignore_index=ignore_index, label_smoothing=label_smoothing,
                          z_loss=z_loss, softcap=softcap, chunk_size=chunk_size, impl=impl)
     a = check_args(hidden, weight, labels, bias=bias, reduction=reduction, shift=shift,
-                   num_items_in_batch=num_items_in_batch, **opts)
+                   num_items_in_batch=num_items_in_batch, loss_weights=loss_weights, **opts)
     if return_lse and a.impl in ("cce", "liger"):
         raise ValueError(f"linear_cross_entropy: return_lse=True is not available with impl={a.impl!r}")
     if return_lse and a.impl == "auto":

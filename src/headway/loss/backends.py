@@ -34,7 +34,7 @@ def cce_token_losses(a: LossArgs) -> Tensor:
 
 
 def liger_supports(a: LossArgs) -> bool:
-    return a.hidden.is_cuda and a.reduction != "none"
+    return a.hidden.is_cuda and a.reduction != "none" and a.loss_weights is None
 
 
 def liger_sum(a: LossArgs) -> Tensor:

@@ -38,6 +38,7 @@ class LossArgs:
     impl: str
     lead_shape: tuple[int, ...]
     amp: torch.dtype | None = None
+    loss_weights: Tensor | None = None  # (N,) float per-token weights, aligned with `labels` (None: all 1)
 
 
 def _fail(arg: str, expected: str, actual: object) -> ValueError:
@@ -89,16 +90,42 @@ def check_args(
     impl: str,
     vocab_size: int | None = None,
     fn: str = "linear_cross_entropy",
+    loss_weights: Tensor | None = None,
 ) -> LossArgs:
     """Validate every argument and return them flattened to (N, H) / (N,).
 
     `vocab_size`: the whole vocabulary when `weight` is one rank's slice of it (vocab-parallel);
-    labels are checked against it. `fn` names the caller in the messages."""
+    labels are checked against it. `fn` names the caller in the messages. `loss_weights`: per-token
+    weights of the labels' shape (shifted with them when `shift`), flattened to (N,)."""
     try:
-        return _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_smoothing, z_loss, softcap,
-                      num_items_in_batch, chunk_size, impl, vocab_size)
+        a = _check(hidden, weight, labels, bias, ignore_index, reduction, shift, label_smoothing, z_loss, softcap,
+                   num_items_in_batch, chunk_size, impl, vocab_size)
+        if loss_weights is not None:
+            a.loss_weights = _check_weights(loss_weights, labels, a, shift)
+        return a
     except ValueError as e:
         raise ValueError(str(e).replace("linear_cross_entropy:", f"{fn}:", 1)) from None
+
+
+def _check_weights(w: object, labels: Tensor, a: LossArgs, shift: bool) -> Tensor:
+    """Per-token loss weights (...) -> (N,), aligned with `a.labels`: a floating-point tensor of the labels'
+    shape on their device, finite where the label is valid (ignored positions are never read)."""
+    if not isinstance(w, Tensor):
+        raise _fail("loss_weights", "None or a torch.Tensor", type(w).__name__)
+    if not w.is_floating_point():
+        raise _fail("loss_weights", "a floating-point tensor (one weight per token)", w.dtype)
+    if tuple(w.shape) != tuple(labels.shape):
+        raise _fail("loss_weights", f"shape {tuple(labels.shape)} (the labels' shape)", tuple(w.shape))
+    if w.device != labels.device:
+        raise _fail("loss_weights", f"on the labels' device {labels.device}", w.device)
+    if shift:  # position t predicts labels[t + 1]: its weight moves with its label (the last position has none)
+        w = torch.cat([w[..., 1:], torch.zeros_like(w[..., :1])], dim=-1)
+    w = w.reshape(-1)
+    if not torch.compiler.is_compiling():
+        valid = a.labels != a.ignore_index
+        if not bool(torch.isfinite(w[valid]).all()):
+            raise _fail("loss_weights", "finite where the label is a target", "a non-finite weight")
+    return w
 
 
 def _finite(x: object) -> bool:

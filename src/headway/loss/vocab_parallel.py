@@ -139,6 +139,7 @@ def vocab_parallel_linear_cross_entropy(
     gather_tokens: bool = False,
     return_lse: bool = False,
     options: LossOptions | None = None,
+    loss_weights: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """`linear_cross_entropy` with the head weight sharded by vocabulary rows across `group`.
 
@@ -172,6 +173,9 @@ def vocab_parallel_linear_cross_entropy(
     `options`: a `LossOptions`, as in `linear_cross_entropy` (a keyword set to another value than the
     option's raises ValueError naming both). This loss runs the chunk driver only: its `impl` must be
     "auto" or "chunked" (the others are refused, through the agreement step, on every rank).
+
+    `loss_weights`: per-token weights of this rank's labels' shape, as in `linear_cross_entropy`
+    (finite everywhere); they multiply this rank's own token losses before the reduction.
     """
     fn = "vocab_parallel_linear_cross_entropy"
     if hasattr(weight, "to_local") and hasattr(weight, "placements"):  # a DTensor
@@ -191,6 +195,8 @@ def vocab_parallel_linear_cross_entropy(
     ignore_index = opts["ignore_index"]  # type: ignore[assignment]
     kw: dict[str, object] = dict(bias=bias, reduction=reduction, shift=shift, num_items_in_batch=num_items_in_batch,
                                  **opts)
+    if loss_weights is not None:
+        kw["loss_weights"] = loss_weights
     error, a, y, cols = local_check(fn, hidden, weight, labels, vocab_start, gather_tokens, return_lse, kw, impl)
     error = conflict or error
     table, msgs = agree(group, comm_device(group), cols, y, cols.get("ignore_index", 0), error)
@@ -216,6 +222,8 @@ def vocab_parallel_linear_cross_entropy(
         per, lse_v = _VocabParallelCE.apply(flat.index_select(0, idx), weight, bias, y[idx], start, V, o, group,
                                             gather_tokens, any(row[_C["lse"]] for row in table), a.amp)
     full = torch.zeros(y.shape[0], dtype=per.dtype, device=per.device).index_put((idx,), per)[own]
+    if a.loss_weights is not None:
+        full = full * torch.where(valid[own], a.loss_weights.to(full.dtype), 0.0)
     loss = reduce_losses(full, valid[own].sum(), reduction, a.num_items_in_batch, per.dtype, a.lead_shape)
     if return_lse:
         lse = torch.zeros(y.shape[0], dtype=lse_v.dtype, device=lse_v.device).index_put((idx,), lse_v)[own]

@@ -44,8 +44,18 @@ class LanguageModel(nn.Module):
                              "from this Vocab (build_model(vocab, ...))")
 
     def forward(self, batch: Batch, num_items_in_batch: Tensor | int | None = None, reduction: str = "mean") -> Tensor:
+        """The batch's loss through the fused head: "mean" over its targets (or `num_items_in_batch`, the
+        global count under gradient accumulation), "sum", or "none" (B, S). A weighted batch
+        (`batch.loss_weights`, e.g. masked diffusion) gives Σ w·ℓ, and its mean divides by `batch.num_items`
+        unless `num_items_in_batch` is given."""
+        w = batch.loss_weights
+        if w is None:
+            return self.head(self.hidden(batch.input_ids, batch), batch.labels, num_items_in_batch=num_items_in_batch,
+                             reduction=reduction)
+        if num_items_in_batch is None and reduction == "mean":
+            num_items_in_batch = max(batch.num_items, 1)
         return self.head(self.hidden(batch.input_ids, batch), batch.labels, num_items_in_batch=num_items_in_batch,
-                         reduction=reduction)
+                         reduction=reduction, loss_weights=w)
 
     def logits(self, input_ids: Tensor, keep_last: int = 0) -> Tensor:
         return self.head.logits(self.hidden(input_ids), keep_last)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from headway.objectives.base import Example, Objective, decoder_only, text_lead
 from headway.objectives.clm import CLM
+from headway.objectives.diffusion import MaskedDiffusion, is_masked_diffusion
 from headway.objectives.fim import FIM, FIM_LINE_RATE, fim_parts  # noqa: F401 - FIM_LINE_RATE: kept importable
 from headway.objectives.mlm import MLM
 from headway.objectives.prefix_lm import PrefixLM
@@ -12,7 +13,8 @@ from headway.objectives.span import SpanCorruption, reconstruct
 from headway.objectives.ul2 import Mixture, ul2, ul2_decoder, ul2r
 from headway.types import Vocab
 
-__all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "Example", "Objective", "decoder_only",
+__all__ = ["CLM", "FIM", "MLM", "PrefixLM", "SpanCorruption", "Mixture", "MaskedDiffusion", "is_masked_diffusion",
+           "Example", "Objective", "decoder_only",
            "ul2", "ul2r", "ul2_decoder", "fim_parts", "reconstruct", "build_objective", "check_spec", "text_lead",
            "sentinels_for", "vocab_for", "register"]
 

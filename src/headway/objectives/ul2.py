@@ -28,6 +28,7 @@ class Mixture:
         live = [m for m, p in zip(self.members, self.probs) if p > 0]
         self.needs_bidirectional = any(m.needs_bidirectional for m in live)
         self.trains_left_to_right = any(m.trains_left_to_right for m in live)
+        self.masked_diffusion = any(getattr(m, "masked_diffusion", False) for m in live)
         # lead id -> the probability that an example opens the document's text with it (nested mixtures
         # pass on their own shares); `text_lead` is the most likely one
         self.lead_shares: dict[int, float] = {}

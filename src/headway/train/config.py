@@ -71,7 +71,7 @@ class TrainConfig:
 
     # model
     objective: str = opt(RECIPE.objective, section="model", help=(
-        "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder, or e.g. "
+        "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder | diffusion, or e.g. "
         "'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)"))
     backbone: str = opt(RECIPE.backbone, section="model", help=(
         "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm) | "

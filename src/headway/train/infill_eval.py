@@ -40,14 +40,16 @@ class InfillResult:
     prefix_exact: float  # the same, completing from the prefix alone
     fim_chars: float = 0.0  # mean fraction of each line's characters right before the first mistake (FIM)
     prefix_chars: float = 0.0  # the same from the prefix alone
-    layout: str = "spm"  # the FIM prompt's layout (LanguageModel.infill)
+    layout: str = "spm"  # the FIM prompt's layout (LanguageModel.infill); "diffusion": `diffusion_infill_lines`
     fim_bits: float = 0.0  # bits per byte of the lines ("\n" + line), teacher-forced after the FIM prompt
     prefix_bits: float = 0.0  # the same after the prefix alone
     examples: list[dict] = field(default_factory=list)
 
     def __str__(self) -> str:
+        how = ("masked diffusion, given the middle's length" if self.layout == "diffusion"
+               else f"FIM, {self.layout.upper()}")
         return (f"single-line infilling on {self.lines} validation lines: exact match {self.fim_exact:.1%} with "
-                f"prefix + suffix (FIM, {self.layout.upper()}), {self.prefix_exact:.1%} from the prefix alone; "
+                f"prefix + suffix ({how}), {self.prefix_exact:.1%} from the prefix alone; "
                 f"characters right before the first mistake {self.fim_chars:.1%} vs {self.prefix_chars:.1%}; bits per "
                 f"byte of the lines {self.fim_bits:.3f} vs {self.prefix_bits:.3f}")
 
@@ -155,4 +157,78 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     n = max(1, len(lines))
     bits = math.log(2) * max(1, n_bytes)
     return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, layout, fim_nll / bits,
+                        pre_nll / bits, examples)
+
+
+@torch.no_grad()
+def _middle_bound(model: LanguageModel, left: torch.Tensor, mid: torch.Tensor, right: torch.Tensor, vocab: Vocab,
+                  draws: int, rng: np.random.Generator) -> float:
+    """The masked-diffusion ELBO of `mid` (n,) between `left` and `right`, in nats: the mean over `draws`
+    of (n / l) Σ -log p(mid_i | canvas) over l ~ U{1..n} middle positions masked at random
+    (`headway.train.diffusion_eval`; an upper bound on -log p(mid | left, right, n))."""
+    from headway.models.diffusion_sampling import bidirectional_row
+    from headway.train.diffusion_eval import draw_masks
+
+    n, total = len(mid), 0.0
+    for masked, factor in draw_masks(n, draws, rng):
+        m = torch.from_numpy(masked).to(mid.device)
+        canvas = torch.cat([left, torch.where(m, vocab.id("<mask>"), mid), right])
+        z = model.head.logits(model.hidden(canvas[None], bidirectional_row(canvas))[0, len(left) : len(left) + n][m])
+        total += factor * float(torch.nn.functional.cross_entropy(z.float(), mid[m], reduction="sum"))
+    return total / draws
+
+
+@torch.no_grad()
+def diffusion_infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list[tuple[str, str, str]],
+                           context: int, steps: int | None = None, max_new_tokens: int = 32, draws: int = 4,
+                           progress: Callable[[int], None] | None = None) -> InfillResult:
+    """`infill_lines` for a masked-diffusion model, scored exactly as FIM's (the same lines, prompts cut
+    to the same `context`, the first token one that opens a line, the generated line cut at its next
+    line break, exact match and characters before the first mistake), with one difference: the sampler
+    is **given the middle's length** — it unmasks exactly as many positions as "\\n" + line has tokens
+    (`diffusion_infill`), where a FIM model must end the middle itself. "prefix alone" unmasks the same
+    number of positions after the prefix. The bits per byte are the masked-diffusion ELBO of the line
+    given each context (an upper bound, `draws` draws), not a teacher-forced likelihood. `steps`:
+    unmasking steps per line (default: one per token). Layout: "diffusion"."""
+    from headway.models.diffusion_sampling import diffusion_generate, diffusion_infill
+
+    if context < max_new_tokens + 8:
+        raise ValueError(f"diffusion_infill_lines: context {context} leaves no room beside {max_new_tokens} tokens")
+    dev = next(model.parameters()).device
+    keep = (context - max_new_tokens - 3) // 2
+    was = model.training
+    model.eval()
+    fim_ok = pre_ok = 0
+    fim_c = pre_c = fim_nll = pre_nll = 0.0
+    n_bytes = 0
+    examples = []
+    opens, _ = (m.to(dev) for m in line_breaks(tok, vocab))
+    rng = np.random.default_rng(0)
+    for k, (prefix, middle, suffix) in enumerate(lines):
+        pre = torch.tensor(encode_edge(tok, prefix, keep, last=True), dtype=torch.long, device=dev)
+        suf = torch.tensor(encode_edge(tok, suffix, keep, last=False), dtype=torch.long, device=dev)
+        want = torch.tensor(tok.encode("\n" + middle), dtype=torch.long, device=dev)
+        n_new = min(len(want), max_new_tokens)  # as FIM, at most `max_new_tokens` new tokens
+        mid = diffusion_infill(model, pre, suf, vocab, n_new, steps, first_allowed=opens)
+        new = diffusion_generate(model, pre, n_new, vocab, steps, first_allowed=opens)
+        got_fim, got_pre = first_line(tok.decode(mid.tolist())), first_line(tok.decode(new.tolist()))
+        fim_nll += _middle_bound(model, pre, want, suf, vocab, draws, rng)
+        pre_nll += _middle_bound(model, pre, want, want[:0], vocab, draws, rng)
+        n_bytes += len(("\n" + middle).encode("utf-8"))
+        f = got_fim is not None and got_fim.rstrip() == middle.rstrip()
+        p = got_pre is not None and got_pre.rstrip() == middle.rstrip()
+        fim_ok += f
+        pre_ok += p
+        fim_c += right_before_mistake(got_fim, middle)
+        pre_c += right_before_mistake(got_pre, middle)
+        if len(examples) < 6:
+            examples.append({"before": prefix.split("\n")[-1], "line": middle,
+                             "after": suffix.split("\n")[1] if suffix.count("\n") > 1 else "",
+                             "fim": got_fim or "", "prefix_only": got_pre or ""})
+        if progress is not None:
+            progress(k + 1)
+    model.train(was)
+    n = max(1, len(lines))
+    bits = math.log(2) * max(1, n_bytes)
+    return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, "diffusion", fim_nll / bits,
                         pre_nll / bits, examples)

@@ -139,7 +139,8 @@ def train_step(run: Run, stream, lr: float) -> tuple[float, bool, float]:  # noq
     A non-finite loss or gradient norm is caught before the optimizer touches the weights."""
     cfg = run.cfg
     micro = [next(stream).to(run.device) for _ in range(cfg.grad_accum)]
-    n_items = all_sum(sum(b.num_targets for b in micro), run.device)  # global count: ranks x micro-batches
+    # global count: ranks x micro-batches (targets; every position of a weighted example, see Batch.num_items)
+    n_items = all_sum(sum(b.num_items for b in micro), run.device)
     for g in run.opt.param_groups:
         g["lr"] = lr
     loss_sum = 0.0

@@ -62,7 +62,7 @@ def plot_example_masks(attn: np.ndarray, loss_mask: np.ndarray, title: str, png:
     """Attention mask (S, S) and loss mask (S,) side by side."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.6), dpi=110, gridspec_kw={"width_ratios": [1, 0.12]})
-    a.imshow(attn, cmap="Blues", interpolation="nearest")
+    a.imshow(attn, cmap="Blues", interpolation="nearest", vmin=0, vmax=1)  # all-True (MLM) is dark, not blank
     a.set_title("attention: query (row) may see key (column)")
     a.set_xlabel("key position")
     a.set_ylabel("query position")

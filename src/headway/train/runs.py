@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 def load_run(ckpt: str | Path, device: str = "cpu", generating: bool = False) -> tuple[Any, Any, Any, Any]:
     """(model, tokenizer, vocab, config) from a checkpoint or run folder. `generating`: refuse a
-    model that was never trained to predict left to right (MLM), whose samples would be noise."""
+    model that was never trained to predict left to right nor to unmask a whole text (MLM), whose
+    samples would be noise; a masked-diffusion run samples with its own reverse process
+    (`headway.models.diffusion_sampling`)."""
     from headway.data.tokenizer import load_tokenizer
     from headway.objectives import build_objective
     from headway.train.checkpoint import load_checkpoint, resolve
@@ -24,9 +26,10 @@ def load_run(ckpt: str | Path, device: str = "cpu", generating: bool = False) ->
     tok = load_tokenizer(folder)
     vocab = run_vocab(tok, cfg, folder)
     objective = build_objective(cfg.objective, vocab, (tok.encode, tok.decode))
-    if generating and not objective.trains_left_to_right:
+    if generating and not objective.trains_left_to_right and not getattr(objective, "masked_diffusion", False):
         raise ValueError(f"{ckpt} was trained with --objective {cfg.objective}, which never predicts text left to "
-                         "right; it cannot sample or infill (use `headway eval`, or train with clm / fim / ul2)")
+                         "right nor unmasks a whole text; it cannot sample or infill (use `headway eval`, or train "
+                         "with clm / fim / ul2 / diffusion)")
     model = model_for_run(cfg, objective, vocab, checkpoint=folder)
     load_checkpoint(folder, model, None, device)
     return model.to(device).eval(), tok, vocab, cfg
@@ -94,13 +97,14 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
         name = f"hf:{Path(checkpoint) / ARCHITECTURE_FILE}"
     spec = get_backbone(name)
     needs = objective.needs_bidirectional and not spec.follows_mask
+    kind = "masked diffusion" if getattr(objective, "masked_diffusion", False) else "MLM"
     if needs and not spec.bidirectional:
-        raise ValueError(f"--objective {cfg.objective}: needs bidirectional attention (MLM), which the {cfg.backbone} "
-                         "backbone cannot give (it is causal only and follows no mask); use a left-to-right objective "
-                         "(clm, fim, prefix_lm, ul2) or --backbone transformer")
+        raise ValueError(f"--objective {cfg.objective}: needs bidirectional attention ({kind}), which the "
+                         f"{cfg.backbone} backbone cannot give (it is causal only and follows no mask); use a "
+                         "left-to-right objective (clm, fim, prefix_lm, ul2) or --backbone transformer")
     if needs and objective.trains_left_to_right:
-        raise ValueError(f"--objective {cfg.objective}: mixes MLM (bidirectional) with left-to-right objectives; the "
-                         f"{cfg.backbone} backbone's direction is fixed in its weights, so it cannot do both. Use "
+        raise ValueError(f"--objective {cfg.objective}: mixes {kind} (bidirectional) with left-to-right objectives; "
+                         f"the {cfg.backbone} backbone's direction is fixed in its weights, so it cannot do both. Use "
                          "--backbone transformer (its mask follows each example) or train them separately")
     recipe = {k: getattr(cfg, k) for k in spec.options}
     init = getattr(cfg, "init", None) if checkpoint is None else None

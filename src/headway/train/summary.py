@@ -21,6 +21,7 @@ class Summary:
     wall_seconds: float = 0.0
     final_loss: float = float("nan")
     val: dict = field(default_factory=dict)
+    val_elbo: dict = field(default_factory=dict)  # masked diffusion: the ELBO's bits per byte, an upper bound
     compressors: dict = field(default_factory=dict)
     peak_rss_mib: float = 0.0
     params: int = 0
