@@ -31,16 +31,17 @@ Shapes: B rows, S positions, H hidden, V vocabulary, N = B·S tokens.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from headway.constants import IGNORE_INDEX
 from headway.heads.lm_head import HeadBase
 from headway.models.transformer import Block, KVCache, TransformerConfig, attention_layout, rope_table
-from headway.types import Batch, Objective
+from headway.types import Batch, Example, Objective
 
 __all__ = ["MTP", "MTPDepth", "depth_labels", "shift_within_documents", "build_mtp", "mtp_heads", "check_objective",
-           "batch_depth_labels"]
+           "batch_depth_labels", "example_depth_targets"]
 
 
 def depth_labels(labels: Tensor, document_ids: Tensor, position_ids: Tensor, prefix_lengths: Tensor,
@@ -74,6 +75,18 @@ def depth_labels(labels: Tensor, document_ids: Tensor, position_ids: Tensor, pre
 def batch_depth_labels(batch: Batch, k: int) -> Tensor:
     """`depth_labels` of a `Batch` (B, S)."""
     return depth_labels(batch.labels, batch.document_ids, batch.position_ids, batch.prefix_lengths, k)
+
+
+def example_depth_targets(example: Example, objective: Objective, depth: int) -> list[np.ndarray]:
+    """[(L,) targets of depth k for k = 1..`depth`] of one `Example` as its own document (what
+    `headway show --mtp-depth K` draws); [] for depth 0. An MLM-only objective is refused."""
+    check_objective(objective, depth)
+    ids = torch.as_tensor(example.input_ids)[None]
+    zeros = torch.zeros_like(ids)
+    prefix = torch.tensor([[example.prefix_length]])
+    labels = torch.as_tensor(example.labels)[None]
+    pos = torch.arange(ids.shape[1])[None]
+    return [depth_labels(labels, zeros, pos, prefix, k)[0].numpy() for k in range(1, depth + 1)]
 
 
 def shift_within_documents(x: Tensor, document_ids: Tensor | None, k: int) -> Tensor:
