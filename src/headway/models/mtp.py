@@ -41,7 +41,8 @@ from headway.models.transformer import Block, KVCache, TransformerConfig, attent
 from headway.types import Batch, Example, Objective
 
 __all__ = ["MTP", "MTPDepth", "depth_labels", "shift_within_documents", "build_mtp", "mtp_heads", "check_objective",
-           "batch_depth_labels", "example_depth_targets"]
+           "batch_depth_labels", "example_depth_targets",
+           "depth_loss"]
 
 
 def depth_labels(labels: Tensor, document_ids: Tensor, position_ids: Tensor, prefix_lengths: Tensor,
@@ -165,27 +166,41 @@ class MTP(nn.Module):
 
         h0 (B, S, H) the backbone's output, x (B, S, H) the token embeddings. The valid rows of every
         depth (main first) go side by side into one (M, H) call of the fused head, M <= (K+1)·N."""
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"MTP.loss: `reduction` must be 'mean' or 'sum', got {reduction!r}")
-        K = self.num_depths
         hs = [h0] + self.hidden(h0, x, batch)  # K+1 x (B, S, H)
-        ys = [batch_depth_labels(batch, k) for k in range(K + 1)]  # K+1 x (B, S)
-        keep = [y != IGNORE_INDEX for y in ys]
-        counts = [int(m.sum()) for m in keep]
-        dt = h0.dtype
-        if sum(counts) == 0:  # no target anywhere: the head's own 0 with zero gradients
-            return head(h0, batch.labels, num_items_in_batch=num_items_in_batch, reduction=reduction)
-        rows = torch.cat([h[m].to(dt) for h, m in zip(hs, keep)])  # (M, H), M = Σ counts
-        targets = torch.cat([y[m] for y, m in zip(ys, keep)])  # (M,)
-        nll = head(rows, targets, reduction="none")  # (M,): one fused call, never (M, V) logits
-        sums = torch.stack([part.sum() for part in nll.split(counts)])  # (K+1,)
-        with torch.no_grad():
-            self.last_losses = sums.detach() / torch.tensor(counts, device=sums.device).clamp(min=1)
-        total = sums[0] + (self.weight / K) * sums[1:].sum()
-        if reduction == "sum":
-            return total
-        n = num_items_in_batch if num_items_in_batch is not None else max(counts[0], 1)
-        return total / torch.as_tensor(n, device=total.device).to(total.dtype)
+        ys = [batch_depth_labels(batch, k) for k in range(self.num_depths + 1)]  # K+1 x (B, S)
+        total, means = depth_loss(head, hs, ys, self.weight, num_items_in_batch, reduction)
+        self.last_losses = means
+        return total
+
+
+def depth_loss(head: HeadBase, hidden: list[Tensor], labels: list[Tensor], weight: float,
+               num_items_in_batch: Tensor | int | None = None, reduction: str = "mean") -> tuple[Tensor, Tensor]:
+    """(L, the mean loss of each of the K+1 terms over its own targets, detached (K+1,)) for hidden
+    states [h^0, .., h^K] (each (..., H)) and their aligned labels [y^0, .., y^K] (each (...)):
+
+        L = (Σ_t ℓ^0_t + weight/K · Σ_k Σ_t ℓ^k_t) / n     n = num_items_in_batch, else the count of y^0's targets
+
+    ("sum": not divided). The valid rows of every term go side by side into one (M, H) call of the
+    fused head (reduction "none", so each row's weight enters its gradient): one dW for all K+1."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"MTP loss: `reduction` must be 'mean' or 'sum', got {reduction!r}")
+    K = len(hidden) - 1
+    keep = [y != IGNORE_INDEX for y in labels]
+    counts = [int(m.sum()) for m in keep]
+    if sum(counts) == 0:  # no target anywhere: the head's own 0 with zero gradients
+        zero = head(hidden[0], labels[0], num_items_in_batch=num_items_in_batch, reduction=reduction)
+        return zero, torch.zeros(K + 1, device=zero.device)
+    dt = hidden[0].dtype
+    rows = torch.cat([h[m].to(dt) for h, m in zip(hidden, keep)])  # (M, H), M = Σ counts
+    targets = torch.cat([y[m] for y, m in zip(labels, keep)])  # (M,)
+    nll = head(rows, targets, reduction="none")  # (M,): one fused call, never (M, V) logits
+    sums = torch.stack([part.sum() for part in nll.split(counts)])  # (K+1,)
+    means = sums.detach() / torch.tensor(counts, device=sums.device).clamp(min=1)
+    total = sums[0] + (weight / max(K, 1)) * sums[1:].sum()
+    if reduction == "sum":
+        return total, means
+    n = num_items_in_batch if num_items_in_batch is not None else max(counts[0], 1)
+    return total / torch.as_tensor(n, device=total.device).to(total.dtype), means
 
 
 def check_objective(objective: Objective, depth: int) -> None:
