@@ -376,6 +376,11 @@ def cmd_check(a: argparse.Namespace) -> int:
     model = _load_for_check(a.target)
     rep = check_causal(model, lengths=lengths, packed=not a.no_packed, rows=a.rows)
     print(rep)
+    mtp = getattr(model, "mtp", None)
+    for k in range(1, (mtp.num_depths if mtp is not None else 0) + 1):  # depth k may see inputs up to t + k
+        if rep.ok:
+            rep = check_causal(model, lengths=lengths, packed=not a.no_packed, rows=a.rows, mtp_depth=k)
+            print(f"multi-token prediction depth {k}: {rep}")
     if not rep.ok and a.png:
         try:
             print(f"heat map: {rep.save_heatmap(a.png)}")

@@ -61,7 +61,8 @@ class CausalityReport:
 
     def __str__(self) -> str:
         if self.ok:
-            later = "a later input" if not self.offset else f"an input more than {self.offset} positions on"
+            n = self.offset
+            later = "a later input" if not n else f"an input more than {n} position{'s' if n > 1 else ''} on"
             s = (f"causal: no output depends on {later}, another row or another packed document "
                  f"({len(self.checked)} checks: {', '.join(sorted({c.rsplit('/', 1)[0] for c in self.checked}))}; "
                  f"lengths {', '.join(sorted({c.rsplit('=', 1)[1] for c in self.checked}, key=int))}; "
