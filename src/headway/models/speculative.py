@@ -62,9 +62,9 @@ class _Depths:
     """The depths' incremental state: per depth j a KV cache of its `final` positions and their
     outputs h^j (1, final, H), the input of depth j+1."""
 
-    def __init__(self, model: LanguageModel, h0: Tensor) -> None:
+    def __init__(self, model: LanguageModel, h0: Tensor, weight: Tensor) -> None:
         assert model.mtp is not None
-        self.model, self.mtp = model, model.mtp
+        self.model, self.mtp, self.weight = model, model.mtp, weight
         K = self.mtp.num_depths
         self.caches = [KVCache(1) for _ in range(K)]
         self.final = [0] * K
@@ -90,7 +90,7 @@ class _Depths:
             self.hist[j] = torch.cat([self.hist[j], y[:, :n_final]], 1)
             self.final[j - 1] = L - j
             spec = y[:, n_final:]
-            z = self.model.head.logits(depth.norm(y[:, -1:]))[:, -1]  # (1, V)
+            z = self.model.head.logits(depth.norm(y[:, -1:]), weight=self.weight)[:, -1]  # (1, V)
             drafts.append(int(z.argmax(-1)))
         return drafts
 
@@ -120,18 +120,19 @@ def speculative_generate(model: LanguageModel, prompt: Tensor, max_new_tokens: i
     if max_new_tokens == 0:
         return prompt[:0], stats
     body, head = model.backbone, model.head
+    W = head.full_weight()  # (V, H), once
     cache = body.new_cache(1)
     h0 = body(model.embedding(prompt[None]), None, cache)  # (1, S, H)
-    seq = prompt.tolist() + [int(head.logits(h0, keep_last=1)[0, -1].argmax())]
+    seq = prompt.tolist() + [int(head.logits(h0, keep_last=1, weight=W)[0, -1].argmax())]
     new = [seq[-1]]
-    depths = _Depths(model, h0)
+    depths = _Depths(model, h0, W)
     while len(new) < max_new_tokens and (eos_id is None or new[-1] != eos_id):
         D = min(K, max_new_tokens - len(new))
         drafts = depths.draft(seq, D)
         saved = None if hasattr(cache, "truncate") else copy.deepcopy(cache)
         inp = torch.tensor([[seq[-1], *drafts]], device=prompt.device)  # (1, D+1)
         hv = body(model.embedding(inp), None, cache)  # (1, D+1, H)
-        greedy = head.logits(hv)[0].argmax(-1).tolist()  # D+1 ids: g_i follows d_i
+        greedy = head.logits(hv, weight=W)[0].argmax(-1).tolist()  # D+1 ids: g_i follows d_i
         n = 0
         while n < D and drafts[n] == greedy[n]:
             n += 1
