@@ -231,18 +231,31 @@ def _diffusion_sampler(a: argparse.Namespace, cfg, vocab) -> bool:  # noqa: ANN0
 def cmd_sample(a: argparse.Namespace) -> int:
     import torch
 
+    if a.speculative and a.temperature not in (None, 0):
+        raise ValueError(f"--speculative decodes greedily (its output is plain greedy's); leave --temperature out or "
+                         f"pass 0, got {a.temperature}")
     model, tok, vocab, cfg = load_run(a.checkpoint, generating=True)
     g = torch.Generator().manual_seed(a.seed)
+    temperature = 0.8 if a.temperature is None else a.temperature
     if _diffusion_sampler(a, cfg, vocab):
+        if a.speculative:
+            raise ValueError("--speculative drafts with multi-token prediction depths; this run samples by unmasking")
         from headway.models.diffusion_sampling import diffusion_generate
 
         new = diffusion_generate(model, torch.tensor(_encode_arg(tok, a.prompt, "--prompt"), dtype=torch.long),
-                                 a.max_new_tokens, vocab, a.steps, temperature=a.temperature, top_k=a.top_k,
+                                 a.max_new_tokens, vocab, a.steps, temperature=temperature, top_k=a.top_k,
                                  top_p=a.top_p, block_length=a.block_length, generator=g)
         print(a.prompt + tok.decode(new.tolist()))
         return 0
     ids = [run_lead(cfg, vocab)] + _encode_arg(tok, a.prompt, "--prompt")  # a document opens as in training
-    new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+    if a.speculative:
+        from headway.models.speculative import compare_with_greedy
+
+        r = compare_with_greedy(model, torch.tensor(ids), a.max_new_tokens, eos_id=vocab.eos)
+        print(a.prompt + tok.decode(r.speculative.tolist()))
+        print(r.describe(), file=sys.stderr)
+        return 0 if r.identical else 1
+    new = model.generate(torch.tensor(ids), a.max_new_tokens, temperature=temperature, top_k=a.top_k,
                          top_p=a.top_p, eos_id=vocab.eos, generator=g)
     print(a.prompt + tok.decode(new.tolist()))
     return 0
@@ -280,6 +293,7 @@ def cmd_show(a: argparse.Namespace) -> int:
 
     from headway.data.tokenizer import ByteTokenizer
     from headway.masks import dense_mask
+    from headway.models.mtp import example_depth_targets
     from headway.objectives import build_objective
     from headway.show import loss_mask_image, render_example
     from headway.train.plots import plot_example_masks
@@ -291,15 +305,18 @@ def cmd_show(a: argparse.Namespace) -> int:
         tok, vocab = ByteTokenizer(), Vocab(256, num_sentinels=32)
     obj = build_objective(a.objective, vocab, (tok.encode, tok.decode))
     ex = obj(np.asarray(tok.encode(a.text), dtype=np.int64), np.random.default_rng(a.seed))
-    print(f"objective {a.objective!r}: green = target, grey = no target, cyan = bidirectional prefix\n")
-    print(render_example(ex, vocab, tok.decode, color=sys.stdout.isatty()))
+    depths = example_depth_targets(ex, obj, a.mtp_depth)
+    print(f"objective {a.objective!r}: green = target, grey = no target, cyan = bidirectional prefix"
+          + ("; t+k+1: multi-token prediction depth k's target" if depths else "") + "\n")
+    print(render_example(ex, vocab, tok.decode, color=sys.stdout.isatty(), depth_targets=depths))
     S = len(ex)
     attn = dense_mask(torch.zeros(1, S, dtype=torch.long), torch.arange(S)[None],
                       torch.tensor([[ex.prefix_length]]))[0].numpy()
     png = Path(a.png or f"show-{a.objective.replace(':', '_').replace(',', '+')}.png")
     weights = "" if ex.loss_weights is None else f", weight {float(ex.loss_weights.max()):.3g}"
-    plot_example_masks(attn, loss_mask_image(ex)[0], f"{a.objective}: prefix {ex.prefix_length}, "
-                       f"{ex.num_targets} targets of {S}{weights}", png)
+    plot_example_masks(attn, loss_mask_image(ex, depths), f"{a.objective}: prefix {ex.prefix_length}, "
+                       f"{ex.num_targets} targets of {S}{weights}" + (f", MTP depths 1..{a.mtp_depth}" if depths
+                                                                      else ""), png)
     print(f"\nattention and loss masks: {png}")
     return 0
 
@@ -441,6 +458,11 @@ def cmd_check(a: argparse.Namespace) -> int:
     model = _load_for_check(a.target)
     rep = check_causal(model, lengths=lengths, packed=not a.no_packed, rows=a.rows)
     print(rep)
+    mtp = getattr(model, "mtp", None)
+    for k in range(1, (mtp.num_depths if mtp is not None else 0) + 1):  # depth k may see inputs up to t + k
+        if rep.ok:
+            rep = check_causal(model, lengths=lengths, packed=not a.no_packed, rows=a.rows, mtp_depth=k)
+            print(f"multi-token prediction depth {k}: {rep}")
     if not rep.ok and a.png:
         try:
             print(f"heat map: {rep.save_heatmap(a.png)}")
@@ -502,6 +524,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint folder or run folder (uses its latest checkpoint)")
     s.add_argument("--prompt", default="import ", help="text to continue")
     _sampling(s)
+    s.set_defaults(temperature=None)  # 0.8, or greedy with --speculative
+    s.add_argument("--speculative", action="store_true", help="greedy decoding drafted by the multi-token "
+                   "prediction depths (a run trained with --mtp-depth K) and verified by the main head: plain "
+                   "greedy's output; prints the tokens per step and tokens/s of both to stderr")
     i = sub.add_parser("infill", help="fill in the middle between a prefix and a suffix (FIM-trained models)")
     i.add_argument("checkpoint", help="checkpoint folder or run folder")
     i.add_argument("--prefix", required=True, help="text before the gap")
@@ -516,6 +542,8 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--checkpoint", default=None, help="use this run's tokenizer (default: bytes)")
     sh.add_argument("--png", default=None, help="where to write the mask picture (default: show-OBJECTIVE.png)")
     sh.add_argument("--seed", type=int, default=0, help="seed of the objective's randomness")
+    sh.add_argument("--mtp-depth", type=int, default=0, metavar="K", help="also show the targets of multi-token "
+                    "prediction depths 1..K (the token k+1 ahead, within the document; default: 0)")
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on held-out text")
     e.add_argument("checkpoint", help="checkpoint folder or run folder")
     e.add_argument("--data", nargs="+", default=None, metavar="PATH", help="files, folders, .jsonl[.gz|.zst], "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from headway.check.adapters import Probe, make_probe
+from headway.check.adapters import Probe, make_probe, mtp_probe
 from headway.check.detectors import BLACKBOX_TOL, GRADIENT_TOL, Finding, Tolerance, black_box, gradient
 
 DEFAULT_LENGTHS = (15, 16, 17, 33)
@@ -42,6 +42,7 @@ class CausalityReport:
     skipped: list[str] = field(default_factory=list)  # detectors that could not run, and why
     seconds: float = 0.0
     name: str = ""
+    offset: int = 0  # output t may depend on inputs up to t + offset (an MTP depth k: k)
 
     @property
     def leaks(self) -> list[tuple[int, int]]:
@@ -60,7 +61,9 @@ class CausalityReport:
 
     def __str__(self) -> str:
         if self.ok:
-            s = (f"causal: no output depends on a later input, another row or another packed document "
+            n = self.offset
+            later = "a later input" if not n else f"an input more than {n} position{'s' if n > 1 else ''} on"
+            s = (f"causal: no output depends on {later}, another row or another packed document "
                  f"({len(self.checked)} checks: {', '.join(sorted({c.rsplit('/', 1)[0] for c in self.checked}))}; "
                  f"lengths {', '.join(sorted({c.rsplit('=', 1)[1] for c in self.checked}, key=int))}; "
                  f"{self.seconds:.1f} s)")
@@ -89,7 +92,7 @@ def check_causal(model: object, seq_len: int | None = None, packed: bool = True,
                  lengths: Sequence[int] | None = None, rows: int = 2, detectors: Sequence[str] = DETECTORS,
                  modes: Sequence[str] = MODES, vocab_size: int | None = None, hidden_size: int | None = None,
                  takes: str = "auto", gradient_tol: Tolerance = GRADIENT_TOL,
-                 black_box_tol: Tolerance = BLACKBOX_TOL) -> CausalityReport:
+                 black_box_tol: Tolerance = BLACKBOX_TOL, offset: int = 0, mtp_depth: int = 0) -> CausalityReport:
     """Check `model` for dependence on the future, on other rows and (packed=True) on other
     documents of a packed row.
 
@@ -99,8 +102,18 @@ def check_causal(model: object, seq_len: int | None = None, packed: bool = True,
     `lengths` several (default 15, 16, 17, 33); `rows` rows per batch (>= 2 checks that rows stay
     apart). A detector the model cannot run is listed in `report.skipped`; a model no detector
     could run is not reported causal.
+
+    offset: output t may depend on the inputs up to t + offset (0: causal). mtp_depth: k > 0 checks
+    a headway `LanguageModel`'s multi-token prediction depth k instead of its backbone: its hidden
+    states (`LanguageModel.mtp_hidden`) may see the inputs up to t + k, nothing later (offset k is
+    added to `offset`).
     """
     t0 = time.perf_counter()
+    if not isinstance(offset, int) or offset < 0 or not isinstance(mtp_depth, int) or mtp_depth < 0:
+        raise ValueError(f"check_causal: offset and mtp_depth must be integers >= 0, got {offset!r}, {mtp_depth!r}")
+    if mtp_depth:
+        model = mtp_probe(model, mtp_depth)  # type: ignore[arg-type]
+        offset += mtp_depth
     probe: Probe = make_probe(model, vocab_size, hidden_size, takes)
     Ls = [seq_len] if seq_len is not None else list(lengths or DEFAULT_LENGTHS)
     for x in Ls:
@@ -111,7 +124,7 @@ def check_causal(model: object, seq_len: int | None = None, packed: bool = True,
     bad = set(detectors) - set(DETECTORS) or set(modes) - set(MODES)
     if bad:
         raise ValueError(f"check_causal: unknown detector or mode {sorted(bad)}; choose from {DETECTORS} / {MODES}")
-    report = CausalityReport(ok=True, name=probe.name)
+    report = CausalityReport(ok=True, name=probe.name, offset=offset)
     pack = packed and probe.packing
     if packed and not probe.packing:
         report.skipped.append("packed documents (a plain callable cannot express them)")
@@ -132,9 +145,9 @@ def check_causal(model: object, seq_len: int | None = None, packed: bool = True,
                 p = copies[det]
                 try:
                     if det == "gradient":
-                        found = gradient(p, L, rows, pack and L >= 4, mode, seed, gradient_tol)
+                        found = gradient(p, L, rows, pack and L >= 4, mode, seed, gradient_tol, offset)
                     else:
-                        found = black_box(p, L, rows, pack and L >= 4, mode, seed, tol=black_box_tol)
+                        found = black_box(p, L, rows, pack and L >= 4, mode, seed, tol=black_box_tol, offset=offset)
                 except Exception as e:  # noqa: BLE001 - a detector the model cannot run is reported, not raised
                     report.skipped.append(f"{det}/{mode}/L={L}: {type(e).__name__}: {str(e)[:160]}")
                     continue

@@ -183,6 +183,29 @@ def headway_probe(model: nn.Module, hidden_size: int | None = None, vocab_size: 
                  _cloner(model, lambda m: headway_probe(m, H, V)))
 
 
+def mtp_probe(model: nn.Module, depth: int) -> Probe:
+    """A headway `LanguageModel`'s multi-token prediction depth `depth` (k): its normalized hidden
+    states (B, S, H) from input vectors (the token embeddings: into the backbone, and shifted by k
+    into depth k, `LanguageModel.mtp_hidden`) or from token ids; packed rows as a `Batch` mask spec.
+    Check it with an allowed offset of k (`check_causal(..., mtp_depth=k)` does)."""
+    mtp = getattr(model, "mtp", None)
+    if mtp is None or not hasattr(model, "mtp_hidden"):
+        raise ValueError(f"check_causal: mtp_depth={depth} needs a headway LanguageModel with multi-token prediction "
+                         f"modules; {type(model).__name__} has none")
+    if not 1 <= depth <= len(mtp.depths):
+        raise ValueError(f"check_causal: mtp_depth must be in [1, {len(mtp.depths)}] (the model's depths), got {depth}")
+    V, H = embedding_sizes(model.embedding)
+
+    def vectors(x: Tensor, docs: Tensor | None) -> Tensor:
+        return model.mtp_hidden(x, _batch(docs, x.shape[0], x.shape[1], x.device))[depth - 1]
+
+    def ids(t: Tensor, docs: Tensor | None) -> Tensor:
+        return vectors(model.embedding(t), docs)
+
+    return Probe(f"{type(model).__name__} MTP depth {depth}", model, V, H, vectors, ids if V is not None else None,
+                 True, _cloner(model, lambda m: mtp_probe(m, depth)))
+
+
 def hf_probe(model: nn.Module) -> Probe:
     """A transformers `PreTrainedModel`: vectors through `inputs_embeds`, ids through `input_ids`;
     packing as `position_ids` restarting per document (no attention_mask). Outputs: the logits

@@ -1,6 +1,7 @@
 """The two leak detectors. Both look at row 0's outputs of a (B, S) layout and ask which inputs
-they depend on; an output t may depend on input (b, k) only when b = 0, k <= t and k is in t's
-document (the mask spec: docs/concepts.md).
+they depend on; an output t may depend on input (b, k) only when b = 0, k <= t + offset and k is
+in t's document (the mask spec: docs/concepts.md; offset 0 for a model's outputs, offset k for a
+multi-token prediction depth k, which sees the inputs up to t + k).
 
 gradient (exact, float64): dep[t, b, k] = max_h |d (r . y[0, t]) / d x[b, k, h]| for a random
     projection r; a leak is dep > atol + rtol * scale, where scale is the largest *allowed*
@@ -90,11 +91,11 @@ def layout(S: int, rows: int, packed: bool) -> Tensor | None:
     return d
 
 
-def allowed_map(S: int, rows: int, docs: Tensor | None) -> Tensor:
-    """(S, rows, S) bool: may output t of row 0 depend on input (b, k)?"""
+def allowed_map(S: int, rows: int, docs: Tensor | None, offset: int = 0) -> Tensor:
+    """(S, rows, S) bool: may output t of row 0 depend on input (b, k)? (b = 0, k <= t + offset, same document)"""
     ar = torch.arange(S)
     ok = torch.zeros(S, rows, S, dtype=torch.bool)
-    ok[:, 0] = ar[None, :] <= ar[:, None]
+    ok[:, 0] = ar[None, :] <= ar[:, None] + offset
     if docs is not None:
         ok[:, 0] &= docs[0][:, None] == docs[0][None, :]
     return ok
@@ -128,7 +129,7 @@ def _seed(seed: int) -> None:
 
 
 def gradient(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int,
-             tol: Tolerance = GRADIENT_TOL) -> list[Finding]:
+             tol: Tolerance = GRADIENT_TOL, offset: int = 0) -> list[Finding]:
     """The exact detector on a float64 copy of the model."""
     assert probe.vectors is not None and probe.hidden_size is not None
     docs = layout(S, rows, packed)
@@ -148,11 +149,11 @@ def gradient(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int
         (gx,) = torch.autograd.grad((y[0, t] * r).sum(), x, retain_graph=True, allow_unused=True)
         if gx is not None:
             dep[t] = gx.abs().amax(-1).double().cpu()
-    ok = allowed_map(S, rows, docs)
+    ok = allowed_map(S, rows, docs, offset)
     scale = float(dep[ok].max()) if bool(ok.any()) else 0.0
     bad = (~ok) & (dep > tol.atol + tol.rtol * scale)
     out = []
-    for kind, sel in _kinds(S, rows, docs):
+    for kind, sel in _kinds(S, rows, docs, offset):
         hits = (bad & sel).nonzero().tolist()  # [t, b, k]
         if not hits:
             continue
@@ -164,11 +165,12 @@ def gradient(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int
     return out
 
 
-def _kinds(S: int, rows: int, docs: Tensor | None) -> list[tuple[str, Tensor]]:
-    """(kind, (S, rows, S) selector) for the three kinds of forbidden dependence of row 0's outputs."""
+def _kinds(S: int, rows: int, docs: Tensor | None, offset: int = 0) -> list[tuple[str, Tensor]]:
+    """(kind, (S, rows, S) selector) for the three kinds of forbidden dependence of row 0's outputs
+    ("future": an input after t + offset)."""
     ar = torch.arange(S)
     future = torch.zeros(S, rows, S, dtype=torch.bool)
-    future[:, 0] = ar[None, :] > ar[:, None]
+    future[:, 0] = ar[None, :] > ar[:, None] + offset
     other_row = torch.zeros(S, rows, S, dtype=torch.bool)
     other_row[:, 1:] = True
     kinds = [("future", future), ("other row", other_row)]
@@ -202,7 +204,7 @@ def _random_like(probe: Probe, base: Tensor, g: torch.Generator) -> Tensor:
 
 
 def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: int, draws: int = 2,
-              tol: Tolerance = BLACKBOX_TOL, dtype: torch.dtype = torch.float32) -> list[Finding]:
+              tol: Tolerance = BLACKBOX_TOL, dtype: torch.dtype = torch.float32, offset: int = 0) -> list[Finding]:
     """The perturbation detector: no gradients, no float64. Each kind of forbidden dependence is a
     (rows, S) set of input cells to replace and a (rows, S) set of output cells that must not move;
     a finding's pairs name an input cell that moves an output alone (`_isolate`): in the output's
@@ -256,13 +258,16 @@ def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: in
         return None
 
     found: list[Finding] = []
-    # future: every input after c replaced; every output up to c must stay
-    cuts = list(range(S - 1)) if S <= 64 else sorted({*(2**i - 1 for i in range(1, 12)), *(2**i for i in range(12)),
-                                                      S // 2, S - 2} & set(range(S - 1)))
+    # future: every input after c + offset replaced; every output up to c must stay
+    last = S - 1 - offset  # cuts c < last leave some input to replace
+    cuts = list(range(last)) if S <= 64 else sorted({*(2**i - 1 for i in range(1, 12)), *(2**i for i in range(12)),
+                                                      S // 2, last - 1} & set(range(last)))
     for c in cuts:
         replace = torch.zeros(rows, S, dtype=torch.bool)
-        replace[:, c + 1 :] = True
-        f = attempt("future", replace, ~replace)
+        replace[:, c + 1 + offset :] = True
+        watch = torch.zeros(rows, S, dtype=torch.bool)
+        watch[:, : c + 1] = True
+        f = attempt("future", replace, watch)
         if f is not None:
             found.append(f)
             break
@@ -278,7 +283,7 @@ def black_box(probe: Probe, S: int, rows: int, packed: bool, mode: str, seed: in
         if f is not None:
             found.append(f)
     if found and found[0].kind == "future":
-        found[0].matrix, found[0].allowed = _single_position_map(run, base, y0, probe, g, S, docs)
+        found[0].matrix, found[0].allowed = _single_position_map(run, base, y0, probe, g, S, docs, offset)
     return found
 
 
@@ -335,7 +340,7 @@ def _first_module_black_box(run, inp: Tensor, outs0: list[tuple[str, Tensor]], k
 
 
 def _single_position_map(run, base: Tensor, y0: Tensor, probe: Probe, g: torch.Generator, S: int,  # noqa: ANN001
-                         docs: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+                         docs: Tensor | None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(S, S) |change of row 0's output t| when input k alone is replaced: the heat map's data."""
     m = np.zeros((S, S))
     for k in range(S):
@@ -343,4 +348,4 @@ def _single_position_map(run, base: Tensor, y0: Tensor, probe: Probe, g: torch.G
         inp[:, k : k + 1] = _random_like(probe, inp[:, k : k + 1], g)
         y, _ = run(inp)
         m[:, k] = (y[0] - y0[0]).abs().reshape(S, -1).amax(-1).numpy()
-    return m, allowed_map(S, base.shape[0], docs)[:, 0].numpy()
+    return m, allowed_map(S, base.shape[0], docs, offset)[:, 0].numpy()

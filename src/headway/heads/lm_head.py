@@ -93,11 +93,12 @@ class HeadBase(nn.Module):
         return self._loss(hidden, weight, labels, reduction=reduction, shift=shift,
                           num_items_in_batch=num_items_in_batch, **kw)
 
-    def logits(self, hidden: Tensor, keep_last: int = 0) -> Tensor:
-        """(B, k, V) float32 logits of the last `keep_last` positions (all when 0)."""
+    def logits(self, hidden: Tensor, keep_last: int = 0, weight: Tensor | None = None) -> Tensor:
+        """(B, k, V) float32 logits of the last `keep_last` positions (all when 0). `weight`: the
+        (V, H) `full_weight()` when the caller already holds it (a generation loop takes it once)."""
         if keep_last:
             hidden = hidden[..., -keep_last:, :]
-        z = (hidden @ self.full_weight().t()).float()
+        z = (hidden @ (self.full_weight() if weight is None else weight).t()).float()
         if self.bias is not None:
             z = z + self.bias.float()
         c = self.loss_options.softcap

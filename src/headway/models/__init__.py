@@ -9,6 +9,7 @@ from headway.loss.options import LossOptions, merge_options
 from headway.models import hf_backbone as _hf_backbone  # noqa: F401 - registers the hf: family
 from headway.models.gated_ssm import GatedSSM, GatedSSMConfig
 from headway.models.lm import LanguageModel, sample
+from headway.models.mtp import build_mtp
 from headway.models.registry import BuildRequest, backbone_names, check_backbone, get_backbone
 from headway.models.transformer import Transformer, TransformerConfig
 from headway.recipe import RECIPE
@@ -45,7 +46,8 @@ def parse_size(size: str) -> tuple[int, int, int]:
 def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIPE.size, *,
                 bidirectional: bool = False, loss: LossOptions | None = None, z_loss: float = 0.0,
                 tie_head: bool = True, activation: str | None = None, qk_norm: bool | None = None,
-                zero_init: bool | None = None, init: str | None = None) -> LanguageModel:
+                zero_init: bool | None = None, init: str | None = None, mtp_depth: int = 0,
+                mtp_weight: float = 0.3) -> LanguageModel:
     """A `LanguageModel` with a split (base + special) embedding and a fused LM head, tied to the
     embedding split by split (default) or, with tie_head=False, an `LMHead` with its own (V, H) weight.
 
@@ -63,7 +65,12 @@ def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIP
     loss: the head's `LossOptions` (label smoothing, z-loss, softcap, ignore index, chunk size, backend);
     `z_loss` is a shortcut for ``LossOptions(z_loss=...)`` (given with `loss`, a value other than 0 must
     equal ``loss.z_loss``). A backbone whose architecture soft-caps its final logits (Gemma-2's
-    ``final_logit_softcapping``, an `hf:` backbone) fills ``softcap`` unless the options set one."""
+    ``final_logit_softcapping``, an `hf:` backbone) fills ``softcap`` unless the options set one.
+
+    mtp_depth: K > 0 adds K multi-token prediction modules (`headway.models.mtp`) whose loss, weighted
+    by `mtp_weight` (λ, on the mean over depths), joins the main loss in ``model(batch)``; they are
+    built after everything else, so a seed gives the same embedding, backbone and head with or
+    without them. 0 (the default): none, the model is exactly as before."""
     spec = get_backbone(backbone)
     given = {"activation": activation, "qk_norm": qk_norm, "zero_init": zero_init}
     recipe = RECIPE.model_options(spec.options)
@@ -88,6 +95,13 @@ def build_model(vocab: Vocab, backbone: str = RECIPE.backbone, size: str = RECIP
     model = LanguageModel(emb, body, head)
     if init is not None:
         spec.extra["init"](model, vocab, init)
+    if not isinstance(mtp_depth, int) or isinstance(mtp_depth, bool) or mtp_depth < 0:
+        raise ValueError(f"build_model: `mtp_depth` must be an integer >= 0, got {mtp_depth!r}")
+    if mtp_depth:
+        if not getattr(body, "causal", True):
+            raise ValueError(f"build_model: multi-token prediction predicts left to right; the {backbone} backbone "
+                             "was built bidirectional (MLM)")
+        model.mtp = build_mtp(body, H, nh, mtp_depth, mtp_weight, RECIPE.model_options())
     return model
 
 

@@ -9,16 +9,21 @@ from torch import Tensor, nn
 
 from headway.constants import FIM_LAYOUTS
 from headway.heads.lm_head import HeadBase
+from headway.models.mtp import MTP
 from headway.types import Batch, Vocab
 
 
 class LanguageModel(nn.Module):
     """`forward(batch)` -> the mean loss over the batch's targets (fused head, no logits);
-    `logits(ids)` for generation; `generate` and `infill` sample with the backbone's cache."""
+    `logits(ids)` for generation; `generate` and `infill` sample with the backbone's cache.
+    `mtp`: the multi-token prediction modules (`headway.models.mtp.MTP`), None without them."""
 
-    def __init__(self, embedding: nn.Module, backbone: nn.Module, head: HeadBase) -> None:
+    mtp: MTP | None
+
+    def __init__(self, embedding: nn.Module, backbone: nn.Module, head: HeadBase, mtp: MTP | None = None) -> None:
         super().__init__()
         self.embedding, self.backbone, self.head = embedding, backbone, head
+        self.mtp = mtp
 
     @property
     def vocab_size(self) -> int:
@@ -43,12 +48,22 @@ class LanguageModel(nn.Module):
                              f"{vocab.special_size} specials) but the model takes {self.vocab_size}; build the model "
                              "from this Vocab (build_model(vocab, ...))")
 
-    def forward(self, batch: Batch, num_items_in_batch: Tensor | int | None = None, reduction: str = "mean") -> Tensor:
+    def forward(self, batch: Batch, num_items_in_batch: Tensor | int | None = None, reduction: str = "mean",
+                mtp: bool | None = None) -> Tensor:
         """The batch's loss through the fused head: "mean" over its targets (or `num_items_in_batch`, the
         global count under gradient accumulation), "sum", or "none" (B, S). A weighted batch
         (`batch.loss_weights`, e.g. masked diffusion) gives Σ w·ℓ, and its mean divides by `batch.num_items`
-        unless `num_items_in_batch` is given."""
+        unless `num_items_in_batch` is given. With MTP modules and `mtp` (None: when `reduction` is
+        "mean", i.e. the training loss; evaluation's "sum" scores the main head alone), the MTP loss
+        joins it (`MTP.loss`): main + λ · mean over depths."""
         w = batch.loss_weights
+        if self.mtp is not None and (reduction == "mean" if mtp is None else mtp):
+            if w is not None:
+                raise ValueError("LanguageModel: multi-token prediction trains left-to-right targets; a batch with "
+                                 "per-token loss weights (masked diffusion) cannot train its depths")
+            check_token_ids(batch.input_ids, self.vocab_size, "LanguageModel")
+            x = self.embedding(batch.input_ids)  # (B, S, H)
+            return self.mtp.loss(self.head, self.backbone(x, batch), x, batch, num_items_in_batch, reduction)
         if w is None:
             return self.head(self.hidden(batch.input_ids, batch), batch.labels, num_items_in_batch=num_items_in_batch,
                              reduction=reduction)
@@ -56,6 +71,23 @@ class LanguageModel(nn.Module):
             num_items_in_batch = max(batch.num_items, 1)
         return self.head(self.hidden(batch.input_ids, batch), batch.labels, num_items_in_batch=num_items_in_batch,
                          reduction=reduction, loss_weights=w)
+
+    def mtp_hidden(self, x: Tensor, batch: Batch | None = None) -> list[Tensor]:
+        """Token embeddings x (B, S, H) -> [depth k's normalized hidden states (B, S, H) for k = 1..K]
+        (what the shared head reads; depth k at t sees the inputs up to t + k)."""
+        if self.mtp is None:
+            raise ValueError("mtp_hidden: this model has no multi-token prediction modules (build_model(..., "
+                             "mtp_depth=K))")
+        return self.mtp.hidden(self.backbone(x, batch), x, batch)
+
+    def mtp_metrics(self) -> dict[str, float | list[float]]:
+        """{"main_loss": the main head's mean loss, "mtp_loss": [each depth's mean loss over its
+        targets]} (nats) of the last training forward's micro-batch; {} without MTP modules (a run
+        without them logs exactly as before)."""
+        if self.mtp is None or self.mtp.last_losses is None:
+            return {}
+        main, *depths = (float(v) for v in self.mtp.last_losses)
+        return {"main_loss": main, "mtp_loss": depths}
 
     def logits(self, input_ids: Tensor, keep_last: int = 0) -> Tensor:
         return self.head.logits(self.hidden(input_ids), keep_last)
@@ -87,9 +119,11 @@ class LanguageModel(nn.Module):
         out: list[Tensor] = []
         step_in = ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        # an LM head's (V, H) weight, once (a split head would join its tables at every step)
+        kw = {"weight": self.head.full_weight()} if isinstance(self.head, HeadBase) else {}
         for t in range(max_new_tokens):
             h = self.backbone(self.embedding(step_in), None, cache)
-            z = self.head.logits(h, keep_last=1)[:, -1]  # (B, V)
+            z = self.head.logits(h, keep_last=1, **kw)[:, -1]  # (B, V)
             if t == 0 and first_allowed is not None:
                 if first_allowed.shape[0] != z.shape[-1]:
                     raise ValueError(f"generate: `first_allowed` has {first_allowed.shape[0]} entries for a "

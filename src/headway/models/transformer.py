@@ -76,6 +76,35 @@ class KVCache:
         self.v[i] = v if pv is None else torch.cat([pv, v], dim=2)
         return self.k[i], self.v[i]  # type: ignore[return-value]
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions (speculative decoding drops rejected drafts)."""
+        self.k = [None if k is None else k[:, :, :length] for k in self.k]
+        self.v = [None if v is None else v[:, :, :length] for v in self.v]
+        self.length = min(self.length, length)
+
+
+def attention_layout(B: int, S: int, device: torch.device, batch: Batch | None = None,
+                     start: int = 0) -> tuple[Tensor, Tensor | None, bool]:
+    """(positions (B, S), SDPA mask or None, causal flag) for S new positions. With a `Batch`: its
+    position ids and its mask spec (the built-in causal kernel when each row is one causal document).
+    Without one: a single causal sequence whose first new position is `start` (the cached length):
+    query q sees keys up to start + q."""
+    mask, causal = None, False
+    if batch is not None:
+        pos = batch.position_ids
+        if batch.is_one_causal_document_per_row:
+            causal = S > 1  # one causal document per row: the fast built-in causal kernel
+        else:
+            mask = sdpa_mask(batch)
+    else:
+        pos = torch.arange(start, start + S, device=device).expand(B, S)
+        if start == 0:
+            causal = S > 1
+        elif S > 1:  # several new tokens after a cache: query q sees keys up to start + q
+            keys = torch.arange(start + S, device=device)
+            mask = keys[None, :] <= (start + torch.arange(S, device=device))[:, None]
+    return pos, mask, causal
+
 
 class Attention(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
@@ -141,21 +170,7 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, batch: Batch | None = None, cache: KVCache | None = None) -> Tensor:
         B, S, _ = x.shape
-        mask, causal = None, False
-        if batch is not None:
-            pos = batch.position_ids
-            if batch.is_one_causal_document_per_row:
-                causal = S > 1  # one causal document per row: the fast built-in causal kernel
-            else:
-                mask = sdpa_mask(batch)
-        else:
-            start = cache.length if cache is not None else 0
-            pos = torch.arange(start, start + S, device=x.device).expand(B, S)
-            if start == 0:
-                causal = S > 1
-            elif S > 1:  # several new tokens after a cache: query q sees keys up to start + q
-                keys = torch.arange(start + S, device=x.device)
-                mask = keys[None, :] <= (start + torch.arange(S, device=x.device))[:, None]
+        pos, mask, causal = attention_layout(B, S, x.device, batch, cache.length if cache is not None else 0)
         rot = rope_table(pos, self.config.hidden_size // self.config.num_heads, self.config.rope_theta)
         for i, layer in enumerate(self.layers):
             x = layer(x, rot, mask, causal, cache, i)

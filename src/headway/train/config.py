@@ -90,6 +90,13 @@ class TrainConfig:
     zero_init: bool = opt(RECIPE.zero_init, section="model", help=(
         "transformer: initialize the attention and MLP output projections at zero (the gated SSM ignores it)"))
     z_loss: float = opt(0.0, section="model", help="z-loss coefficient (z * logsumexp^2 per token, PaLM)")
+    mtp_depth: int = opt(0, section="model", help=(
+        "multi-token prediction depth K (DeepSeek-V3): K sequential modules after the backbone, each one block, "
+        "predict the tokens 2..K+1 ahead through the shared fused head; works with every left-to-right objective "
+        "(clm, fim, prefix_lm, ul2, span and their mixes), refused with an MLM-only one; dropped at export; "
+        "`headway sample --speculative` drafts with them (0: off)"))
+    mtp_weight: float = opt(0.3, section="model", help=(
+        "λ: the weight of the mean multi-token prediction loss over the depths (loss = main + λ · mean_k loss_k)"))
     tensor_parallel_head: bool = opt(False, section="model", help=(
         "untie the LM head from the embedding and, under torchrun, shard it by vocabulary rows over the ranks "
         "(vocab-parallel loss: no rank holds the whole head, its gradient, its optimizer state or a chunk's full "
@@ -280,6 +287,8 @@ class TrainConfig:
         number("weight_decay", 0)
         number("grad_clip", 0)
         number("z_loss", 0)
+        integer("mtp_depth", 0, 16)
+        number("mtp_weight", 0)
         integer("seed", 0)
         number("val_fraction", 0, 1, low_open=True)
         need(self.val_fraction < 1, "val_fraction", "< 1", self.val_fraction)
@@ -324,6 +333,12 @@ class TrainConfig:
             check_spec(self.objective)
         except ValueError as e:
             raise ValueError(f"--{'size' if 'size' in str(e) else 'objective'}: {e}") from None
+        if self.mtp_depth:  # an MLM-only objective has no left-to-right target for the depths to extend
+            from headway.models.mtp import check_objective
+            from headway.objectives import build_objective
+            from headway.types import Vocab
+
+            check_objective(build_objective(self.objective, Vocab(256)), self.mtp_depth)
 
 
 LOGGERS = ("tensorboard", "wandb")

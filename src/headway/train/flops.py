@@ -8,7 +8,8 @@ V × H (the embedding lookup does no products; a tied head is counted once, as a
 SSM's state-space parameters build its kernel once per sequence, not per token, and are left out). 12·L·H·S is
 attention's QKᵀ and AV, forward and backward, for a row of S tokens (the convention counts the
 whole S×S map; causal masks and packed documents do less). The gated SSM's FFT convolutions are
-not counted (6·N only), so its MFU is an underestimate. tests/train/test_flops.py checks the
+not counted (6·N only), so its MFU is an underestimate. Multi-token prediction's K depths add their
+matrices, K head products and K attention layers per token. tests/train/test_flops.py checks the
 formula against torch's FLOP counter on a real forward+backward.
 """
 
@@ -27,6 +28,11 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     vocab, hidden = head_shape(model)
     flops = 6.0 * (mats + vocab * hidden)
     flops += 12.0 * int(getattr(backbone, "attention_layers", 0)) * hidden * seq_len
+    mtp = getattr(model, "mtp", None)
+    if mtp is not None:  # K depths: their matrices, K more head products, K more attention layers
+        K = mtp.num_depths
+        flops += 6.0 * (sum(m.weight.numel() for m in mtp.modules() if isinstance(m, nn.Linear)) + K * vocab * hidden)
+        flops += 12.0 * K * hidden * seq_len
     return flops
 
 

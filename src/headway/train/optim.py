@@ -126,13 +126,15 @@ class Combined(torch.optim.Optimizer):
 def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = RECIPE.lr,
                    weight_decay: float = RECIPE.weight_decay) -> torch.optim.Optimizer:
     """The optimizer of `headway.RECIPE` by default: "muon" = Muon on the backbone's 2-D weights (its
-    hidden matrices) and AdamW for the rest (embeddings, head, norms), behind one `Combined` optimizer
-    that checkpoints like any other; "adamw" = AdamW alone. AdamW uses betas 0.9/0.95 and decays
-    matrices only. `model` needs a `.backbone` (a `LanguageModel`). Set the learning rate of every
-    group of `opt.param_groups` per step, e.g. to `RECIPE.lr_at(step, total)`."""
+    hidden matrices, and those of the multi-token prediction modules when there are) and AdamW for
+    the rest (embeddings, head, norms), behind one `Combined` optimizer that checkpoints like any other;
+    "adamw" = AdamW alone. AdamW uses betas 0.9/0.95 and decays matrices only. `model` needs a
+    `.backbone` (a `LanguageModel`). Set the learning rate of every group of `opt.param_groups` per
+    step, e.g. to `RECIPE.lr_at(step, total)`."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}")
-    hidden = {id(p) for p in model.backbone.parameters() if p.dim() == 2} if kind == "muon" else set()
+    bodies = [model.backbone] + ([model.mtp] if getattr(model, "mtp", None) is not None else [])
+    hidden = {id(p) for b in bodies for p in b.parameters() if p.dim() == 2} if kind == "muon" else set()
     rest = [p for p in model.parameters() if id(p) not in hidden]
     adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
                                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],

@@ -59,16 +59,23 @@ def plot_metrics(metrics: Path, png: Path) -> Path:
 
 
 def plot_example_masks(attn: np.ndarray, loss_mask: np.ndarray, title: str, png: Path) -> Path:
-    """Attention mask (S, S) and loss mask (S,) side by side."""
+    """Attention mask (S, S) and loss mask (S,) side by side; a (1 + K, S) loss mask draws one
+    column per row: the main targets, then each multi-token prediction depth's (t+2 .. t+K+1)."""
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.6), dpi=110, gridspec_kw={"width_ratios": [1, 0.12]})
+    cols = loss_mask.reshape(-1, attn.shape[0]).T  # (S, 1 + K)
+    K = cols.shape[1] - 1
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10 + 0.4 * K, 4.6), dpi=110,
+                               gridspec_kw={"width_ratios": [1, 0.12 * (1 + K)]})
     a.imshow(attn, cmap="Blues", interpolation="nearest", vmin=0, vmax=1)  # all-True (MLM) is dark, not blank
     a.set_title("attention: query (row) may see key (column)")
     a.set_xlabel("key position")
     a.set_ylabel("query position")
-    b.imshow(loss_mask.reshape(-1, 1), cmap="Greens", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
+    b.imshow(cols, cmap="Greens", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
     b.set_title("target?")
-    b.set_xticks([])
+    if K:
+        b.set_xticks(range(1 + K), ["t+1"] + [f"t+{k + 1}" for k in range(1, K + 1)], fontsize=7)
+    else:
+        b.set_xticks([])
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png)

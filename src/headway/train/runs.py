@@ -88,8 +88,10 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     needs a bidirectional prefix *and* left-to-right targets is refused on it, and an MLM objective
     on a causal-only backbone, by name with the reason. `checkpoint`: the folder whose weights will be
     loaded (its `ARCHITECTURE_FILE` fixes an `hf:` architecture); None for a new run, which starts
-    from `cfg.init`'s weights when given."""
+    from `cfg.init`'s weights when given. `cfg.mtp_depth` > 0 adds the multi-token prediction modules
+    (`--mtp-weight` their loss weight), refused by name with an objective that has no left-to-right target."""
     from headway.models import build_model
+    from headway.models.mtp import check_objective
     from headway.models.registry import get_backbone
 
     name = cfg.backbone
@@ -106,11 +108,14 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
         raise ValueError(f"--objective {cfg.objective}: mixes {kind} (bidirectional) with left-to-right objectives; "
                          f"the {cfg.backbone} backbone's direction is fixed in its weights, so it cannot do both. Use "
                          "--backbone transformer (its mask follows each example) or train them separately")
+    depth = int(getattr(cfg, "mtp_depth", 0))
+    check_objective(objective, depth)
     recipe = {k: getattr(cfg, k) for k in spec.options}
     init = getattr(cfg, "init", None) if checkpoint is None else None
     tied = spec.extra.get("tied", True) is not False
     return build_model(vocab, name, cfg.size, bidirectional=needs, loss=loss_options(cfg), **recipe,
-                       tie_head=not cfg.tensor_parallel_head and tied, init=init)
+                       tie_head=not cfg.tensor_parallel_head and tied, init=init, mtp_depth=depth,
+                       mtp_weight=float(getattr(cfg, "mtp_weight", 0.3)))
 
 
 def loss_options(cfg: Any) -> LossOptions:
