@@ -196,3 +196,15 @@ def test_mtp_heads_split_the_width_into_even_heads():
     assert mtp_heads(64, 2) == 2 and mtp_heads(96, 5) == 4 and mtp_heads(6, 4) == 3
     with pytest.raises(ValueError, match="even size"):
         mtp_heads(7, 2)
+
+
+def test_the_training_guard_refuses_a_leaking_depth(monkeypatch):
+    from headway.train.guard import guard_causality
+
+    m = _tiny(depth=2)
+    cfg = TrainConfig(objective="clm", mtp_depth=2)
+    guard_causality(m, cfg, print)  # every depth causal at its offset: passes
+    good = mtp.shift_within_documents
+    monkeypatch.setattr(mtp, "shift_within_documents", lambda x, docs, k: good(x, docs, k + (k == 2)))
+    with pytest.raises(ValueError, match="multi-token prediction depth 2 .*not causal.*--allow-leak"):
+        guard_causality(m, cfg, print)

@@ -119,11 +119,9 @@ class LanguageModel(nn.Module):
         out: list[Tensor] = []
         step_in = ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        # an LM head's (V, H) weight, once (a split head would join its tables at every step)
-        kw = {"weight": self.head.full_weight()} if isinstance(self.head, HeadBase) else {}
         for t in range(max_new_tokens):
             h = self.backbone(self.embedding(step_in), None, cache)
-            z = self.head.logits(h, keep_last=1, **kw)[:, -1]  # (B, V)
+            z = self.head.logits(h, keep_last=1)[:, -1]  # (B, V)
             if t == 0 and first_allowed is not None:
                 if first_allowed.shape[0] != z.shape[-1]:
                     raise ValueError(f"generate: `first_allowed` has {first_allowed.shape[0]} entries for a "
