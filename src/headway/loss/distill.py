@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from headway.constants import IGNORE_INDEX
+from headway.constants import DISTILL_KINDS, IGNORE_INDEX
 from headway.eager import eager_under_compile
 from headway.loss.amp import cast
 from headway.loss.core import (
@@ -62,8 +62,6 @@ from headway.loss.validate import LossArgs, check_args
 
 __all__ = ["distillation_loss", "DistillOpts", "DISTILL_KINDS"]
 
-DISTILL_KINDS = ("kl", "reverse_kl", "jsd")
-"""The divergences `distillation_loss` takes as `kind` (module docstring)."""
 
 
 @dataclass(frozen=True)

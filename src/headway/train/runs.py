@@ -42,7 +42,8 @@ def resolve_run_config(cfg: Any, log: Any = print) -> None:
     """Settle, once, what a new run's config leaves to the backbone (written into its config.json):
     `--init FOLDER` makes the backbone ``hf:FOLDER`` (absolute) and, unless `--tokenizer` names a
     path, takes the folder's tokenizer; a backbone that cannot keep packed documents apart trains
-    with one document per row (``packing = "single"``), said in the log."""
+    with one document per row (``packing = "single"``), said in the log; `--teacher` is pinned to its
+    checkpoint and checked against the run's tokenizer and Vocab (`headway.train.teacher`)."""
     from headway.models.registry import get_backbone
     from headway.recipe import RECIPE
 
@@ -59,6 +60,10 @@ def resolve_run_config(cfg: Any, log: Any = print) -> None:
         log(f"packing: the {cfg.backbone} backbone cannot keep packed documents apart (no per-document state reset); "
             "training with one document per row (--packing single)")
         cfg.packing = "single"
+    if getattr(cfg, "teacher", None):
+        from headway.train.teacher import resolve_teacher
+
+        resolve_teacher(cfg, log)
 
 
 def save_architecture(model: Any, folder: Path) -> None:
@@ -76,7 +81,7 @@ def save_architecture(model: Any, folder: Path) -> None:
     (folder / ARCHITECTURE_FILE).write_text(json.dumps(raw, indent=1))
 
 
-def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None) -> Any:
+def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None, *, data: Any = None) -> Any:
     """The model a run's config and objective need, built through the backbone registry: the one way
     the trainer, `load_run` (eval, sample, infill, export) and the library build a run's model.
 
@@ -85,7 +90,10 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     needs a bidirectional prefix *and* left-to-right targets is refused on it, and an MLM objective
     on a causal-only backbone, by name with the reason. `checkpoint`: the folder whose weights will be
     loaded (its `ARCHITECTURE_FILE` fixes an `hf:` architecture); None for a new run, which starts
-    from `cfg.init`'s weights when given."""
+    from `cfg.init`'s weights when given. `data`: the training run's `RunData`; given, an objective that
+    distills (`distills`, e.g. `distill`) gets the student and its frozen `cfg.teacher`, checked
+    against the data's tokenizer and Vocab, in a `Distiller` (whose state is the student's alone);
+    without it (eval, sample, export) the student is built alone."""
     from headway.models import build_model
     from headway.models.registry import get_backbone
 
@@ -105,8 +113,13 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     recipe = {k: getattr(cfg, k) for k in spec.options}
     init = getattr(cfg, "init", None) if checkpoint is None else None
     tied = spec.extra.get("tied", True) is not False
-    return build_model(vocab, name, cfg.size, bidirectional=needs, loss=loss_options(cfg), **recipe,
-                       tie_head=not cfg.tensor_parallel_head and tied, init=init)
+    model = build_model(vocab, name, cfg.size, bidirectional=needs, loss=loss_options(cfg), **recipe,
+                        tie_head=not cfg.tensor_parallel_head and tied, init=init)
+    if data is not None and getattr(objective, "distills", False):
+        from headway.train.teacher import with_teacher
+
+        model = with_teacher(model, cfg, data)
+    return model
 
 
 def loss_options(cfg: Any) -> LossOptions:
