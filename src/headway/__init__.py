@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "check_causal": "headway.check",
     # the loss
     "linear_cross_entropy": "headway.loss", "token_logprobs": "headway.loss", "LossOptions": "headway.loss",
+    "distillation_loss": "headway.loss",
     "vocab_parallel_linear_cross_entropy": "headway.loss.vocab_parallel",
     # HuggingFace (needs the `hf` extra)
     "use_fused_loss": "headway.integrations.hf", "fit_vocab": "headway.integrations.hf",
@@ -62,7 +63,7 @@ __all__ = ["IGNORE_INDEX", "__version__", "Vocab", "Example", "Batch", "Objectiv
            "Loader", "build_objective", "vocab_for", "CLM", "MLM", "PrefixLM", "FIM", "SpanCorruption", "Mixture",
            "ul2", "ul2r", "ul2_decoder", "MaskedDiffusion", "build_model", "LanguageModel", "make_optimizer", "Recipe",
            "RECIPE", "TrainConfig", "check_causal", "linear_cross_entropy", "token_logprobs", "LossOptions",
-           "vocab_parallel_linear_cross_entropy"]
+           "distillation_loss", "vocab_parallel_linear_cross_entropy"]
 # the HuggingFace helpers (`hw.use_fused_loss`, `hw.fit_vocab`, `hw.ObjectiveCollator`, `hw.CausalityCallback`) are
 # attributes but not in __all__, so `from headway import *` never imports transformers
 HF_NAMES = ("use_fused_loss", "fit_vocab", "ObjectiveCollator", "CausalityCallback")
@@ -83,7 +84,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the names above, imported 
     from headway.data.packing import Packer, chunks, examples_from_documents
     from headway.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
     from headway.integrations.hf import CausalityCallback, ObjectiveCollator, fit_vocab, use_fused_loss  # noqa: F401
-    from headway.loss import LossOptions, linear_cross_entropy, token_logprobs
+    from headway.loss import LossOptions, distillation_loss, linear_cross_entropy, token_logprobs
     from headway.loss.vocab_parallel import vocab_parallel_linear_cross_entropy
     from headway.models import LanguageModel, build_model
     from headway.objectives import (

@@ -309,6 +309,8 @@ def cmd_show(a: argparse.Namespace) -> int:
     print(f"objective {a.objective!r}: green = target, grey = no target, cyan = bidirectional prefix"
           + ("; t+k+1: multi-token prediction depth k's target" if depths else "") + "\n")
     print(render_example(ex, vocab, tok.decode, color=sys.stdout.isatty(), depth_targets=depths))
+    if getattr(obj, "targets_note", None):  # what the targets do not show (e.g. distillation's teacher)
+        print(f"\n{obj.targets_note}")
     S = len(ex)
     attn = dense_mask(torch.zeros(1, S, dtype=torch.long), torch.arange(S)[None],
                       torch.tensor([[ex.prefix_length]]))[0].numpy()

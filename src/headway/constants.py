@@ -11,3 +11,7 @@ LOSS_IMPLS: tuple[str, ...] = ("auto", "chunked", "reference", "cce", "liger")
 """`linear_cross_entropy(impl=...)`'s backends (and `headway train --loss-impl`'s choices): auto (chunked; on
 CUDA Cut-Cross-Entropy or Liger when installed and the options allow), chunked, reference (the materializing
 oracle), cce, liger."""
+
+DISTILL_KINDS: tuple[str, ...] = ("kl", "reverse_kl", "jsd")
+"""`distillation_loss(kind=...)`'s divergences (and `headway train --distill-loss`'s choices): KL(teacher ‖
+student), KL(student ‖ teacher), the generalized Jensen-Shannon divergence."""

@@ -33,6 +33,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -132,7 +133,7 @@ class ChunkBuffers:
     next call (the next step's forward and backward), so a training run allocates them once.
     """
 
-    _kept = threading.local()  # per thread: {(device, acc, low dtype, V, softcap): ChunkBuffers}
+    _kept = threading.local()  # per thread: {(tag, device, acc, low dtype, V, softcap): ChunkBuffers}
 
     def __init__(self, rows: int, h: Tensor, w: Tensor, softcap: bool) -> None:
         acc, V = acc_dtype(h.dtype), w.shape[0]
@@ -143,11 +144,12 @@ class ChunkBuffers:
         self.rows = rows
 
     @classmethod
-    def get(cls, rows: int, h: Tensor, w: Tensor, softcap: bool) -> ChunkBuffers:
+    def get(cls, rows: int, h: Tensor, w: Tensor, softcap: bool, tag: str = "") -> ChunkBuffers:
         """Buffers for `rows` rows: the kept ones when they are large enough (one set per device,
-        dtype and V: a step's forward and backward reuse them), else new ones (then kept)."""
+        dtype and V: a step's forward and backward reuse them), else new ones (then kept). `tag`
+        names a second set that lives beside the first (a distillation teacher's logits)."""
         kept = cls._kept.__dict__.setdefault("bufs", {})
-        key = (h.device, h.dtype, w.shape[0], softcap, use_onednn(h))
+        key = (tag, h.device, h.dtype, w.shape[0], softcap, use_onednn(h))
         b = kept.get(key)
         if b is None or b.rows < rows:
             kept.pop(key, None)  # free the smaller set first
@@ -157,6 +159,28 @@ class ChunkBuffers:
     @staticmethod
     def view(buf: Tensor | None, n: int) -> Tensor | None:
         return None if buf is None else buf[:n]
+
+    @classmethod
+    def scratch(cls, tag: str, rows: int, V: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A (rows, V) work buffer named `tag`, kept across calls like the logits buffers."""
+        kept = cls._kept.__dict__.setdefault("scratch", {})
+        key = (tag, device, dtype, V)
+        t = kept.get(key)
+        if t is None or t.shape[0] < rows:
+            kept.pop(key, None)
+            t = kept[key] = torch.empty((rows, V), dtype=dtype, device=device)
+        return t[:rows]
+
+
+class ChunkTerm(Protocol):
+    """A second loss term on the same chunks of student logits (distillation, `loss/distill.py`).
+
+    `run_chunks` calls it once per chunk of rows [s, e), with z (n, V): the chunk's (soft-capped)
+    logits, before the cross-entropy pass overwrites them. It records its per-token values itself
+    and returns its gradient with respect to z (n, V) (already weighted per token), which is added
+    to the cross-entropy's before the softcap derivative and the products; or None (no gradients)."""
+
+    def __call__(self, s: int, e: int, z: Tensor) -> Tensor | None: ...
 
 
 def chunk_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, bufs: ChunkBuffers,
@@ -254,9 +278,10 @@ def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, 
 
 
 def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, V: int,
-               on_slice: Tensor | None = None, grads: Grads | None = None) -> Stats:
+               on_slice: Tensor | None = None, grads: Grads | None = None, term: ChunkTerm | None = None) -> Stats:
     """The chunk driver: statistics of every token against this weight slice, and (with `grads`)
-    the gradients, accumulated into `grads.dh/dw/db`.
+    the gradients, accumulated into `grads.dh/dw/db`. `term`: a second loss term on the same
+    chunk logits (`ChunkTerm`), whose gradient joins the cross-entropy's (the whole vocabulary only).
 
     h (N, H); w (V_r, H); b (V_r,) or None, in the accumulation dtype; y (N,) target columns in
     this slice; `on_slice` (N,) bool: whether token t's target lies in this slice (None: all do);
@@ -270,10 +295,11 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
     eps = o.label_smoothing
     bufs = ChunkBuffers.get(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
     fused = (FUSED_ON_CPU and h.device.type == "cpu" and o.softcap is None and eps == 0 and on_slice is None
-             and bufs.low is None and (grads is None or grads.lse is None))
+             and bufs.low is None and (grads is None or grads.lse is None) and term is None)
     for s in range(0, N, o.chunk_size):
         e = min(s + o.chunk_size, N)
         z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)
+        extra = None if term is None else term(s, e, z)  # before the passes below overwrite z
         if fused:
             zy[s:e], lse[s:e] = _fused_chunk(z, h[s:e], w, b, y[s:e])
             if grads is not None:
@@ -303,6 +329,8 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
         p.scatter_add_(1, yc, tgt[:, None].to(p.dtype))
         if eps > 0:
             p.sub_((eps / V) * g[:, None])
+        if extra is not None:
+            p.add_(extra)
         if deriv is not None:
             p.mul_(deriv)
         _accumulate(p, h[s:e], w, None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0,

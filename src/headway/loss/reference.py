@@ -43,3 +43,54 @@ def reference_token_losses(args: LossArgs) -> tuple[Tensor, Tensor]:
         loss = loss + args.z_loss * lse.square()
     zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
     return torch.where(valid, loss, zero), torch.where(valid, lse, zero)
+
+
+def reference_distillation(student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
+                           teacher_weight: Tensor, labels: Tensor, *, alpha: float = 0.5, temperature: float = 2.0,
+                           kind: str = "kl", beta: float = 0.5, student_bias: Tensor | None = None,
+                           teacher_bias: Tensor | None = None, ignore_index: int = -100,
+                           softcap: float | None = None, teacher_softcap: float | None = None,
+                           reduction: str = "mean", num_items_in_batch: Tensor | float | None = None) -> Tensor:
+    """The oracle of `headway.loss.distill.distillation_loss`: both models' full (N, V) logits in
+    float64, the formulas of that module's docstring written out with plain tensor operations, and
+    autograd for the gradients (the teacher's tensors detached).
+
+        q = softmax(z / T), p = softmax(ζ / T), m = β p + (1 - β) q
+        D = KL(p ‖ q) | KL(q ‖ p) | β KL(p ‖ m) + (1 - β) KL(q ‖ m)
+        ℓ_t = α T² D_t + (1 - α) (logsumexp(z_t) - z_t[y_t])   for valid t, 0 otherwise
+    """
+    f64 = torch.float64
+    lead = tuple(labels.shape)
+    y = labels.reshape(-1)
+    z = student_hidden.reshape(-1, student_hidden.shape[-1]).to(f64) @ student_weight.to(f64).t()  # (N, V)
+    zt = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]).to(f64) @ teacher_weight.detach().to(f64).t()
+    if student_bias is not None:
+        z = z + student_bias.to(f64)
+    if teacher_bias is not None:
+        zt = zt + teacher_bias.detach().to(f64)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    if teacher_softcap is not None:
+        zt = teacher_softcap * torch.tanh(zt / teacher_softcap)
+    T = temperature
+    log_q, log_p = torch.log_softmax(z / T, dim=-1), torch.log_softmax(zt / T, dim=-1)
+    q, p = log_q.exp(), log_p.exp()
+    if kind == "kl":
+        div = (p * (log_p - log_q)).sum(-1)
+    elif kind == "reverse_kl":
+        div = (q * (log_q - log_p)).sum(-1)
+    elif kind == "jsd":
+        log_m = torch.log(beta * p + (1 - beta) * q)
+        div = beta * (p * (log_p - log_m)).sum(-1) + (1 - beta) * (q * (log_q - log_m)).sum(-1)
+    else:
+        raise ValueError(f"reference_distillation: unknown kind {kind!r}")
+    valid = y != ignore_index
+    safe_y = torch.where(valid, y, torch.zeros_like(y))
+    ce = torch.logsumexp(z, dim=-1) - z.gather(1, safe_y[:, None]).squeeze(1)
+    loss = torch.where(valid, alpha * T**2 * div + (1 - alpha) * ce, torch.zeros((), dtype=f64))
+    if reduction == "none":
+        return loss.reshape(lead)
+    if reduction == "sum":
+        return loss.sum()
+    denom = float(num_items_in_batch) if num_items_in_batch is not None else max(int(valid.sum()), 1)
+    return loss.sum() / denom

@@ -5,6 +5,7 @@ from __future__ import annotations
 from headway.objectives.base import Example, Objective, decoder_only, text_lead
 from headway.objectives.clm import CLM
 from headway.objectives.diffusion import MaskedDiffusion, is_masked_diffusion
+from headway.objectives.distill import Distill  # noqa: F401 - registers "distill"
 from headway.objectives.fim import FIM, FIM_LINE_RATE, fim_parts  # noqa: F401 - FIM_LINE_RATE: kept importable
 from headway.objectives.mlm import MLM
 from headway.objectives.prefix_lm import PrefixLM

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headway.constants import LOSS_IMPLS
+from headway.constants import DISTILL_KINDS, LOSS_IMPLS
 from headway.recipe import RECIPE
 
 SECTIONS: tuple[str, ...] = ("model", "data", "optim", "eval", "run")
@@ -71,8 +71,9 @@ class TrainConfig:
 
     # model
     objective: str = opt(RECIPE.objective, section="model", help=(
-        "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder | diffusion, or e.g. "
-        "'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM rate)"))
+        "objective or weighted mix: clm | mlm | prefix_lm | fim | span | ul2 | ul2r | ul2_decoder | diffusion | "
+        "distill, or e.g. 'clm:0.5,fim:0.5' (default; FIM alone always transforms, mixed with clm it is the FIM "
+        "rate; distill trains against --teacher and is not mixed)"))
     backbone: str = opt(RECIPE.backbone, section="model", help=(
         "transformer (RoPE, SDPA, packed-document masks) | gated_ssm (BiGS-style S4D; bidirectional for mlm) | "
         "hf:NAME, a transformers architecture by model_type (llama, qwen2, mistral, gpt_neox, gemma2, mamba2, ...): "
@@ -111,6 +112,23 @@ class TrainConfig:
         "headway's special tokens get new rows at the mean of the checkpoint's"))
     allow_leak: bool = opt(False, section="model", help=(
         "train a causal objective even when the causality check finds a leak (experts only)"))
+    teacher: str | None = opt(None, section="model", metavar="FOLDER", help=(
+        "--objective distill: the frozen teacher, a headway run or checkpoint folder (a run folder's latest "
+        "checkpoint, pinned in the run's config and reloaded from there on resume) or a local HuggingFace "
+        "causal-LM folder; it must have the run's tokenizer and Vocab (a new run with --tokenizer bpe takes the "
+        "teacher's)"))
+    distill_alpha: float = opt(0.5, section="model", metavar="ALPHA", help=(
+        "--objective distill: the distillation term's share α in α·T²·D(teacher ‖ student) + (1 - α)·CE "
+        "(1: the teacher only; 0: cross-entropy only)"))
+    distill_temperature: float = opt(2.0, section="model", metavar="T", help=(
+        "--objective distill: the temperature T of both distributions in the distillation term (the T² factor "
+        "keeps its gradient's size; the cross-entropy stays at temperature 1)"))
+    distill_loss: str = opt("kl", section="model", choices=DISTILL_KINDS, help=(
+        "--objective distill: the divergence D: kl (KL(teacher ‖ student), Hinton et al.) | reverse_kl "
+        "(KL(student ‖ teacher)) | jsd (generalized Jensen-Shannon with --distill-beta, GKD)"))
+    distill_beta: float = opt(0.5, section="model", metavar="BETA", help=(
+        "--objective distill --distill-loss jsd: the mixture weight β in (0, 1) of the teacher in "
+        "m = β·teacher + (1 - β)·student"))
 
     # data
     data: list[str] = opt(section="data", factory=list, metavar="PATH", help=(
@@ -328,9 +346,14 @@ class TrainConfig:
              "log", "empty or a comma-separated list of " + " | ".join(LOGGERS), self.log)
         need(isinstance(self.data, list) and all(isinstance(p, str) and p for p in self.data), "data",
              "a list of paths", self.data)
+        number("distill_alpha", 0, 1)
+        number("distill_temperature", 0, low_open=True)
+        number("distill_beta", 0, 1, low_open=True)
+        need(self.distill_beta < 1, "distill_beta", "< 1 (β = 0 and 1 are --distill-loss kl and reverse_kl)",
+             self.distill_beta)
         try:
             parse_size(self.size)
-            check_spec(self.objective)
+            parsed = check_spec(self.objective)
         except ValueError as e:
             raise ValueError(f"--{'size' if 'size' in str(e) else 'objective'}: {e}") from None
         if self.mtp_depth:  # an MLM-only objective has no left-to-right target for the depths to extend
@@ -339,6 +362,22 @@ class TrainConfig:
             from headway.types import Vocab
 
             check_objective(build_objective(self.objective, Vocab(256)), self.mtp_depth)
+        self._check_objective_flags(parsed)
+
+    def _check_objective_flags(self, parsed: list[tuple[str, float]]) -> None:
+        """An objective's own flags (the fields its registration declares) are refused, naming the flag,
+        when set in a run whose objective does not read them; then the distillation's checks."""
+        from headway.objectives.registry import REGISTRY
+        from headway.train.teacher import check_config
+
+        read = {f for name, _ in parsed for f in REGISTRY[name].flags}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for reg in REGISTRY.values():
+            for name in reg.flags:
+                if name not in read and name in defaults and getattr(self, name) != defaults[name]:
+                    raise ValueError(f"--{name.replace('_', '-')} is read by --objective {reg.name}; this run's "
+                                     f"objective {self.objective!r} does not read it")
+        check_config(self, "teacher" in read, len(parsed))
 
 
 LOGGERS = ("tensorboard", "wandb")

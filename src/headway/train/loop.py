@@ -95,7 +95,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     torch.manual_seed(cfg.seed)
     data = prepare_on_ranks(cfg, out, log, rank, tokenizer_from=ck)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
-    model = model_for_run(cfg, objective, data.vocab, checkpoint=ck).to(device)
+    model = model_for_run(cfg, objective, data.vocab, checkpoint=ck, data=data).to(device)
     guard_causality(model, cfg, log, objective)
     sharded = is_sharded(cfg.parallel, cfg.tensor_parallel_head, world)
     fwd: torch.nn.Module = parallelize(model, cfg.parallel, cfg.tensor_parallel_head, world, device)

@@ -40,6 +40,10 @@ def open_resume(resume: str | None, out: Path, cfg: TrainConfig,
     saved = TrainConfig.load(ck / "config.json")
     if given is None:  # a library call: the fields set away from their defaults
         given = {k for k, v in vars(cfg).items() if v != getattr(TrainConfig(), k)}
+    if "teacher" in given and cfg.teacher:  # as the run pinned it: the checkpoint a run folder names now
+        from headway.train.teacher import teacher_folder
+
+        cfg.teacher = str(teacher_folder(cfg.teacher)[1])
     cfg, changed = merge_for_resume(saved, cfg, given)
     cfg.check()
     check_installed(cfg.log)

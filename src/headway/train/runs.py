@@ -45,7 +45,8 @@ def resolve_run_config(cfg: Any, log: Any = print) -> None:
     """Settle, once, what a new run's config leaves to the backbone (written into its config.json):
     `--init FOLDER` makes the backbone ``hf:FOLDER`` (absolute) and, unless `--tokenizer` names a
     path, takes the folder's tokenizer; a backbone that cannot keep packed documents apart trains
-    with one document per row (``packing = "single"``), said in the log."""
+    with one document per row (``packing = "single"``), said in the log; `--teacher` is pinned to its
+    checkpoint and checked against the run's tokenizer and Vocab (`headway.train.teacher`)."""
     from headway.models.registry import get_backbone
     from headway.recipe import RECIPE
 
@@ -62,6 +63,10 @@ def resolve_run_config(cfg: Any, log: Any = print) -> None:
         log(f"packing: the {cfg.backbone} backbone cannot keep packed documents apart (no per-document state reset); "
             "training with one document per row (--packing single)")
         cfg.packing = "single"
+    if getattr(cfg, "teacher", None):
+        from headway.train.teacher import resolve_teacher
+
+        resolve_teacher(cfg, log)
 
 
 def save_architecture(model: Any, folder: Path) -> None:
@@ -79,7 +84,7 @@ def save_architecture(model: Any, folder: Path) -> None:
     (folder / ARCHITECTURE_FILE).write_text(json.dumps(raw, indent=1))
 
 
-def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None) -> Any:
+def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None, *, data: Any = None) -> Any:
     """The model a run's config and objective need, built through the backbone registry: the one way
     the trainer, `load_run` (eval, sample, infill, export) and the library build a run's model.
 
@@ -89,7 +94,11 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     on a causal-only backbone, by name with the reason. `checkpoint`: the folder whose weights will be
     loaded (its `ARCHITECTURE_FILE` fixes an `hf:` architecture); None for a new run, which starts
     from `cfg.init`'s weights when given. `cfg.mtp_depth` > 0 adds the multi-token prediction modules
-    (`--mtp-weight` their loss weight), refused by name with an objective that has no left-to-right target."""
+    (`--mtp-weight` their loss weight), refused by name with an objective that has no left-to-right
+    target. `data`: the training run's `RunData`; given, an objective that distills (`distills`, e.g.
+    `distill`) gets the student and its frozen `cfg.teacher`, checked against the data's tokenizer and
+    Vocab, in a `Distiller` (whose state is the student's alone); without it (eval, sample, export) the
+    student is built alone."""
     from headway.models import build_model
     from headway.models.mtp import check_objective
     from headway.models.registry import get_backbone
@@ -113,9 +122,14 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     recipe = {k: getattr(cfg, k) for k in spec.options}
     init = getattr(cfg, "init", None) if checkpoint is None else None
     tied = spec.extra.get("tied", True) is not False
-    return build_model(vocab, name, cfg.size, bidirectional=needs, loss=loss_options(cfg), **recipe,
-                       tie_head=not cfg.tensor_parallel_head and tied, init=init, mtp_depth=depth,
-                       mtp_weight=float(getattr(cfg, "mtp_weight", 0.3)))
+    model = build_model(vocab, name, cfg.size, bidirectional=needs, loss=loss_options(cfg), **recipe,
+                        tie_head=not cfg.tensor_parallel_head and tied, init=init, mtp_depth=depth,
+                        mtp_weight=float(getattr(cfg, "mtp_weight", 0.3)))
+    if data is not None and getattr(objective, "distills", False):
+        from headway.train.teacher import with_teacher
+
+        model = with_teacher(model, cfg, data)
+    return model
 
 
 def loss_options(cfg: Any) -> LossOptions:
