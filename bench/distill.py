@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import headway as hw
+from headway.benchmarks.linear_ce import rss_now, rss_peak
 from headway.loss.reference import reference_distillation
 
 ALPHA, T, BETA = 0.5, 2.0, 0.5
@@ -100,17 +100,6 @@ def time_methods(shape: tuple[int, ...], kind: str, repeats: int) -> dict[str, f
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_peak() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
 
 
 def memory_child(name: str, shape: tuple[int, ...], kind: str) -> tuple[float, float]:
@@ -123,9 +112,9 @@ def memory_child(name: str, shape: tuple[int, ...], kind: str) -> tuple[float, f
     for _ in range(2):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-        base = _rss_now()
+        base = rss_now()
         run_once(fn, x, kind)
-        out.append((_rss_peak() - base - (grads if not out else 0)) / 2**20)  # the 2nd run reuses the grads' pages
+        out.append((rss_peak() - base - (grads if not out else 0)) / 2**20)  # the 2nd run reuses the grads' pages
     return out[0], out[1]
 
 

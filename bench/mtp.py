@@ -23,23 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
-
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_peak() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
+from headway.benchmarks.linear_ce import rss_now, rss_peak
 
 
 def memory_child(method: str, N: int, H: int, V: int, K: int) -> dict:
@@ -63,7 +51,7 @@ def memory_child(method: str, N: int, H: int, V: int, K: int) -> dict:
     head.weight.grad = None
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    base = _rss_now()
+    base = rss_now()
     t = time.perf_counter()
     if method == "single":
         loss = head(hs[0], ys[0])
@@ -71,7 +59,7 @@ def memory_child(method: str, N: int, H: int, V: int, K: int) -> dict:
         loss, _ = depth_loss(head, hs, ys, 0.3)
     loss.backward()
     seconds = time.perf_counter() - t
-    return {"peak_mib": (_rss_peak() - base) / 2**20, "seconds": seconds, "loss": float(loss)}
+    return {"peak_mib": (rss_peak() - base) / 2**20, "seconds": seconds, "loss": float(loss)}
 
 
 def run_memory(a: argparse.Namespace) -> None:

@@ -148,12 +148,14 @@ def time_method(fn: Fn, shape, dtype, device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _rss_now() -> int:
+def rss_now() -> int:
+    """This process's resident set size now, in bytes (Linux /proc)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _rss_peak() -> int:
+def rss_peak() -> int:
+    """This process's peak resident set size so far (VmHWM), in bytes (Linux /proc)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -176,9 +178,9 @@ def memory_child(name: str, shape, dtype, device) -> float:
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-        base = _rss_now()
+        base = rss_now()
         run_once(fn, h, w, y)
-        peak = _rss_peak() - base
+        peak = rss_peak() - base
     return (peak - grads_bytes) / 2**20
 
 

@@ -60,11 +60,11 @@ def child(head: str, batch: int, seq: int, vocab: int, size: str, steps: int, de
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        from headway.benchmarks.linear_ce import _rss_now, _rss_peak
+        from headway.benchmarks.linear_ce import rss_now, rss_peak
 
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = _rss_now()
+        base = rss_now()
     t = time.perf_counter()
     for _ in range(steps):
         step()
@@ -72,7 +72,7 @@ def child(head: str, batch: int, seq: int, vocab: int, size: str, steps: int, de
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = _rss_peak() - base
+        peak = rss_peak() - base
     dt = (time.perf_counter() - t) / steps
     return {"seconds_per_step": dt, "tokens_per_second": batch * seq / dt, "peak_mib": peak / 2**20}
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import headway as hw
-from headway.benchmarks.linear_ce import _rss_now, _rss_peak
+from headway.benchmarks.linear_ce import rss_now, rss_peak
 from headway.loss.vocab_parallel import vocab_parallel_linear_cross_entropy
 
 
@@ -55,9 +55,9 @@ def _rank(rank: int, world: int, V: int, H: int, N: int, mode: str, init: str, o
     del full
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # peak RSS := current RSS; the weight is counted below
-    base = _rss_now() - w.numel() * w.element_size()
+    base = rss_now() - w.numel() * w.element_size()
     loss = _step(h, w, y, mode)
-    peak = (_rss_peak() - base) / 2**20
+    peak = (rss_peak() - base) / 2**20
     total = loss.clone()
     dist.all_reduce(total)
     torch.save({"peak": peak, "loss": float(total), "rows": w.shape[0]}, os.path.join(out, f"{rank}.pt"))
