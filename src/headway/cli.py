@@ -139,7 +139,8 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
         print(f"-> the model's bound {verdict} xz -9e per file ({elbo['bits_per_byte_bound']:.3f} vs {xz:.3f} "
               "bits/byte)")
     if s.infill:
-        given = f"; given the middle's length, {s.infill['given_length']} tokens" if "given_length" in s.infill else ""
+        n = s.infill.get("given_length")
+        given = "" if n is None else f"; given the middle's length, {n} token{'' if n == 1 else 's'}"
         print("-" * 60 + f"\nsingle-line infill demo (greedy{given}; the model wrote the green part):")
         print(s.infill["prefix"] + "\033[32m" + s.infill["middle"] + "\033[0m" + s.infill["suffix"])
     if s.infill_eval:
