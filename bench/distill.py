@@ -130,7 +130,8 @@ def memory_child(name: str, shape: tuple[int, ...], kind: str) -> tuple[float, f
 
 
 def measure_memory(name: str, shape: tuple[int, ...], kind: str) -> tuple[float, float]:
-    cmd = [sys.executable, __file__, "--_memory-child", name, "--kind", kind, "--shape", ",".join(map(str, shape))]
+    cmd = [sys.executable, __file__, "--_memory-child", name, "--kind", kind, "--shape", ",".join(map(str, shape)),
+           "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
@@ -150,8 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", default="2048,256,512,8192", help="N,H,Ht,V")
     p.add_argument("--kind", action="append", default=None, help="kl | jsd (repeatable; default both)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, every core)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     shape = tuple(int(v) for v in a.shape.split(","))
     kinds = a.kind or ["kl", "jsd"]
     if a.memory_child:
