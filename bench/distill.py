@@ -119,7 +119,8 @@ def memory_child(name: str, shape: tuple[int, ...], kind: str) -> tuple[float, f
 
 
 def measure_memory(name: str, shape: tuple[int, ...], kind: str) -> tuple[float, float]:
-    cmd = [sys.executable, __file__, "--_memory-child", name, "--kind", kind, "--shape", ",".join(map(str, shape))]
+    cmd = [sys.executable, __file__, "--_memory-child", name, "--kind", kind, "--shape", ",".join(map(str, shape)),
+           "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
@@ -134,21 +135,36 @@ def loss_error(fn: Callable, shape: tuple[int, ...], kind: str) -> float:
     return abs(float(fn(*x, kind).detach()) - exact)
 
 
+def cpu_name() -> str:
+    """The CPU's model name and its AVX-512 features, from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "CPU"
+    name = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), "CPU")
+    flags = next((x for x in info.splitlines() if x.startswith("flags")), "")
+    return name + "".join(f" {f}" for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="2048,256,512,8192", help="N,H,Ht,V")
     p.add_argument("--kind", action="append", default=None, help="kl | jsd (repeatable; default both)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, every core)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     shape = tuple(int(v) for v in a.shape.split(","))
     kinds = a.kind or ["kl", "jsd"]
     if a.memory_child:
         print(json.dumps({"extra_mib": list(memory_child(a.memory_child, shape, kinds[0]))}))
         return
     N, H, Ht, V = shape
-    print(f"# distillation loss fwd+bwd, float32, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {a.repeats}; alpha={ALPHA} T={T} beta={BETA}")
+    print(f"# distillation loss fwd+bwd, float32, {cpu_name()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, median of {a.repeats}; alpha={ALPHA} T={T} beta={BETA}")
     for kind in kinds:
         print(f"\nN={N} H={H} Ht={Ht} V={V}, kind={kind}")
         print("| method | time (ms) | floor speed % | extra memory above floor, first call / later calls (MiB) | "

@@ -1,15 +1,17 @@
 """Distillation, shown to work: a small student distilled from a larger headway-trained teacher against
 the same student trained by cross-entropy, for the same steps, on the same data and tokenizer.
 
-1. the teacher: `headway train --size 128x4 --time-budget 150` on the default corpus (the standard
-   library's .py files, its own 8k BPE), the default objective;
+1. the teacher: `headway train --size 128x4 --steps 300` on the default corpus (the standard library's
+   .py files, its own 8k BPE), the default objective (a step count, not a time budget: on a shared
+   machine a budget buys a different teacher each time);
 2. per seed, two students of `--size 64x2 --steps 300` on the teacher's prepared data (so its
    tokenizer and Vocab): `--objective clm` and `--objective distill --teacher TEACHER` (α 0.5, T 2,
    forward KL: the defaults);
 3. the validation bits per byte each reaches (the final evaluation: the whole validation split, up to
    `--final-eval-tokens`), side by side.
 
-Runs one process at a time; a run whose summary.json exists is reused (delete the folder to redo it).
+Runs one process at a time, each with `--threads` threads; a run whose summary.json exists is reused
+(delete the folder to redo it).
 
     python bench/distill_students.py --out /tmp/distill [--seeds 0,1] [--write docs/benchmarks/DATE-distillation.md]
 """
@@ -26,15 +28,21 @@ from pathlib import Path
 
 import torch
 
+THREADS = ["--threads", "1"]
+
 
 def train(out: Path, *flags: str) -> dict:
-    """`headway train` in a fresh process (skipped when `out` already holds a finished run); its summary."""
-    if not (out / "summary.json").exists():
-        cmd = [sys.executable, "-m", "headway", "train", "--out", str(out), "--overwrite", "--infill-lines", "0",
-               *flags]
+    """`headway train` in a fresh process (skipped when `out` already holds a finished run; resumed, exactly,
+    when a signal stopped it); its summary."""
+    summary = out / "summary.json"
+    ended = json.loads(summary.read_text())["ended"] if summary.exists() else None
+    if ended != "done":
+        again = ["--resume"] if ended in ("SIGINT", "SIGTERM") else ["--overwrite"]
+        cmd = [sys.executable, "-m", "headway", "train", "--out", str(out), *again, "--infill-lines", "0",
+               *THREADS, *flags]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((out / "summary.json").read_text())
+    return json.loads(summary.read_text())
 
 
 def cpu_name() -> str:
@@ -52,13 +60,15 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/distill", help="folder of the runs")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--steps", default="300")
-    p.add_argument("--teacher-budget", default="150", help="the teacher's --time-budget (seconds)")
+    p.add_argument("--teacher-steps", default="300", help="the teacher's --steps")
+    p.add_argument("--threads", default="1", help="--threads of every run (1: the machine may be shared)")
     p.add_argument("--student-size", default="64x2")
     p.add_argument("--teacher-size", default="128x4")
     p.add_argument("--write", default=None, help="also write the results page here (markdown)")
     a = p.parse_args()
+    THREADS[1] = a.threads
     root = Path(a.out)
-    t = train(root / "teacher", "--size", a.teacher_size, "--time-budget", a.teacher_budget)
+    t = train(root / "teacher", "--size", a.teacher_size, "--steps", a.teacher_steps)
     rows = [("teacher", a.teacher_size, "default (clm:0.5,fim:0.5)", "-", t)]
     data = str(root / "teacher" / "data")
     common = ["--data", data, "--size", a.student_size, "--steps", a.steps]
@@ -84,7 +94,8 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         head = (f"| | |\n|---|---|\n| date | {datetime.date.today().isoformat()} |\n| commit | `{commit}` |\n"
                 f"| machine | {cpu_name()}, {platform.machine()} |\n| torch | {torch.__version__} |\n"
-                f"| command | `python bench/distill_students.py --out {a.out} --seeds {a.seeds}` |\n")
+                f"| command | `python bench/distill_students.py --out {a.out} --seeds {a.seeds} "
+                f"--threads {a.threads}` |\n")
         Path(a.write).write_text(f"# Distillation: students against cross-entropy\n\n{head}\n```\n{table}\n```\n")
 
 
