@@ -105,10 +105,16 @@ def test_library_defaults_are_what_headway_train_trains() -> None:
     from headway.train.optim import lr_at
     from headway.train.runs import model_for_run
 
+    from headway.train.autosize import LADDER
+
     cfg, r = TrainConfig(), hw.RECIPE
     for f in dataclasses.fields(r):
-        if f.name != "optimizer":
+        if f.name not in ("optimizer", "size"):
             assert getattr(cfg, f.name) == getattr(r, f.name), f.name
+    # the size is the machine's choice (`--size auto`), from the recipe's size up; with no budget to
+    # measure against, the library builds the recipe's
+    assert cfg.size == "auto" and LADDER[0] == r.size
+    cfg = dataclasses.replace(cfg, size=r.size)
     assert cfg.resolved_optimizer() == r.optimizer
     vocab = hw.Vocab(300)
     torch.manual_seed(0)

@@ -108,6 +108,7 @@ def _print_summary(s, cfg) -> None:  # noqa: ANN001
             ("model FLOPs utilization", f"{s.mfu:.1%} of the measured {s.matmul_peak / 1e9:,.0f} GFLOP/s matmul peak "
                                         f"({s.flops_per_token / 1e6:.2f} MFLOP/token)"),
             ("parameters", f"{s.params / 1e6:.2f}M"),
+            *[(f"--{k}", v) for k, v in getattr(s, "chosen", {}).items()],
             ("peak memory (RSS)", f"{s.peak_rss_mib:.0f} MiB"),
             ("final train loss", f"{s.final_loss:.4f}")]
     if s.val and not s.val.get("tokens"):

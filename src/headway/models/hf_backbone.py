@@ -51,11 +51,18 @@ def _transformers() -> Any:
     return transformers
 
 
+def names_a_file(name: str) -> bool:
+    """Whether ``hf:NAME`` names a config.json or a folder (taken as written) rather than a model_type
+    (scaled by ``--size``)."""
+    p = Path(name).expanduser()
+    return p.is_dir() or p.suffix == ".json" or "/" in name or name.startswith(".")
+
+
 def _base_config(name: str) -> tuple[Any, bool]:
     """(config, from_a_file): a model_type's defaults, or the config.json at a path."""
     tf = _transformers()
     p = Path(name).expanduser()
-    if p.is_dir() or p.suffix == ".json" or "/" in name or name.startswith("."):
+    if names_a_file(name):
         file = p / "config.json" if p.is_dir() else p
         if not file.is_file():
             raise ValueError(f"expected a transformers model_type (e.g. {', '.join(TESTED)}) or a config.json / a "

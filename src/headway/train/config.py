@@ -80,10 +80,11 @@ class TrainConfig:
         "--size HxLxHEADS sets hidden size, layers and heads, the other widths scale from the architecture's "
         "defaults | hf:PATH, the architecture of a config.json or a folder holding one (--size ignored). State-space "
         "and hybrid architectures train one document per row"))
-    # tiny (64x2) plus a layer: better at equal time since Muon + QK-norm
-    size: str = opt(RECIPE.size, section="model", help=(
-        "model size: tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers], "
-        "or custom HIDDENxLAYERS[xHEADS] such as 96x3"))
+    size: str = opt("auto", section="model", help=(
+        "model size: auto (default: the largest size this machine trains on at least 5 tokens per parameter "
+        f"within the budget, from {RECIPE.size} up, measured with a few steps; see the log and the summary) | "
+        "tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers] | custom "
+        "HIDDENxLAYERS[xHEADS] such as 96x3"))
     activation: str = opt(RECIPE.activation, section="model", choices=("gelu", "relu2"), help=(
         "transformer MLP activation: gelu (tanh approximation) | relu2 (ReLU squared); the gated SSM ignores it"))
     qk_norm: bool = opt(RECIPE.qk_norm, section="model", help=(
@@ -352,7 +353,8 @@ class TrainConfig:
         need(self.distill_beta < 1, "distill_beta", "< 1 (β = 0 and 1 are --distill-loss kl and reverse_kl)",
              self.distill_beta)
         try:
-            parse_size(self.size)
+            if self.size != "auto":
+                parse_size(self.size)
             parsed = check_spec(self.objective)
         except ValueError as e:
             raise ValueError(f"--{'size' if 'size' in str(e) else 'objective'}: {e}") from None
@@ -386,6 +388,9 @@ LOGGERS = ("tensorboard", "wandb")
 # evaluation, checkpointing, the hardware it runs on and the loss backend. Everything else defines the
 # model, its data or its optimization.
 RESUMABLE: frozenset[str] = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
+# Values "auto" lets the machine choose (headway.train.autosize): a new run writes its choice into config.json;
+# "auto" given to a resumed run means the choice it made
+MACHINE_CHOSEN: frozenset[str] = frozenset({"size", "precision"})
 
 
 def merge_for_resume(saved: TrainConfig, given: TrainConfig, names: set[str]) -> tuple[TrainConfig, dict]:
@@ -396,7 +401,7 @@ def merge_for_resume(saved: TrainConfig, given: TrainConfig, names: set[str]) ->
     merged = dataclasses.replace(saved)
     for n in sorted(names):
         old, new = getattr(saved, n), getattr(given, n)
-        if old == new:
+        if old == new or (n in MACHINE_CHOSEN and new == "auto"):
             continue
         if n not in RESUMABLE:
             refused.append(f"--{n.replace('_', '-')} (run: {old!r}, given: {new!r})")

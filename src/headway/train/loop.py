@@ -22,6 +22,7 @@ import torch
 from headway.data.loader import Loader
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
+from headway.train.autosize import resolve_auto
 from headway.train.budget import describe_time_budget, planned_steps, steps_left
 from headway.train.checkpoint import CheckpointError, DiskFullError, check_writable
 from headway.train.config import TrainConfig
@@ -90,11 +91,13 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     check_writable(out, need_bytes=64 * 2**20)
     if rank == 0:
         claim_output_folder(out, resume is not None, overwrite)
-    precision = resolve_precision(cfg.precision, device)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
     data = prepare_on_ranks(cfg, out, log, rank, tokenizer_from=ck)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
+    chosen = resolve_auto(cfg, objective, data, device, log) if ck is None else {
+        "size": f"{cfg.size} (the resumed run's)", "precision": f"{cfg.precision} (the resumed run's)"}
+    precision = resolve_precision(cfg.precision, device)
     model = model_for_run(cfg, objective, data.vocab, checkpoint=ck, data=data).to(device)
     guard_causality(model, cfg, log, objective)
     sharded = is_sharded(cfg.parallel, cfg.tensor_parallel_head, world)
@@ -115,7 +118,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
         save_architecture(model, out)
     summary = Summary(params=sum(p.numel() for p in model.parameters()), steps=start_step,
                       tokens=state.get("tokens", 0), flops_per_token=flops_per_token(model, cfg.seq_len),
-                      matmul_peak=matmul_peak(precision_dtype(precision), device))
+                      matmul_peak=matmul_peak(precision_dtype(precision), device), chosen=chosen)
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
               spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)

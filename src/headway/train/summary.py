@@ -33,6 +33,7 @@ class Summary:
     skipped_batches: int = 0
     flops_per_token: float = 0.0  # 6·N + 12·L·H·S (train/flops.py)
     matmul_peak: float = 0.0  # FLOP/s of this machine's square products in the run's precision, measured
+    chosen: dict = field(default_factory=dict)  # {flag: "value (reason)"}: what --size/--precision auto chose
 
     @property
     def mfu(self) -> float:

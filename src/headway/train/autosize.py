@@ -1,0 +1,158 @@
+"""The values `headway train` chooses for the machine it runs on: `--size auto` and `--precision auto`.
+
+The recipe's model (64x3: hidden 64, 3 layers) won at equal wall time on a 2-core float32 CPU. A
+machine that trains faster (bf16 products on AVX512-BF16 or AMX, more cores, a GPU) sees more tokens
+in the same budget, and then a larger model wins. `choose_size` picks from `LADDER` by the
+compute-optimal rule of thumb: the largest size whose budget gives it at least `TOKENS_PER_PARAM`
+training tokens per parameter,
+
+    size = max { s in LADDER : D(s) >= r · N(s) },   D(s) = tokens/s(s) · budget,  N(s) = parameters,
+
+falling back to the smallest size. N counts every parameter (the embedding too: at these sizes the
+tied embedding/head is most of the model and of its FLOPs). Under `--steps` / `--tokens` D is known
+and nothing is measured; under `--time-budget`, tokens/s(s) is measured on this machine, in the run's
+precision and threads, with a few real optimizer steps on the run's own batches (`measure`), from
+the smallest size up, stopping at the first size the rule rejects (D/N falls as the size grows).
+
+r was fitted at equal wall time on the machines the benchmark pages name (docs/benchmarks/); the
+choice and its reason are logged, written into the run's config.json (the resolved size, reused on
+resume) and printed in the summary. `--size` with any other value skips all of this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from headway.recipe import RECIPE
+
+# sizes `--size auto` chooses from, smallest first (hidden x layers; heads = hidden // 32)
+LADDER: tuple[str, ...] = ("64x3", "96x3", "96x4", "128x4", "192x4", "256x6", "384x8")
+# r: training tokens per parameter the chosen size must reach within the budget
+TOKENS_PER_PARAM: float = 5.0
+WARMUP_STEPS, TIMED_STEPS = 2, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeChoice:
+    """The size `--size auto` resolved to, and why (one line for the log and the summary)."""
+
+    size: str
+    reason: str
+
+
+def tokens_in_budget(cfg: Any, tokens_per_second: float | None) -> float:
+    """D: training tokens the run will see, from `--steps` / `--tokens`, else tokens/s × `--time-budget`."""
+    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    if cfg.steps is not None:
+        return float(cfg.steps * per_step)
+    if cfg.tokens is not None:
+        return float(cfg.tokens)
+    assert tokens_per_second is not None
+    return tokens_per_second * float(cfg.time_budget)
+
+
+def measure(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list, autocast: Any) -> float:
+    """Tokens per second of `model` trained on `batches` (forward, backward, optimizer step) after
+    `WARMUP_STEPS` untimed steps: the best of the timed steps, the machine's speed rather than its
+    worst moment."""
+    best = float("inf")
+    for i, b in enumerate(batches):
+        t = time.perf_counter()
+        with autocast:
+            loss = model(b, num_items_in_batch=max(b.num_items, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= WARMUP_STEPS:
+            best = min(best, time.perf_counter() - t)
+    tokens = sum(int((b.document_ids >= 0).sum()) for b in batches) / len(batches)
+    return tokens / best
+
+
+def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = print) -> SizeChoice:
+    """The size of `--size auto` for this run (see the module docstring).
+
+    build(size) -> (model, optimizer): the run's model at that size, as training builds it.
+    batches() -> list of `WARMUP_STEPS + TIMED_STEPS` of the run's batches, on the run's device.
+    autocast: a re-entrant context for the run's precision.
+    The global RNG is left as it was, so the run's initialization does not depend on the measuring.
+    """
+    measured = cfg.steps is None and cfg.tokens is None
+    rule = f"D >= {TOKENS_PER_PARAM:g} tokens/parameter"
+    chosen, why = LADDER[0], ""
+    with torch.random.fork_rng(devices=[]):
+        data = batches() if measured else None
+        for i, size in enumerate(LADDER):
+            model, opt = build(size)
+            params = sum(p.numel() for p in model.parameters())
+            rate = measure(model, opt, data, autocast) if measured else None
+            del model, opt
+            tokens = tokens_in_budget(cfg, rate)
+            seen = f"{size}: {params / 1e6:.2f}M parameters" + (f", {rate:,.0f} tokens/s" if rate else "")
+            seen += f", D = {tokens / 1e6:.2f}M tokens = {tokens / params:.1f}/parameter"
+            log(f"--size auto: {seen}")
+            if tokens < TOKENS_PER_PARAM * params:
+                if i == 0:
+                    why = f"{seen} (below {rule}, the smallest size)"
+                break
+            chosen, why = size, f"{seen}; the largest size with {rule}"
+    return SizeChoice(chosen, why)
+
+
+def resolve_precision_choice(precision: str, device: torch.device) -> tuple[str, str]:
+    """`--precision auto` resolved on `device`, with its reason."""
+    from headway.train.device import cpu_has_fast_bf16, resolve_precision
+
+    value = resolve_precision(precision, device)
+    if precision != "auto":
+        return value, "given"
+    if device.type == "cuda":
+        return value, "auto: bf16 where the GPU supports it"
+    fast = cpu_has_fast_bf16()
+    return value, ("auto: the CPU has native bf16 products (AVX512-BF16 or AMX)" if fast
+                   else "auto: the CPU has no native bf16 products")
+
+
+def resolve_auto(cfg: Any, objective: Any, data: Any, device: torch.device, log: Any = print) -> dict[str, str]:
+    """Resolve a new run's machine-chosen values in `cfg` (`--size auto`, `--precision auto`), in
+    place, so that config.json and a resumed run keep them; returns {flag: "value (reason)"} for the
+    summary. Every rank measures at once (as they will train) and all take rank 0's choice."""
+    from headway.models.hf_backbone import names_a_file
+    from headway.train.device import autocast_for
+    from headway.train.distributed import all_gather_object
+    from headway.train.optim import make_optimizer
+    from headway.train.runs import model_for_run
+
+    precision, why = resolve_precision_choice(cfg.precision, device)
+    cfg.precision = precision
+    out = {"precision": f"{precision} ({why})"}
+    if cfg.size != "auto":
+        return {**out, "size": f"{cfg.size} (given)"}
+    if cfg.init or cfg.backbone.startswith("hf:") and names_a_file(cfg.backbone[3:]):
+        cfg.size = RECIPE.size  # the architecture file fixes every width; --size is not read
+        return {**out, "size": "the architecture's own (--size is not read)"}
+
+    def build(size: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = model_for_run(dataclasses.replace(cfg, size=size), objective, data.vocab, data=data).to(device)
+        return model, make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
+
+    def batches() -> list:
+        loader = data.loader(objective, cfg, 0, 1, None)
+        try:
+            return [next(loader).to(device) for _ in range(WARMUP_STEPS + TIMED_STEPS)]
+        finally:
+            loader.close()
+
+    choice = choose_size(cfg, build, batches, autocast_for(precision, device), log)
+    choice = all_gather_object(choice)[0]
+    cfg.size = choice.size
+    log(f"--size auto: {choice.size} ({choice.reason})")
+    return {**out, "size": f"{choice.size} (auto: {choice.reason})"}
+
+
+__all__ = ["LADDER", "TOKENS_PER_PARAM", "SizeChoice", "choose_size", "measure", "tokens_in_budget",
+           "resolve_precision_choice", "resolve_auto"]
