@@ -34,7 +34,9 @@ class Recipe:
     """The settings `headway train` uses by default, measured at equal wall time on a 2-core CPU.
 
     objective: the objective spec (`build_objective`), 50% CLM + 50% FIM.
-    backbone, size: the model (`build_model`): a transformer of hidden size 64 and 3 layers.
+    backbone, size: the model (`build_model`): a transformer of hidden size 64 and 3 layers. `headway
+        train` takes this size on a machine that cannot train a larger one well within its budget, and
+        a larger one where it can (`--size auto`, `headway.train.autosize`).
     activation, qk_norm, zero_init: the transformer's recipe (ReLU² MLP, RMS-normalized queries and
         keys, zero-initialized output projections); the gated SSM takes its own defaults.
     seq_len, batch_size: rows of 256 tokens, 16 rows per optimizer step.

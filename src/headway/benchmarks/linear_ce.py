@@ -196,13 +196,24 @@ def measure_memory(name: str, shape, dtype_name: str, device: str) -> float:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def loss_error(fn: Fn, shape, dtype, device) -> float:
-    """|loss - float64 loss| on the seed-0 inputs: the float64 loss of the very same (rounded)
-    inputs, so only the method's own arithmetic counts."""
+def errors(fn: Fn, shape, dtype, device) -> tuple[float, float]:
+    """The method's errors on the seed-0 inputs against float64 arithmetic on the very same (rounded)
+    inputs, so only the method's own arithmetic counts: (|loss - loss64| / loss64, the largest of
+    ‖dE - dE64‖ / ‖dE64‖ and ‖dW - dW64‖ / ‖dW64‖); the gradient error is nan for a method without
+    gradients (the floor)."""
     h, w, y = inputs(*shape, dtype, device, seed=0)
-    with torch.no_grad():
-        exact = F.cross_entropy(h.double() @ w.double().t(), y).item()
-    return abs(float(fn(h, w, y).detach().float()) - exact)
+    h64 = h.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    exact = F.cross_entropy(h64 @ w64.t(), y)
+    exact.backward()
+    loss = fn(h, w, y)
+    if loss.requires_grad:
+        loss.backward()
+    loss_err = abs(float(loss.detach().double()) - exact.item()) / abs(exact.item())
+    if h.grad is None or w.grad is None:
+        return loss_err, float("nan")
+    rel = [float((g.double() - g64).norm() / g64.norm()) for g, g64 in ((h.grad, h64.grad), (w.grad, w64.grad))]
+    return loss_err, max(rel)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,19 +221,28 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes and 3 repeats (for CI / a first look)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help=(
+        "default: float32, then bfloat16 where the products are native (a CPU with AVX512-BF16 or AMX; "
+        "HEADWAY_FAST_BF16=1/0 forces the reading); bfloat16 on CUDA"))
     p.add_argument("--shape", action="append", default=None, help="N,H,V (repeatable)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (median reported)")
     p.add_argument("--skip-memory", action="store_true", help="time only")
     p.add_argument("--only", default=None, help="comma-separated method names to run")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    dtype_name = a.dtype or ("bfloat16" if a.device == "cuda" else "float32")
-    dtype = DTYPES[dtype_name]
     if a.memory_child:
         shape = tuple(int(x) for x in a.shape[0].split(","))
+        dtype = DTYPES[a.dtype or "float32"]
         print(json.dumps({"extra_mib": memory_child(a.memory_child, shape, dtype, a.device)}))
         return
+    if a.dtype:
+        dtype_names = [a.dtype]
+    elif a.device == "cuda":
+        dtype_names = ["bfloat16"]
+    else:
+        from headway.train.device import cpu_has_fast_bf16
+
+        dtype_names = ["float32", "bfloat16"] if cpu_has_fast_bf16() else ["float32"]
     if a.shape:
         shapes = [tuple(int(x) for x in s.split(",")) for s in a.shape]
     elif a.quick:
@@ -237,12 +257,19 @@ def main(argv: list[str] | None = None) -> None:
         keep = set(a.only.split(","))
         ms = {k: v for k, v in ms.items() if k in keep or k.startswith("floor")}
     dev = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# linear cross-entropy fwd+bwd, {dtype_name}, {dev}, torch {torch.__version__}, median of {repeats}")
+    for dtype_name in dtype_names:
+        section(ms, shapes, dtype_name, a, repeats, dev)
+
+
+def section(ms: dict[str, Fn], shapes: list, dtype_name: str, a: argparse.Namespace, repeats: int, dev: str) -> None:
+    """One dtype's table for every shape: time, share of the floor's speed, speedup, memory, errors."""
+    dtype = DTYPES[dtype_name]
+    print(f"\n# linear cross-entropy fwd+bwd, {dtype_name}, {dev}, torch {torch.__version__}, median of {repeats}")
     for shape in shapes:
         N, H, V = shape
         times: dict[str, float] = {}
         mem: dict[str, float] = {}
-        err: dict[str, float] = {}
+        err: dict[str, tuple[float, float]] = {}
         for name, fn in ms.items():
             try:
                 times[name] = time_method(fn, shape, dtype, a.device, repeats)
@@ -250,20 +277,20 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {name}: failed ({type(e).__name__}: {str(e)[:120]})", file=sys.stderr)
                 continue
             if not name.startswith("floor"):
-                err[name] = loss_error(fn, shape, dtype, a.device)
+                err[name] = errors(fn, shape, dtype, a.device)
                 if not a.skip_memory:
                     mem[name] = measure_memory(name, shape, dtype_name, a.device)
         floor = times.get("floor (3 matmuls)")
         ours = times.get("headway")
         print(f"\nN={N} H={H} V={V}")
         print("| method | time (ms) | floor speed % | headway speedup | extra memory above floor (MiB) | "
-              "loss error vs float64 |")
-        print("|---|---:|---:|---:|---:|---:|")
+              "loss rel. error vs float64 | gradient rel. error vs float64 |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, t in times.items():
             fl = f"{100 * floor / t:.0f}%" if floor else "-"
             sp = f"{t / ours:.2f}x" if ours else "-"
             mm = f"{mem[name]:.0f}" if name in mem else "-"
-            er = f"{err[name]:.1e}" if name in err else "-"
+            er = " | ".join(f"{e:.1e}" for e in err[name]) if name in err else "- | -"
             print(f"| {name} | {1000 * t:.0f} | {fl} | {sp} | {mm} | {er} |")
         sys.stdout.flush()
 
