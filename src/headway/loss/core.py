@@ -20,11 +20,12 @@ this in one pass when the lse needs no combining (one process: stats and gradien
 three-product floor); the vocab-parallel loss calls it once for statistics, combines, and once
 more in backward for gradients.
 
-On CPU, without softcap, label smoothing or a vocabulary slice, a chunk takes a shorter road
-(`_fused_chunk`): one in-place softmax (row by row, in cache) instead of separate max, exp, sum
+On CPU, without softcap, label smoothing or a vocabulary slice (and, for 16-bit inputs, without a
+bias), a chunk takes a shorter road (`_fused_chunk`): one in-place softmax (row by row, in cache) instead of separate max, exp, sum
 and scale passes over the (n, V) block; lse_t = z_y - log p_y (recomputed from the logits for the
 rare rows whose p_y is below float range); and the per-row weights and the one-hot term go to the
 small (n, H) side of the products: dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (c ⊙ h) - index_add(y, g ⊙ h).
+16-bit inputs round p (not dz) once to their dtype for the two products.
 """
 
 from __future__ import annotations
@@ -254,20 +255,21 @@ def _fused_chunk(z: Tensor, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor) -
     low = py < torch.finfo(p.dtype).tiny  # p_y lost to underflow (z_y far below the max): recompute
     if bool(low.any()):
         rows = low.nonzero().squeeze(1)
-        zr = torch.mm(h[rows], w.t())
+        zr = torch.mm(h[rows], w.t()).to(z.dtype)
         lse[rows] = torch.logsumexp(zr if b is None else zr + b, dim=1)
     return zy, lse
 
 
 def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, y: Tensor, dh: Tensor | None,
-                      dw: Tensor | None, db: Tensor | None, first: bool) -> None:
+                      dw: Tensor | None, db: Tensor | None, first: bool, low: Tensor | None = None) -> None:
     """dz = c ⊙ p - g ⊙ onehot(y) without forming it: the row weights and the one-hot term act on
-    the small (n, H) side of each product."""
-    _accumulate(p, h * coef[:, None], w, dh, dw, None, first, None)  # dh = p @ W; dW (+)= pᵀ (c ⊙ h)
+    the small (n, H) side of each product. 16-bit inputs: p is rounded once into `low` (their
+    dtype) for the two products, as the separate passes round dz."""
+    _accumulate(p, (h * coef[:, None]).to(h.dtype), w, dh, dw, None, first, low)  # dh = p @ W; dW (+)= pᵀ (c ⊙ h)
     if dh is not None:
         dh.mul_(coef[:, None]).sub_(g[:, None] * w[y])
     if dw is not None:
-        dw.index_add_(0, y, h * g[:, None], alpha=-1)
+        dw.index_add_(0, y, (h * g[:, None]).to(dw.dtype), alpha=-1)
     if db is not None:
         pc = torch.mv(p.t(), coef)
         if first:
@@ -295,7 +297,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
     eps = o.label_smoothing
     bufs = ChunkBuffers.get(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
     fused = (FUSED_ON_CPU and h.device.type == "cpu" and o.softcap is None and eps == 0 and on_slice is None
-             and bufs.low is None and (grads is None or grads.lse is None) and term is None)
+             and (grads is None or grads.lse is None) and term is None and (b is None or bufs.low is None))
     for s in range(0, N, o.chunk_size):
         e = min(s + o.chunk_size, N)
         z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)
@@ -305,7 +307,8 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
             if grads is not None:
                 g = grads.g.expand(N)[s:e]
                 _accumulate_fused(z, _coef(grads, g, lse[s:e], o, s, e), g, h[s:e], w, y[s:e],
-                                  None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0)
+                                  None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0,
+                                  ChunkBuffers.view(bufs.low, e - s))
             continue
         yc = y[s:e, None]
         zyc = z.gather(1, yc).squeeze(1)
