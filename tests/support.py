@@ -1,6 +1,11 @@
-"""Shared by the tests: a small real corpus of Python files and the flags of a tiny training run."""
+"""Shared by the tests: a small real corpus of Python files, the flags of a tiny training run and
+random inputs of the linear cross-entropy."""
 
 from pathlib import Path
+
+import torch
+
+from headway.constants import IGNORE_INDEX
 
 CODE = '''def area(width, height):
     """Area of a rectangle."""
@@ -29,3 +34,19 @@ def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 _args = train_args
+
+
+def random_loss_inputs(g: torch.Generator, lead: tuple[int, ...], hidden: int, vocab: int, dtype: torch.dtype,
+                       bias: bool, ignore_every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                                torch.Tensor]:
+    """(h, w, b, y) drawn from `g` in this order: hidden states h (*lead, hidden) ~ N(0, 1), a weight
+    w (vocab, hidden) and, when `bias`, a bias b (vocab,) ~ N(0, 0.5²), all of `dtype` and requiring
+    grad, and labels y (*lead) uniform in [0, vocab) with every `ignore_every`-th (flat) position
+    IGNORE_INDEX (none when 0)."""
+    h = torch.randn(*lead, hidden, dtype=dtype, generator=g).requires_grad_()
+    w = (torch.randn(vocab, hidden, dtype=dtype, generator=g) * 0.5).requires_grad_()
+    b = (torch.randn(vocab, dtype=dtype, generator=g) * 0.5).requires_grad_() if bias else None
+    y = torch.randint(0, vocab, lead, generator=g)
+    if ignore_every:
+        y.view(-1)[::ignore_every] = IGNORE_INDEX
+    return h, w, b, y
