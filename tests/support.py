@@ -1,7 +1,9 @@
-"""Shared by the tests: a small real corpus of Python files, the flags of a tiny training run and
-random inputs of the linear cross-entropy."""
+"""Shared by the tests: a small real corpus of Python files, the flags of a tiny training run and the
+losses it logs, a tiny HuggingFace Llama checkpoint, and random inputs of the linear cross-entropy."""
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +36,29 @@ def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 _args = train_args
+
+
+def run_losses(out: Path) -> list[float]:
+    """The training losses a run logged in `out`/metrics.jsonl, in the order they were logged."""
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def tiny_llama_checkpoint(folder: Path) -> Any:
+    """Save to `folder` a HuggingFace checkpoint: a random two-layer Llama (hidden 32, tied embedding,
+    initialized after seeding 0) and `byte_level_with_specials` as its fast tokenizer; returns that
+    `tokenizers.Tokenizer`. Needs transformers."""
+    import transformers
+
+    from tests.data.test_external_tokenizer import byte_level_with_specials
+
+    tok = byte_level_with_specials()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                   tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return tok
 
 
 def random_loss_inputs(g: torch.Generator, lead: tuple[int, ...], hidden: int, vocab: int, dtype: torch.dtype,
