@@ -1,7 +1,10 @@
 """Shared by the tests: a small real corpus of Python files, the flags of a tiny training run and the
-losses it logs, a tiny HuggingFace Llama checkpoint, and random inputs of the linear cross-entropy."""
+losses it logs, a tiny HuggingFace Llama checkpoint, a Python process that cannot import headway
+(for exported folders), and random inputs of the linear cross-entropy."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,37 @@ def tiny_llama_checkpoint(folder: Path) -> Any:
                                    tie_word_embeddings=True)
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
     return tok
+
+
+WITHOUT_HEADWAY = '''
+import json, sys
+sys.modules["headway"] = None  # this process cannot import headway
+import torch
+'''
+
+
+def run_without_headway(script: str, *args: str) -> Any:
+    """Run `script` in a fresh Python process that cannot import headway, after `WITHOUT_HEADWAY`
+    (json, sys and torch imported), with `args` as sys.argv[1:]; it must succeed and print, and
+    the last line it prints is returned, parsed as JSON."""
+    r = subprocess.run([sys.executable, "-c", WITHOUT_HEADWAY + script, *args], capture_output=True, text=True,
+                       timeout=300, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip(), (r.stdout, r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def exported_model_script(auto_class: str, body: str) -> str:
+    """A script for `run_without_headway`: it loads the folder sys.argv[1] with transformers'
+    `auto_class` (remote code trusted) as `model`, in eval mode, and its tokenizer as `tok`, encodes
+    the text sys.argv[2] as `ids` (1, S), then runs `body`."""
+    return f'''
+from transformers import {auto_class}, AutoTokenizer
+out = sys.argv[1]
+model = {auto_class}.from_pretrained(out, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+ids = tok(sys.argv[2], return_tensors="pt").input_ids
+''' + body
 
 
 def random_loss_inputs(g: torch.Generator, lead: tuple[int, ...], hidden: int, vocab: int, dtype: torch.dtype,
