@@ -55,6 +55,7 @@ from headway.loss.core import (
     default_chunk_size,
     new_grads,
     run_chunks,
+    scale_precomputed,
     token_losses,
 )
 from headway.loss.reduction import ValidRows, loss_scale, reduce_losses
@@ -198,10 +199,7 @@ class ChunkedDistillation(torch.autograd.Function):
         nones = (None,) * 10
         if ctx.precomputed:
             ctx.precomputed = False  # the grads may now be owned by .grad; a 2nd backward recomputes
-            if g.device.type != "cpu" or float(g) != 1.0:
-                for t in pre:
-                    if t is not None:
-                        t.mul_(g.to(t.dtype))
+            scale_precomputed(pre, g)
             return pre[0], pre[1], pre[2] if ctx.has_b else None, *nones
         with torch.autocast(h.device.type, enabled=False):
             wc, bc = cast(w, ctx.amp, h.device.type), cast(b, ctx.amp, h.device.type)
