@@ -8,9 +8,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from headway.constants import FIM_LAYOUTS
 from headway.train.runs import load_run, run_lead
+
+if TYPE_CHECKING:
+    from headway.train.infill_eval import InfillResult
 
 
 def _escape(text: str) -> str:
@@ -354,6 +358,16 @@ def _eval_docs(a: argparse.Namespace, tok, cfg) -> tuple[list, int, list[str], s
     return ids, sum(d.num_bytes for d in docs), [d.text for d in docs if d.text], ", ".join(a.data)
 
 
+def _print_infill(res: InfillResult, label: str) -> None:
+    """An infilling score, then each example: the line, and what the prompt with the suffix (named
+    `label`) and the prefix alone wrote, marked "ok" where it is the line (trailing whitespace ignored)."""
+    print(res)
+    for e in res.examples:
+        ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
+        print(f"  line:        {e['line']!r}\n  {ok[0]}{label + ':':9} {e['fim']!r}\n"
+              f"  {ok[1]}prefix:   {e['prefix_only']!r}")
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from headway.train.metrics import compressor_bits_per_byte, evaluate
 
@@ -393,12 +407,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.infill and is_masked_diffusion(objective) and not objective.trains_left_to_right:
         from headway.train.infill_eval import diffusion_infill_lines, pick_lines
 
-        res = diffusion_infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S)
-        print(res)
-        for e in res.examples:
-            ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
-            print(f"  line:        {e['line']!r}\n  {ok[0]}unmasked: {e['fim']!r}\n"
-                  f"  {ok[1]}prefix:   {e['prefix_only']!r}")
+        _print_infill(diffusion_infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S), "unmasked")
     elif a.infill:
         from headway.train.infill_eval import infill_lines, pick_lines
 
@@ -406,11 +415,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             raise ValueError("--infill: this model is bidirectional (MLM) and cannot generate")
         res = infill_lines(model, tok, vocab, pick_lines(texts, a.infill, a.seed), S, layout=a.infill_layout,
                            lead=lead)
-        print(res)
-        for e in res.examples:
-            ok = ["ok " if got.rstrip() == e["line"].rstrip() else "   " for got in (e["fim"], e["prefix_only"])]
-            print(f"  line:        {e['line']!r}\n  {ok[0]}FIM:      {e['fim']!r}\n"
-                  f"  {ok[1]}prefix:   {e['prefix_only']!r}")
+        _print_infill(res, "FIM")
     return 0
 
 

@@ -2,8 +2,6 @@
 with the same tokens and the same greedy generation as headway's own model."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,24 +9,16 @@ import torch
 pytest.importorskip("transformers")
 
 from headway.cli import load_run, main  # noqa: E402
-from tests.support import train_args  # noqa: E402
+from tests.support import exported_model_script, run_without_headway, train_args  # noqa: E402
 
 PROMPT = "def area3(width, heig"
 
-LOAD = r'''
-import json, sys
-sys.modules["headway"] = None  # this process cannot import headway
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-out = sys.argv[1]
-model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
-tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
-ids = tok(sys.argv[2], return_tensors="pt").input_ids
+LOAD = exported_model_script("AutoModelForCausalLM", r'''
 gen = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
 specials = {n: tok.convert_tokens_to_ids(n) for n in ("<eos>", "<fim_prefix>", "<extra_id_0>")}
 print(json.dumps({"ids": ids[0].tolist(), "gen": gen[0, ids.shape[1]:].tolist(), "specials": specials,
                   "decoded": tok.decode(ids[0])}))
-'''
+''')
 
 
 @pytest.mark.parametrize("backbone,tokenizer", [("transformer", "bytes"), ("gated_ssm", "bpe")])
@@ -43,10 +33,7 @@ def test_exported_folder_loads_without_headway_and_generates_the_same(corpus, tm
     model, tok, vocab, _ = load_run(str(run))
     ids = tok.encode(PROMPT)
     want = model.generate(torch.tensor(ids), 12, temperature=0.0).tolist()
-    r = subprocess.run([sys.executable, "-c", LOAD, str(out), PROMPT], capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = run_without_headway(LOAD, str(out), PROMPT)
     assert got["ids"] == ids and got["decoded"] == PROMPT
     assert got["gen"] == want
     assert got["specials"] == {n: vocab.id(n) for n in ("<eos>", "<fim_prefix>", "<extra_id_0>")}

@@ -9,19 +9,13 @@ import torch
 import torch.nn.functional as F
 
 import headway as hw
+from tests.support import random_loss_inputs
 
 N, H, V = 37, 19, 1031
 
 
 def make(dtype=torch.float64, bias=False, seed=0, lead=(N,), ignore_every=5):
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(*lead, H, dtype=dtype, generator=g).requires_grad_()
-    w = (torch.randn(V, H, dtype=dtype, generator=g) * 0.5).requires_grad_()
-    b = (torch.randn(V, dtype=dtype, generator=g) * 0.5).requires_grad_() if bias else None
-    y = torch.randint(0, V, lead, generator=g)
-    if ignore_every:
-        y.view(-1)[::ignore_every] = hw.IGNORE_INDEX
-    return h, w, b, y
+    return random_loss_inputs(torch.Generator().manual_seed(seed), lead, H, V, dtype, bias, ignore_every)
 
 
 def grads(loss, params):

@@ -13,18 +13,14 @@ from hypothesis import strategies as st
 
 import headway as hw
 from headway.loss.core import separate_passes
+from tests.support import random_loss_inputs
 
 N, H, V = 41, 13, 523
 
 
 def make(seed=0, lead=(N,), dtype=torch.float64, ignore_every=3, bias=False):
     g = torch.Generator().manual_seed(seed)
-    h = torch.randn(*lead, H, dtype=dtype, generator=g).requires_grad_()
-    w = (torch.randn(V, H, dtype=dtype, generator=g) * 0.5).requires_grad_()
-    b = (torch.randn(V, dtype=dtype, generator=g) * 0.5).requires_grad_() if bias else None
-    y = torch.randint(0, V, lead, generator=g)
-    if ignore_every:
-        y.view(-1)[::ignore_every] = hw.IGNORE_INDEX
+    h, w, b, y = random_loss_inputs(g, lead, H, V, dtype, bias, ignore_every)
     tw = torch.rand(*lead, dtype=dtype, generator=g) * 3  # weights in [0, 3)
     tw = torch.where(y == hw.IGNORE_INDEX, 0.0, tw)
     return h, w, b, y, tw

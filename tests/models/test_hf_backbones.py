@@ -4,6 +4,8 @@ starting from a checkpoint (`init`). Tiny random configs, offline, float32."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from headway.check import check_causal  # noqa: E402
 from headway.constants import IGNORE_INDEX  # noqa: E402
 from headway.integrations.export_hf import export_native  # noqa: E402
 from headway.models import build_model  # noqa: E402
+from headway.models.lm import LanguageModel  # noqa: E402
 from headway.models.registry import get_backbone  # noqa: E402
 from headway.types import Batch, Vocab  # noqa: E402
 
@@ -34,6 +37,21 @@ def one_document_per_row(ids: torch.Tensor) -> Batch:
                  torch.zeros(B, 1, dtype=torch.long))
 
 
+def exported_natively(arch: str, vocab: Vocab, folder: Path, length: int) -> tuple[LanguageModel, torch.Tensor,
+                                                                                   torch.Tensor, torch.nn.Module]:
+    """(model, ids, loss, hf): a tiny `hf:arch` model built after seeding 0 (eval mode), random ids
+    (2, length), the model's loss on them (one document per row) and the model exported natively to
+    `folder` and loaded back by transformers (float32, eval mode)."""
+    torch.manual_seed(0)
+    model = build_model(vocab, f"hf:{arch}", SIZE).eval()
+    ids = torch.randint(0, vocab.base_size, (2, length))
+    with torch.no_grad():
+        loss = model(one_document_per_row(ids))
+    export_native(model, vocab, folder, bos=vocab.eos)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, ids, loss, hf
+
+
 @pytest.fixture(scope="module")
 def vocab() -> Vocab:
     return Vocab(120, num_sentinels=4)
@@ -42,14 +60,8 @@ def vocab() -> Vocab:
 @pytest.mark.parametrize("arch", ATTENTION + STATE_SPACE)
 def test_loss_equals_the_architectures_own_and_native_export_generates_the_same(arch: str, vocab: Vocab,
                                                                                  tmp_path) -> None:  # noqa: ANN001
-    torch.manual_seed(0)
-    model = build_model(vocab, f"hf:{arch}", SIZE).eval()
-    ids = torch.randint(0, vocab.base_size, (2, 13))
-    with torch.no_grad():
-        loss = model(one_document_per_row(ids))
-    export_native(model, vocab, tmp_path, bos=vocab.eos)
+    model, ids, loss, hf = exported_natively(arch, vocab, tmp_path, 13)
     assert not list(tmp_path.glob("*.py"))  # native: no remote code
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(hf).__module__.startswith("transformers.models.")
     with torch.no_grad():
         want = hf(input_ids=ids, labels=ids).loss
@@ -67,13 +79,7 @@ MORE = ["phi3", "qwen3", "gemma3_text", "olmo2", "starcoder2", "gpt2", "mixtral"
 def test_more_architectures_give_their_own_loss(arch: str, vocab: Vocab, tmp_path) -> None:  # noqa: ANN001
     """Beyond the tested set: attention (dense, MoE, sliding window, learned positions), recurrent and
     hybrid architectures, each against its own causal LM on one unpacked batch."""
-    torch.manual_seed(0)
-    model = build_model(vocab, f"hf:{arch}", SIZE).eval()
-    ids = torch.randint(0, vocab.base_size, (2, 11))
-    with torch.no_grad():
-        loss = model(one_document_per_row(ids))
-    export_native(model, vocab, tmp_path, bos=vocab.eos)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    _, ids, loss, hf = exported_natively(arch, vocab, tmp_path, 11)
     with torch.no_grad():
         want = hf(input_ids=ids, labels=ids, use_cache=False).loss
     assert abs(float(loss) - float(want)) <= REL * abs(float(want)), (float(loss), float(want))

@@ -2,15 +2,13 @@
 ELBO's bound with its standard error, samples and infills by unmasking, and exports as a masked LM."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from headway.cli import main
-from tests.support import train_args
+from tests.support import exported_model_script, run_without_headway, train_args
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -90,19 +88,11 @@ def test_steps_on_a_run_without_diffusion_is_refused(corpus, tmp_path, capsys):
     assert "trains no masked diffusion" in capsys.readouterr().err
 
 
-LOAD = r'''
-import json, sys
-sys.modules["headway"] = None  # this process cannot import headway
-import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-out = sys.argv[1]
-model = AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=True).eval()
-tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
-ids = tok(sys.argv[2], return_tensors="pt").input_ids
+LOAD = exported_model_script("AutoModelForMaskedLM", r'''
 with torch.no_grad():
     z = model(input_ids=ids).logits[0]
 print(json.dumps({"ids": ids[0].tolist(), "z": z.tolist(), "mask": tok.mask_token_id}))
-'''
+''')
 
 
 @pytest.mark.parametrize("backbone", ["transformer", "gated_ssm"])
@@ -119,11 +109,7 @@ def test_a_diffusion_model_exports_as_a_masked_lm(corpus, tmp_path, backbone, di
     assert main(["export", str(run), str(hf)]) == 0
     assert json.loads((hf / "config.json").read_text())["architectures"] == ["HeadwayExportForMaskedLM"]
     text = "def area(<mask><mask>, h):"
-    r = subprocess.run([sys.executable, "-c", LOAD, str(hf), text], capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip(), (r.stdout, r.stderr[-3000:])
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = run_without_headway(LOAD, str(hf), text)
     model, tok, vocab, _ = load_run(str(run))
     assert got["mask"] == vocab.id("<mask>") and got["ids"].count(vocab.id("<mask>")) == 2
     ids = torch.tensor(got["ids"])

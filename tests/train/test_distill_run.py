@@ -17,11 +17,7 @@ from headway.objectives.registry import REGISTRY
 from headway.train.config import TrainConfig
 from headway.train.runs import load_run
 from headway.types import Batch
-from tests.support import train_args
-
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+from tests.support import run_losses, tiny_llama_checkpoint, train_args
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def test_distill_trains_keeps_the_student_alone_and_resumes_exactly(corpus, teac
     args = train_args(corpus, out, "--objective", "distill", "--teacher", str(teacher), "--distill-loss", "jsd",
                       "--distill-beta", "0.3", "--steps", "4", "--checkpoint-every", "2")
     assert main(args) == 0
-    straight = _losses(out)
+    straight = run_losses(out)
     assert len(straight) == 4 and all(torch.isfinite(torch.tensor(straight)))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["teacher"] == str((teacher / "step-0000004").resolve())  # pinned: a resume reloads the same one
@@ -101,7 +97,7 @@ def test_distill_trains_keeps_the_student_alone_and_resumes_exactly(corpus, teac
     (out / "latest").write_text("step-0000002")
     (out / "metrics.jsonl").write_text("")
     assert main([*args, "--resume"]) == 0
-    assert _losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
+    assert run_losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
 
 
 def _batch(vocab: hw.Vocab) -> Batch:
@@ -142,24 +138,16 @@ def test_the_distiller_trains_the_student_against_a_frozen_teacher():
 
 
 def test_a_huggingface_teacher_with_the_students_tokenizer(corpus, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    from tests.data.test_external_tokenizer import byte_level_with_specials
-
+    pytest.importorskip("transformers")
     ckpt = tmp_path / "llama"
-    tok = byte_level_with_specials()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(ckpt)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                   tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(ckpt)
+    tiny_llama_checkpoint(ckpt)
     out = tmp_path / "student"
     args = train_args(corpus, out, "--objective", "distill", "--teacher", str(ckpt), "--final-eval-tokens", "3000")
     i = args.index("--tokenizer")
     del args[i:i + 2]  # the default (bpe): the run takes the teacher's tokenizer
     assert main(args) == 0
     assert json.loads((out / "config.json").read_text())["tokenizer"] == str(ckpt.resolve())
-    assert all(torch.isfinite(torch.tensor(_losses(out))))
+    assert all(torch.isfinite(torch.tensor(run_losses(out))))
 
 
 def test_show_prints_clms_targets_and_says_the_teacher_is_a_target(tmp_path, capsys):

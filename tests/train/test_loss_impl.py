@@ -2,7 +2,6 @@
 choice is recorded and rebuilt by `load_run`, and the backends give the same losses."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,11 +9,7 @@ import headway.loss.api as api
 from headway.cli import main
 from headway.loss import LossOptions
 from headway.loss.reference import reference_token_losses
-from tests.support import train_args
-
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+from tests.support import run_losses, train_args
 
 
 def test_loss_impl_reaches_the_head_and_reference_equals_chunked(corpus, tmp_path, monkeypatch):
@@ -37,7 +32,7 @@ def test_loss_impl_reaches_the_head_and_reference_equals_chunked(corpus, tmp_pat
 
         model = load_run(out)[0]
         assert model.head.loss_options == LossOptions(z_loss=1e-3, impl=impl)
-        losses[impl] = _losses(out)
+        losses[impl] = run_losses(out)
     assert len(losses["reference"]) == 3
     # the same three steps: the two backends differ by float32 rounding only
     assert losses["reference"] == pytest.approx(losses["chunked"], rel=1e-5, abs=1e-6)
@@ -47,4 +42,4 @@ def test_loss_impl_reaches_the_head_and_reference_equals_chunked(corpus, tmp_pat
     flags = ("--steps", "4", "--loss-impl", "chunked", "--precision", "fp32", "--final-eval-tokens", "2000")
     assert main(train_args(corpus, out, *flags, "--resume")) == 0
     assert len(calls) == before and json.loads((out / "config.json").read_text())["loss_impl"] == "chunked"
-    assert len(_losses(out)) == 4
+    assert len(run_losses(out)) == 4

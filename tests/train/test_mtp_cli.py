@@ -12,7 +12,7 @@ import torch
 
 from headway.cli import main
 from headway.train.runs import load_run
-from tests.support import train_args
+from tests.support import run_without_headway, train_args
 
 
 def _rows(out: Path) -> list[dict]:
@@ -69,9 +69,6 @@ def test_show_draws_each_depths_targets(tmp_path, capsys):
 
 
 LOAD = r'''
-import json, sys
-sys.modules["headway"] = None  # this process cannot import headway
-import torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 ids = torch.tensor([json.loads(sys.argv[2])])
@@ -83,9 +80,6 @@ print(json.dumps(gen[0, ids.shape[1]:].tolist()))
 @pytest.mark.parametrize("backbone", ["transformer", "hf:llama"])
 def test_export_drops_the_depths_and_generates_as_before(corpus, tmp_path, backbone):
     transformers = pytest.importorskip("transformers")
-    import subprocess
-    import sys
-
     run, folder = tmp_path / "run", tmp_path / "hf"
     extra = ["--size", "32x2x2"] if backbone.startswith("hf:") else []
     assert main(train_args(corpus, run, "--backbone", backbone, "--mtp-depth", "2", "--steps", "8", "--lr", "1e-2",
@@ -98,10 +92,7 @@ def test_export_drops_the_depths_and_generates_as_before(corpus, tmp_path, backb
 
     assert not [k for k in load_file(str(next(folder.glob("*.safetensors")))) if "mtp" in k]
     if backbone == "transformer":
-        r = subprocess.run([sys.executable, "-c", LOAD, str(folder), json.dumps(ids)], capture_output=True,
-                           text=True, timeout=300, stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, r.stderr[-3000:]
-        got = json.loads(r.stdout.strip().splitlines()[-1])
+        got = run_without_headway(LOAD, str(folder), json.dumps(ids))
     else:
         hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         t = torch.tensor([ids])

@@ -17,11 +17,7 @@ import transformers  # noqa: E402
 
 from headway.cli import main  # noqa: E402
 from headway.train.runs import load_run  # noqa: E402
-from tests.support import train_args  # noqa: E402
-
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+from tests.support import run_losses, tiny_llama_checkpoint, train_args  # noqa: E402
 
 
 def _hf_args(corpus: Path, out: Path, backbone: str, *extra: str) -> list[str]:
@@ -34,7 +30,7 @@ def test_an_architecture_trains_packed_fim_resumes_exactly_and_exports_natively(
     out = tmp_path / "run"
     args = _hf_args(corpus, out, f"hf:{arch}", "--steps", "4", "--checkpoint-every", "2")
     assert main(args) == 0
-    straight = _losses(out)
+    straight = run_losses(out)
     assert len(straight) == 4 and all(torch.isfinite(torch.tensor(straight)))
     config = json.loads((out / "config.json").read_text())
     assert config["backbone"] == f"hf:{arch}" and config["packing"] == "bfd"
@@ -45,7 +41,7 @@ def test_an_architecture_trains_packed_fim_resumes_exactly_and_exports_natively(
     (out / "latest").write_text("step-0000002")
     (out / "metrics.jsonl").write_text("")
     assert main([*args, "--resume"]) == 0
-    assert _losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
+    assert run_losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
 
     folder = tmp_path / "exported"
     assert main(["export", str(out), str(folder)]) == 0
@@ -68,11 +64,11 @@ def test_a_state_space_model_trains_one_document_per_row_resumes_exactly_and_ref
     assert main(args) == 0
     assert "one document per row" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["packing"] == "single"
-    straight = _losses(out)
+    straight = run_losses(out)
     (out / "latest").write_text("step-0000002")
     (out / "metrics.jsonl").write_text("")
     assert main([*args, "--resume"]) == 0
-    assert _losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
+    assert run_losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
     assert main(_hf_args(corpus, tmp_path / "mlm", "hf:mamba2", "--objective", "mlm")) == 2
     assert "--objective mlm: needs bidirectional attention (MLM), which the hf:mamba2 backbone cannot give" in \
         capsys.readouterr().err
@@ -81,17 +77,8 @@ def test_a_state_space_model_trains_one_document_per_row_resumes_exactly_and_ref
 def test_init_continues_a_checkpoint_with_its_tokenizer(corpus, tmp_path):
     """The commonest real use: add FIM to an existing model, its tokenizer's whole vocabulary the base
     split and headway's special tokens appended."""
-    from tests.data.test_external_tokenizer import byte_level_with_specials
-
     ckpt = tmp_path / "llama"
-    tok = byte_level_with_specials()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
-    fast.save_pretrained(ckpt)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                   tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(ckpt)
+    tok = tiny_llama_checkpoint(ckpt)
     out = tmp_path / "run"
     args = [a for a in train_args(corpus, out, "--init", str(ckpt), "--final-eval-tokens", "3000")]
     i = args.index("--tokenizer")

@@ -115,6 +115,15 @@ class Packer:
         self.stats.pad_tokens += self.S - n
         return row
 
+    def _fit(self, ex: Example) -> Example:
+        """An example whole, counted: one that is longer than a row is cut to its first `row_length`
+        positions (the tokens cut counted as truncated)."""
+        self.stats.examples += 1
+        if len(ex) > self.S:
+            self.stats.truncated_tokens += len(ex) - self.S
+            ex = _piece(ex, 0, self.S)
+        return ex
+
     def pack(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
         if self.strategy == "single":
             return self._single(examples)
@@ -123,11 +132,7 @@ class Packer:
     def _single(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
         """One example per row, then padding: for backbones that cannot keep packed documents apart."""
         for ex in examples:
-            self.stats.examples += 1
-            if len(ex) > self.S:
-                self.stats.truncated_tokens += len(ex) - self.S
-                ex = _piece(ex, 0, self.S)
-            yield self._emit([ex])
+            yield self._emit([self._fit(ex)])
 
     def _concat(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
         row: list[Example] = []
@@ -149,11 +154,7 @@ class Packer:
     def _bfd(self, examples: Iterable[Example]) -> Iterator[list[Example]]:
         buf: list[Example] = []
         for ex in examples:
-            self.stats.examples += 1
-            if len(ex) > self.S:
-                self.stats.truncated_tokens += len(ex) - self.S
-                ex = _piece(ex, 0, self.S)
-            buf.append(ex)
+            buf.append(self._fit(ex))
             if len(buf) >= self.buffer_size:
                 yield from self._flush(buf)
                 buf = []

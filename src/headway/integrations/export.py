@@ -105,8 +105,9 @@ from transformers.modeling_outputs import CausalLMOutput, MaskedLMOutput  # noqa
 from .configuration_headway import HeadwayExportConfig  # noqa: E402
 
 
-class HeadwayExportForCausalLM(PreTrainedModel, GenerationMixin):
-    """Embedding (V, H) -> headway backbone -> logits = h @ W.T (W: the embedding when tied)."""
+class HeadwayExportPreTrainedModel(PreTrainedModel):
+    """What both exported models share: an embedding (V, H), the headway backbone and the output
+    weight W (the embedding when tied, else `lm_head`)."""
 
     config_class = HeadwayExportConfig
     base_model_prefix = "backbone"
@@ -119,8 +120,6 @@ class HeadwayExportForCausalLM(PreTrainedModel, GenerationMixin):
         self.backbone = body_cls(cfg_cls(**config.backbone_config))
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
                                                                           bias=False)
-        self.generation_config.use_cache = False  # generation recomputes the prefix (no HF cache)
-        self.post_init()
 
     def _init_weights(self, module):
         pass
@@ -128,10 +127,22 @@ class HeadwayExportForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.embed
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kw):
-        h = self.backbone(self.embed(input_ids))
+    def _logits(self, h):
+        """The float32 logits h @ W.T (B, S, V) of the backbone's hidden states h (B, S, H)."""
         w = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = (h @ w.t()).float()
+        return (h @ w.t()).float()
+
+
+class HeadwayExportForCausalLM(HeadwayExportPreTrainedModel, GenerationMixin):
+    """Embedding (V, H) -> headway backbone -> logits = h @ W.T (W: the embedding when tied)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.generation_config.use_cache = False  # generation recomputes the prefix (no HF cache)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kw):
+        logits = self._logits(self.backbone(self.embed(input_ids)))
         loss = None
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -142,29 +153,14 @@ class HeadwayExportForCausalLM(PreTrainedModel, GenerationMixin):
         return {"input_ids": input_ids}
 
 
-class HeadwayExportForMaskedLM(PreTrainedModel):
+class HeadwayExportForMaskedLM(HeadwayExportPreTrainedModel):
     """A masked-diffusion model: every position sees the whole row (right padding excluded) and the
     logits at a `<mask>` position predict its token. Sampling: unmask step by step (headway's
     `headway.models.diffusion_sampling` does it with low-confidence remasking)."""
 
-    config_class = HeadwayExportConfig
-    base_model_prefix = "backbone"
-    _no_split_modules = []
-
     def __init__(self, config):
         super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        cfg_cls, body_cls = globals()[config.backbone_config_class], globals()[config.backbone_class]
-        self.backbone = body_cls(cfg_cls(**config.backbone_config))
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
-                                                                          bias=False)
         self.post_init()
-
-    def _init_weights(self, module):
-        pass
-
-    def get_input_embeddings(self):
-        return self.embed
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kw):
         x = self.embed(input_ids)
@@ -174,8 +170,7 @@ class HeadwayExportForMaskedLM(PreTrainedModel):
             if attention_mask is not None and not bool(attention_mask.bool().all()):
                 raise NotImplementedError("this backbone reads every position of a row: pass rows without padding")
             h = self.backbone(x)
-        w = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = (h @ w.t()).float()
+        logits = self._logits(h)
         loss = None
         if labels is not None:  # aligned labels (not shifted), -100 where no target
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),

@@ -14,7 +14,7 @@ from headway.loss.amp import cast
 from headway.loss.chunked import ChunkedLinearCrossEntropy
 from headway.loss.core import ChunkOpts, acc_dtype, default_chunk_size
 from headway.loss.options import LossOptions, merge_options
-from headway.loss.reduction import loss_scale, reduce_losses
+from headway.loss.reduction import ValidRows, loss_scale, reduce_losses
 from headway.loss.reference import reference_token_losses
 from headway.loss.validate import LossArgs, check_args
 
@@ -31,15 +31,10 @@ def _reduce(losses: Tensor, a: LossArgs) -> Tensor:
 @eager_under_compile  # a hand-scheduled kernel with buffers kept across calls: torch.compile runs it as is
 def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     """Loss (reduced) and lse (N,) through the chunked autograd Function, ignored rows dropped."""
-    h, y, tw = a.hidden, a.labels, a.loss_weights
-    N = h.shape[0]
-    valid = y != a.ignore_index
-    n_valid = valid.sum()
-    idx = None
-    if int(n_valid) != N:
-        idx = valid.nonzero().squeeze(1)
-        h, y = h.index_select(0, idx), y.index_select(0, idx)
-        tw = None if tw is None else tw.index_select(0, idx)
+    rows = ValidRows(a.labels, a.ignore_index)
+    n_valid = rows.count
+    h, y = rows.take(a.hidden), rows.take(a.labels)
+    tw = None if a.loss_weights is None else rows.take(a.loss_weights)
     chunk = a.chunk_size or default_chunk_size(a.weight.shape[0], a.softcap is not None, hidden=a.weight.shape[1],
                                                device=a.weight.device)
     o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, chunk)
@@ -51,12 +46,9 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     # under autocast weight and bias are cast inside the Function: their float32 sums over chunks reach
     # them without another rounding to the autocast dtype
     out, lse = ChunkedLinearCrossEntropy.apply(h, a.weight, a.bias, y, o, scale, per_token, grad_now, a.amp, tw)
-    if idx is not None:
-        lse = torch.zeros(N, dtype=lse.dtype, device=lse.device).index_copy(0, idx, lse)
-        if per_token:
-            out = torch.zeros(N, dtype=out.dtype, device=out.device).index_copy(0, idx, out)
+    lse = rows.put(lse)
     if per_token:
-        out = out.reshape(a.lead_shape)
+        out = rows.put(out).reshape(a.lead_shape)
     return out, lse
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from headway.loss.amp import cast
-from headway.loss.core import ChunkOpts, Grads, Stats, acc_dtype, new_grads, run_chunks, token_losses
+from headway.loss.core import ChunkOpts, Grads, Stats, acc_dtype, new_grads, run_chunks, scale_precomputed, token_losses
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -76,10 +76,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         if ctx.precomputed and g_lse is None and g is not None:
             ctx.precomputed = False  # the grads may now be owned by .grad; a 2nd backward recomputes
             # grads were computed for an incoming gradient of 1; rescale in place (no copy) otherwise
-            if g.device.type != "cpu" or float(g) != 1.0:
-                for t in pre:
-                    if t is not None:
-                        t.mul_(g.to(t.dtype))
+            scale_precomputed(pre, g)
             dh, dw, db = pre
             return dh, dw, db if ctx.has_b else None, *nones, d_tw
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_b and ctx.needs_input_grad[2])

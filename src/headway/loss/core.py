@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -354,3 +354,13 @@ def new_grads(h: Tensor, w: Tensor, b: Tensor | None, need: tuple[bool, bool, bo
                  dh=torch.empty(h.shape, dtype=h.dtype if lse is None else acc, device=h.device) if need[0] else None,
                  dw=torch.empty(w.shape, dtype=acc, device=w.device) if need[1] else None,
                  db=torch.empty(w.shape[0], dtype=acc, device=w.device) if need[2] and b is not None else None)
+
+
+def scale_precomputed(grads: Iterable[Tensor | None], g: Tensor) -> None:
+    """Multiply, in place (no copy), gradients computed in the forward pass for an incoming gradient
+    of 1 by the incoming 0-d gradient `g` that backward receives (None entries skipped); nothing to
+    do when `g` is a CPU 1."""
+    if g.device.type != "cpu" or float(g) != 1.0:
+        for t in grads:
+            if t is not None:
+                t.mul_(g.to(t.dtype))

@@ -55,9 +55,10 @@ from headway.loss.core import (
     default_chunk_size,
     new_grads,
     run_chunks,
+    scale_precomputed,
     token_losses,
 )
-from headway.loss.reduction import loss_scale, reduce_losses
+from headway.loss.reduction import ValidRows, loss_scale, reduce_losses
 from headway.loss.validate import LossArgs, check_args
 
 __all__ = ["distillation_loss", "DistillOpts", "DISTILL_KINDS"]
@@ -198,10 +199,7 @@ class ChunkedDistillation(torch.autograd.Function):
         nones = (None,) * 10
         if ctx.precomputed:
             ctx.precomputed = False  # the grads may now be owned by .grad; a 2nd backward recomputes
-            if g.device.type != "cpu" or float(g) != 1.0:
-                for t in pre:
-                    if t is not None:
-                        t.mul_(g.to(t.dtype))
+            scale_precomputed(pre, g)
             return pre[0], pre[1], pre[2] if ctx.has_b else None, *nones
         with torch.autocast(h.device.type, enabled=False):
             wc, bc = cast(w, ctx.amp, h.device.type), cast(b, ctx.amp, h.device.type)
@@ -320,14 +318,9 @@ def distillation_loss(
 
 def _run(a: LossArgs, th: Tensor, tw: Tensor, tb: Tensor | None, d: DistillOpts) -> Tensor:
     """The chunked Function over the valid rows; ℓ scattered back for "none"."""
-    h, y = a.hidden, a.labels  # (N, H), (N,)
-    N = h.shape[0]
-    valid = y != a.ignore_index
-    n_valid = valid.sum()
-    idx = None
-    if int(n_valid) != N:
-        idx = valid.nonzero().squeeze(1)
-        h, y, th = h.index_select(0, idx), y.index_select(0, idx), th.index_select(0, idx)
+    rows = ValidRows(a.labels, a.ignore_index)
+    n_valid = rows.count
+    h, y, th = rows.take(a.hidden), rows.take(a.labels), rows.take(th)  # (n, H), (n,), (n, Ht)
     V = a.weight.shape[0]
     soft = a.softcap is not None or d.teacher_softcap is not None
     chunk = a.chunk_size or max(1, default_chunk_size(V, soft, hidden=max(a.weight.shape[1], tw.shape[1]),
@@ -339,7 +332,5 @@ def _run(a: LossArgs, th: Tensor, tw: Tensor, tb: Tensor | None, d: DistillOpts)
     grad_now = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, a.weight, a.bias))
     out = ChunkedDistillation.apply(h, a.weight, a.bias, th, tw, tb, y, o, d, scale, per_token, grad_now, a.amp)
     if per_token:
-        if idx is not None:
-            out = torch.zeros(N, dtype=out.dtype, device=out.device).index_copy(0, idx, out)
-        return reduce_losses(out, n_valid, "none", None, acc, a.lead_shape)
+        return reduce_losses(rows.put(out), n_valid, "none", None, acc, a.lead_shape)
     return out

@@ -8,7 +8,8 @@ For token losses ℓ_t (0 where the label is ignore_index) and n = the number of
              accumulation steps), else 1 / max(n, 1)  (no valid token: 0, never NaN)
 
 `reduce_losses` applies it; `loss_scale` is the factor s alone, for the chunked loss, whose
-gradients (computed in the forward pass) carry the same factor.
+gradients (computed in the forward pass) carry the same factor. `ValidRows` drops the ignored
+tokens before a chunked Function runs and puts its per-token results back in place (0 where ignored).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["reduce_losses", "loss_scale", "mean_scale"]
+__all__ = ["reduce_losses", "loss_scale", "mean_scale", "ValidRows"]
 
 
 def mean_scale(n_valid: Tensor, num_items_in_batch: Tensor | float | None, dtype: torch.dtype) -> Tensor:
@@ -52,3 +53,28 @@ def reduce_losses(losses: Tensor, n_valid: Tensor, reduction: str, num_items_in_
     if reduction == "sum":
         return total
     return total * mean_scale(n_valid, num_items_in_batch, dtype)
+
+
+class ValidRows:
+    """The rows (tokens) of flat labels (N,) whose label is not `ignore_index`, for a computation that
+    runs on those rows alone: `count` is their number (a 0-d integer tensor), `take` keeps them of an
+    (N, ...) tensor, `put` returns a (count,) result to its rows of an (N,) tensor, 0 where ignored.
+    When every row is valid (`idx` None) both return their argument itself."""
+
+    def __init__(self, labels: Tensor, ignore_index: int) -> None:
+        valid = labels != ignore_index
+        self.total = labels.shape[0]
+        self.count = valid.sum()
+        self.idx: Tensor | None = None  # (count,) the valid rows' positions, None when they are all the rows
+        if int(self.count) != self.total:
+            self.idx = valid.nonzero().squeeze(1)
+
+    def take(self, t: Tensor) -> Tensor:
+        """The valid rows of `t` (N, ...): (count, ...)."""
+        return t if self.idx is None else t.index_select(0, self.idx)
+
+    def put(self, t: Tensor) -> Tensor:
+        """`t` (count,) at its rows of a zero (N,) tensor of its dtype and device."""
+        if self.idx is None:
+            return t
+        return torch.zeros(self.total, dtype=t.dtype, device=t.device).index_copy(0, self.idx, t)

@@ -36,6 +36,7 @@ import torch
 
 from headway.constants import IGNORE_INDEX
 from headway.models.lm import LanguageModel
+from headway.train.metrics import to_bits_per_byte
 from headway.types import Batch
 
 ELBO_DRAWS = 4  # draws of the masking level per validation piece (>= 4: each piece's variance is estimated)
@@ -55,11 +56,11 @@ class ElboResult:
     @property
     def bits_per_byte(self) -> float:
         """The upper bound in bits per byte (NaN without tokens or bytes)."""
-        return self.nats / math.log(2) / self.bytes if self.tokens and self.bytes else float("nan")
+        return to_bits_per_byte(self.nats, self.tokens, self.bytes)
 
     @property
     def se_bits_per_byte(self) -> float:
-        return self.se_nats / math.log(2) / self.bytes if self.tokens and self.bytes else float("nan")
+        return to_bits_per_byte(self.se_nats, self.tokens, self.bytes)
 
     @property
     def nats_per_token(self) -> float:

@@ -106,16 +106,29 @@ def line_breaks(tok: Tokenizer, vocab: Vocab) -> tuple[torch.Tensor, torch.Tenso
     return torch.tensor([t.startswith("\n") for t in texts]), torch.tensor(["\n" in t for t in texts])
 
 
-@torch.no_grad()
-def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list[tuple[str, str, str]],
-                 context: int, max_new_tokens: int = 32, layout: str = "spm",
-                 progress: Callable[[int], None] | None = None, lead: int | None = None) -> InfillResult:
-    """Exact match of greedy single-line infilling (FIM in `layout`) and left-to-right completion on `lines`,
-    each prompt within `context` tokens (prefix and suffix cut to (context - max_new - 3) / 2). The
-    left-to-right prompt is `lead` + prefix (the objective's `text_lead`, default EOS), as documents
-    start in training."""
-    if context < max_new_tokens + 8:
-        raise ValueError(f"infill_lines: context {context} leaves no room beside {max_new_tokens} new tokens")
+@dataclass
+class LineScore:
+    """One line scored under both prompts: the line each generation wrote (`first_line`; None when it
+    did not open a line) and the negative log-likelihood of "\n" + line in nats (or an upper bound on
+    it) after the prefix and suffix (`fim_nll`) and after the prefix alone (`prefix_nll`)."""
+
+    fim: str | None
+    prefix_only: str | None
+    fim_nll: float
+    prefix_nll: float
+
+
+def _score_lines(model: LanguageModel, tok: Tokenizer, lines: list[tuple[str, str, str]], context: int,
+                 max_new_tokens: int, layout: str, score_line: Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                                                        LineScore],
+                 progress: Callable[[int], None] | None) -> InfillResult:
+    """The scoring loop of every infilling evaluation, with the model in eval mode: for each (prefix,
+    middle, suffix) of `lines`, `score_line(pre, suf, want)` gets the prefix's last and the suffix's
+    first (context - max_new_tokens - 3) // 2 tokens and the tokens of "\n" + middle, and says what
+    each prompt generated and the line's NLL after each. The result: the fraction of lines each prompt
+    reproduces exactly (trailing whitespace ignored), the mean fraction of characters right before the
+    first mistake, the summed NLLs in bits per byte of the lines' text ("\n" + line) and the first six
+    lines as examples. `progress` is called with the number of lines done after each."""
     dev = next(model.parameters()).device
     keep = (context - max_new_tokens - 3) // 2
     was = model.training
@@ -124,23 +137,15 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     fim_c = pre_c = fim_nll = pre_nll = 0.0
     n_bytes = 0
     examples = []
-    bos = torch.tensor([vocab.eos if lead is None else lead], device=dev)  # as training opens documents
-    opens, breaks = (m.to(dev) for m in line_breaks(tok, vocab))
-    line_done = lambda new: breaks[new[:, 1:]].any(1)  # noqa: E731  (a break after the opening one ends the line)
     for k, (prefix, middle, suffix) in enumerate(lines):
         pre = torch.tensor(encode_edge(tok, prefix, keep, last=True), dtype=torch.long, device=dev)
         suf = torch.tensor(encode_edge(tok, suffix, keep, last=False), dtype=torch.long, device=dev)
-        fim_prompt = model.fim_prompt(pre, suf, vocab, layout)
-        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0, first_allowed=opens,
-                           stop_when=line_done)
-        got_fim = first_line(tok.decode(mid.tolist()))
-        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, first_allowed=opens,
-                             stop_when=line_done)
         want = torch.tensor(tok.encode("\n" + middle), dtype=torch.long, device=dev)
-        fim_nll += nll(model, fim_prompt, want)
-        pre_nll += nll(model, torch.cat([bos, pre]), want)
+        s = score_line(pre, suf, want)
+        got_fim, got_pre = s.fim, s.prefix_only
+        fim_nll += s.fim_nll
+        pre_nll += s.prefix_nll
         n_bytes += len(("\n" + middle).encode("utf-8"))
-        got_pre = first_line(tok.decode([int(i) for i in new if int(i) < vocab.base_size]))
         f = got_fim is not None and got_fim.rstrip() == middle.rstrip()
         p = got_pre is not None and got_pre.rstrip() == middle.rstrip()
         fim_ok += f
@@ -158,6 +163,34 @@ def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list
     bits = math.log(2) * max(1, n_bytes)
     return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, layout, fim_nll / bits,
                         pre_nll / bits, examples)
+
+
+@torch.no_grad()
+def infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, lines: list[tuple[str, str, str]],
+                 context: int, max_new_tokens: int = 32, layout: str = "spm",
+                 progress: Callable[[int], None] | None = None, lead: int | None = None) -> InfillResult:
+    """Exact match of greedy single-line infilling (FIM in `layout`) and left-to-right completion on `lines`,
+    each prompt within `context` tokens (prefix and suffix cut to (context - max_new - 3) / 2). The
+    left-to-right prompt is `lead` + prefix (the objective's `text_lead`, default EOS), as documents
+    start in training."""
+    if context < max_new_tokens + 8:
+        raise ValueError(f"infill_lines: context {context} leaves no room beside {max_new_tokens} new tokens")
+    dev = next(model.parameters()).device
+    bos = torch.tensor([vocab.eos if lead is None else lead], device=dev)  # as training opens documents
+    opens, breaks = (m.to(dev) for m in line_breaks(tok, vocab))
+    line_done = lambda new: breaks[new[:, 1:]].any(1)  # noqa: E731  (a break after the opening one ends the line)
+
+    def score_line(pre: torch.Tensor, suf: torch.Tensor, want: torch.Tensor) -> LineScore:
+        mid = model.infill(pre, suf, vocab, max_new_tokens, layout, temperature=0.0, first_allowed=opens,
+                           stop_when=line_done)
+        new = model.generate(torch.cat([bos, pre]), max_new_tokens, temperature=0.0, first_allowed=opens,
+                             stop_when=line_done)
+        return LineScore(first_line(tok.decode(mid.tolist())),
+                         first_line(tok.decode([int(i) for i in new if int(i) < vocab.base_size])),
+                         nll(model, model.fim_prompt(pre, suf, vocab, layout), want),
+                         nll(model, torch.cat([bos, pre]), want))
+
+    return _score_lines(model, tok, lines, context, max_new_tokens, layout, score_line, progress)
 
 
 @torch.no_grad()
@@ -194,41 +227,15 @@ def diffusion_infill_lines(model: LanguageModel, tok: Tokenizer, vocab: Vocab, l
 
     if context < max_new_tokens + 8:
         raise ValueError(f"diffusion_infill_lines: context {context} leaves no room beside {max_new_tokens} tokens")
-    dev = next(model.parameters()).device
-    keep = (context - max_new_tokens - 3) // 2
-    was = model.training
-    model.eval()
-    fim_ok = pre_ok = 0
-    fim_c = pre_c = fim_nll = pre_nll = 0.0
-    n_bytes = 0
-    examples = []
-    opens, _ = (m.to(dev) for m in line_breaks(tok, vocab))
+    opens, _ = (m.to(next(model.parameters()).device) for m in line_breaks(tok, vocab))
     rng = np.random.default_rng(0)
-    for k, (prefix, middle, suffix) in enumerate(lines):
-        pre = torch.tensor(encode_edge(tok, prefix, keep, last=True), dtype=torch.long, device=dev)
-        suf = torch.tensor(encode_edge(tok, suffix, keep, last=False), dtype=torch.long, device=dev)
-        want = torch.tensor(tok.encode("\n" + middle), dtype=torch.long, device=dev)
+
+    def score_line(pre: torch.Tensor, suf: torch.Tensor, want: torch.Tensor) -> LineScore:
         n_new = min(len(want), max_new_tokens)  # as FIM, at most `max_new_tokens` new tokens
         mid = diffusion_infill(model, pre, suf, vocab, n_new, steps, first_allowed=opens)
         new = diffusion_generate(model, pre, n_new, vocab, steps, first_allowed=opens)
-        got_fim, got_pre = first_line(tok.decode(mid.tolist())), first_line(tok.decode(new.tolist()))
-        fim_nll += _middle_bound(model, pre, want, suf, vocab, draws, rng)
-        pre_nll += _middle_bound(model, pre, want, want[:0], vocab, draws, rng)
-        n_bytes += len(("\n" + middle).encode("utf-8"))
-        f = got_fim is not None and got_fim.rstrip() == middle.rstrip()
-        p = got_pre is not None and got_pre.rstrip() == middle.rstrip()
-        fim_ok += f
-        pre_ok += p
-        fim_c += right_before_mistake(got_fim, middle)
-        pre_c += right_before_mistake(got_pre, middle)
-        if len(examples) < 6:
-            examples.append({"before": prefix.split("\n")[-1], "line": middle,
-                             "after": suffix.split("\n")[1] if suffix.count("\n") > 1 else "",
-                             "fim": got_fim or "", "prefix_only": got_pre or ""})
-        if progress is not None:
-            progress(k + 1)
-    model.train(was)
-    n = max(1, len(lines))
-    bits = math.log(2) * max(1, n_bytes)
-    return InfillResult(len(lines), fim_ok / n, pre_ok / n, fim_c / n, pre_c / n, "diffusion", fim_nll / bits,
-                        pre_nll / bits, examples)
+        return LineScore(first_line(tok.decode(mid.tolist())), first_line(tok.decode(new.tolist())),
+                         _middle_bound(model, pre, want, suf, vocab, draws, rng),
+                         _middle_bound(model, pre, want, want[:0], vocab, draws, rng))
+
+    return _score_lines(model, tok, lines, context, max_new_tokens, "diffusion", score_line, progress)

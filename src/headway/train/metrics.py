@@ -16,6 +16,12 @@ from headway.models.lm import LanguageModel
 from headway.types import Batch
 
 
+def to_bits_per_byte(nats: float, tokens: int, num_bytes: int) -> float:
+    """A code length of `nats` over a text of `num_bytes` bytes, in bits per byte: nats / (ln 2 · num_bytes);
+    NaN when the text has no token or no byte."""
+    return nats / math.log(2) / num_bytes if tokens and num_bytes else float("nan")
+
+
 @dataclass
 class EvalResult:
     """A validation result: loss in nats per target token, token and byte counts, and from them
@@ -28,7 +34,7 @@ class EvalResult:
 
     @property
     def bits_per_byte(self) -> float:
-        return self.nats / math.log(2) / self.bytes if self.tokens and self.bytes else float("nan")
+        return to_bits_per_byte(self.nats, self.tokens, self.bytes)
 
     @property
     def perplexity(self) -> float:
