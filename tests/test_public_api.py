@@ -101,11 +101,10 @@ def test_the_old_vocab_path_warns_and_still_works() -> None:
 
 def test_library_defaults_are_what_headway_train_trains() -> None:
     from headway.objectives import build_objective
+    from headway.train.autosize import LADDER
     from headway.train.config import TrainConfig
     from headway.train.optim import lr_at
     from headway.train.runs import model_for_run
-
-    from headway.train.autosize import LADDER
 
     cfg, r = TrainConfig(), hw.RECIPE
     for f in dataclasses.fields(r):

@@ -21,10 +21,11 @@ three-product floor); the vocab-parallel loss calls it once for statistics, comb
 more in backward for gradients.
 
 On CPU, without softcap, label smoothing or a vocabulary slice (and, for 16-bit inputs, without a
-bias), a chunk takes a shorter road (`_fused_chunk`): one in-place softmax (row by row, in cache) instead of separate max, exp, sum
-and scale passes over the (n, V) block; lse_t = z_y - log p_y (recomputed from the logits for the
-rare rows whose p_y is below float range); and the per-row weights and the one-hot term go to the
-small (n, H) side of the products: dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (c ⊙ h) - index_add(y, g ⊙ h).
+bias), a chunk takes a shorter road (`_fused_chunk`): one in-place softmax (row by row, in cache)
+instead of separate max, exp, sum and scale passes over the (n, V) block; lse_t = z_y - log p_y
+(recomputed from the logits for the rare rows whose p_y is below float range); and the per-row
+weights and the one-hot term go to the small (n, H) side of the products:
+dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (c ⊙ h) - index_add(y, g ⊙ h).
 16-bit inputs round p (not dz) once to their dtype for the two products.
 """
 
