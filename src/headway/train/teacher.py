@@ -61,6 +61,10 @@ def check_config(cfg: Any, reads_teacher: bool, parts: int) -> None:
                          "loss compares the teacher's and the student's distributions over the whole vocabulary, "
                          "and the vocabulary-parallel head splits the vocabulary over ranks. Distill with DDP or "
                          "FSDP (--parallel ddp | fsdp) without --tensor-parallel-head")
+    if cfg.mtp_depth:
+        raise ValueError(f"--mtp-depth {cfg.mtp_depth} cannot be used with --objective distill: the distillation "
+                         "loss trains the student's main head against the teacher and has no term for multi-token "
+                         "prediction depths, which would be built and never trained; use --mtp-depth 0")
 
 
 def _sha(data: bytes) -> str:
