@@ -109,3 +109,26 @@ def random_loss_inputs(g: torch.Generator, lead: tuple[int, ...], hidden: int, v
     if ignore_every:
         y.view(-1)[::ignore_every] = IGNORE_INDEX
     return h, w, b, y
+
+
+# the objectives that change the model or the loss beyond a spec name, as `headway train` flags
+OBJECTIVE_FLAGS = {
+    "mtp": ["--objective", "clm", "--mtp-depth", "2", "--mtp-weight", "0.3"],
+    "diffusion": ["--objective", "diffusion"],
+    "distill": ["--objective", "distill"],  # and --teacher: a `teacher_run`
+}
+
+
+def teacher_run(corpus: Path, out: Path) -> Path:
+    """A small headway run (byte tokenizer, CLM) that the tiny students of `train_args` can distill from."""
+    from headway.cli import main
+
+    assert main(train_args(corpus, out, "--size", "32x2", "--steps", "2", "--objective", "clm")) == 0
+    return out
+
+
+def float32_rel_tolerance(terms: int, steps: int) -> float:
+    """How far two float32 runs that sum the same `terms` nonnegative per-token terms per step in another
+    order may drift apart, relative: reordering a float32 sum of n terms moves it by at most about n·ε of
+    the sum of their magnitudes (ε = 2^-23), and every step inherits the earlier steps' differences."""
+    return steps * terms * 2.0**-23

@@ -52,20 +52,33 @@ def _losses(out: Path) -> list[float]:
 
 
 def _cat(batches):
-    """One batch of the rows of several (rank 0's rows first), prefix tables padded to one width."""
+    """One batch of the rows of several (rank 0's rows first), prefix tables padded to one width; per-token
+    loss weights (masked diffusion) kept, an unweighted batch's given weight 1 on its targets, as collate does."""
     import torch
 
+    from headway.constants import IGNORE_INDEX
     from headway.types import Batch
 
     D = max(b.prefix_lengths.shape[1] for b in batches)
     pre = [torch.nn.functional.pad(b.prefix_lengths, (0, D - b.prefix_lengths.shape[1])) for b in batches]
-    return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("input_ids", "labels", "position_ids",
-                                                                         "document_ids")), torch.cat(pre))
+    fields = [torch.cat([getattr(b, f) for b in batches]) for f in ("input_ids", "labels", "position_ids",
+                                                                    "document_ids")]
+    if all(b.loss_weights is None for b in batches):
+        return Batch(*fields, torch.cat(pre))
+    valid = [b.labels != IGNORE_INDEX for b in batches]
+    w = [b.loss_weights if b.loss_weights is not None else v.float() for b, v in zip(batches, valid)]
+    n = [b.row_items if b.row_items is not None else v.sum(1) for b, v in zip(batches, valid)]
+    return Batch(*fields, torch.cat(pre), torch.cat(w), torch.cat(n))
 
 
 def _one_process_losses(ddp_out: Path, ref_out: Path, steps: int) -> list[float]:
     """One process training on the global batches of a 2-rank run (each rank's loader built here),
     with the library's own build and train_step."""
+    return [r["loss"] for r in _one_process_steps(ddp_out, ref_out, steps)]
+
+
+def _one_process_steps(ddp_out: Path, ref_out: Path, steps: int) -> list[dict]:
+    """`_one_process_losses`, each step as {"loss": ..., plus the model's multi-token prediction metrics}."""
     import itertools
 
     from headway.train.config import TrainConfig
@@ -79,7 +92,8 @@ def _one_process_losses(ddp_out: Path, ref_out: Path, steps: int) -> list[float]
         run = build(cfg, None, None, True, lambda *_: None, stopper)
         loaders = [run.data.loader(run.objective, cfg, r, 2, None) for r in range(2)]
         stream = (_cat([next(x) for x in loaders]) for _ in itertools.count())
-        return [train_step(run, stream, lr_at(i, steps, cfg))[0] for i in range(steps)]
+        return [{"loss": train_step(run, stream, lr_at(i, steps, cfg))[0], **run.model.mtp_metrics()}
+                for i in range(steps)]
 
 
 @pytest.mark.parametrize("backbone", ["transformer", "hf:llama"])

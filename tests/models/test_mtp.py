@@ -122,6 +122,36 @@ def test_loss_is_main_plus_weight_times_mean_over_depths_in_one_fused_call(monke
     assert len(means["mtp_loss"]) == 2
 
 
+def _counting(forward, rows):
+    """`forward`, noting the number of rows of each call in `rows`."""
+    return lambda *a, **k: rows.append(a[0].shape[0]) or forward(*a, **k)
+
+
+@pytest.mark.parametrize("targets", ["some", "none"])
+def test_a_head_that_needs_every_row_gets_them_all_with_the_same_loss_and_gradients(targets):
+    """The vocabulary-parallel head needs the same token count on every rank: it gets all (K+1)·N rows,
+    the ignored ones scoring 0, and the loss, its gradients and the logged means are the valid rows'."""
+    b = _batch([list(range(1, 30)), list(range(40, 52)), [5, 6]], "clm:0.5,fim:0.5", 32, "bfd", seed=1)
+    if targets == "none":
+        b.labels[:] = IGNORE_INDEX
+    runs = []
+    for every_row in (False, True):
+        m = _tiny(depth=2).double()
+        m.head.equal_tokens_on_every_rank = every_row
+        rows: list[int] = []
+        m.head.forward = _counting(m.head.forward, rows)
+        loss = m(b, num_items_in_batch=40)
+        loss.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in m.parameters()]  # None: unused, 0
+        runs.append((loss.detach(), grads, m.mtp_metrics(), rows))
+    (l0, g0, m0, rows0), (l1, g1, m1, rows1) = runs
+    assert rows1 == [3 * b.labels.numel()] and rows0 != rows1
+    torch.testing.assert_close(l1, l0)
+    for a, r in zip(g1, g0):
+        torch.testing.assert_close(a, r)
+    assert [m1["main_loss"], *m1["mtp_loss"]] == pytest.approx([m0["main_loss"], *m0["mtp_loss"]])
+
+
 def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients():
     m = _tiny(depth=2)
     b = _batch([[1, 2, 3]], "clm", 8, "bfd")

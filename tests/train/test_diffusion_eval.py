@@ -75,3 +75,24 @@ def test_documents_are_cut_at_seq_len_and_the_masks_are_fixed_by_the_seed(model)
 def test_no_tokens_gives_nan_not_an_error(model):
     r = evaluate_elbo(model, [np.zeros(0, dtype=np.int64)], 0, MASK, V.pad, 10, 3, torch.device("cpu"))
     assert r.tokens == 0 and math.isnan(r.bits_per_byte) and isinstance(r, ElboResult)
+
+
+def test_every_rank_runs_forward_passes_of_one_shape_and_the_shares_add_up(model, monkeypatch):
+    """Under torch.distributed each rank scores its own pieces, in as many forward passes as every other
+    rank and of the same shapes (FSDP and the vocabulary-parallel head communicate inside them); the
+    ranks' sums add up to the one-process bound (here each rank's share is computed alone, unreduced)."""
+    docs = [np.arange(25) % 31, np.arange(3), np.arange(17) % 7, np.arange(9) % 5]
+    one = evaluate_elbo(model, docs, 60, MASK, V.pad, 10, 3, torch.device("cpu"))
+    shapes: dict[int, list] = {}
+    shares = []
+    real = type(model).forward
+    for rank in (0, 1):
+        seen = shapes.setdefault(rank, [])
+        monkeypatch.setattr(type(model), "forward",
+                            lambda self, b, *a, _seen=seen, **k: _seen.append(tuple(b.input_ids.shape))
+                            or real(self, b, *a, **k))
+        shares.append(evaluate_elbo(model, docs, 60, MASK, V.pad, 10, 3, torch.device("cpu"), rank=rank, world=2))
+    assert shapes[0] == shapes[1] and all(B == 3 for B, _ in shapes[0])
+    assert sum(s.nats for s in shares) == pytest.approx(one.nats, rel=1e-12)
+    assert sum(s.se_nats**2 for s in shares) == pytest.approx(one.se_nats**2, rel=1e-12)
+    assert sum(s.tokens for s in shares) == one.tokens

@@ -48,6 +48,9 @@ def test_distill_is_registered_with_its_flags():
     (dict(objective="distill", teacher="T", distill_beta=1.0), "--distill-beta must be < 1"),
     (dict(objective="distill", teacher="T", distill_loss="kld"), "--distill-loss must be one of kl | reverse_kl"),
     (dict(objective="distill", teacher="T", z_loss=1e-4), "--z-loss must be 0 with --objective distill"),
+    (dict(objective="distill", teacher="T", tensor_parallel_head=True), "--tensor-parallel-head cannot be used "
+                                                                        "with --objective distill"),
+    (dict(objective="distill", teacher="T", mtp_depth=2), "--mtp-depth 2 cannot be used with --objective distill"),
 ])
 def test_the_flags_are_checked_naming_them(teacher, changes, match):
     if changes.get("teacher") == "T":

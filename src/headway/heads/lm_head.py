@@ -47,6 +47,9 @@ class HeadBase(nn.Module):
     weight: Tensor
     bias: nn.Parameter | None
     loss_options: LossOptions
+    equal_tokens_on_every_rank: bool = False
+    """True when the loss is a collective that needs the same number of tokens on every rank (the
+    vocabulary-parallel head): a caller that picks rows by their labels passes them all instead."""
 
     def __init__(self, *, loss: LossOptions | None = None, softcap: float | None = None, z_loss: float = 0.0,
                  label_smoothing: float = 0.0) -> None:

@@ -19,7 +19,10 @@ class VocabParallelLMHead(HeadBase):
     The loss options are `head`'s; their `impl` must be "auto" or "chunked" (the vocab-parallel loss
     runs the chunk driver only), else ValueError here.
     logits: gathers the full weight (generation; a collective, so every rank must call it).
+    Every rank must pass the same number of tokens (`equal_tokens_on_every_rank`).
     """
+
+    equal_tokens_on_every_rank = True
 
     def __init__(self, head: LMHead, mesh) -> None:  # noqa: ANN001
         from torch.distributed.tensor import Shard, distribute_tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from headway.constants import FIM_LAYOUTS
@@ -80,13 +81,22 @@ class LanguageModel(nn.Module):
                              "mtp_depth=K))")
         return self.mtp.hidden(self.backbone(x, batch), x, batch)
 
-    def mtp_metrics(self) -> dict[str, float | list[float]]:
+    def mtp_metrics(self, all_ranks: bool = False) -> dict[str, float | list[float]]:
         """{"main_loss": the main head's mean loss, "mtp_loss": [each depth's mean loss over its
         targets]} (nats) of the last training forward's micro-batch; {} without MTP modules (a run
-        without them logs exactly as before)."""
+        without them logs exactly as before). `all_ranks` under torch.distributed: the means over every
+        rank's last micro-batch together (each rank's sums and target counts all-reduced; a collective,
+        so every rank calls it), as one process fed all of them would log."""
         if self.mtp is None or self.mtp.last_losses is None:
             return {}
-        main, *depths = (float(v) for v in self.mtp.last_losses)
+        means = self.mtp.last_losses
+        if all_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            assert self.mtp.last_counts is not None
+            counts = self.mtp.last_counts.to(torch.float64)
+            both = torch.stack([means.to(torch.float64) * counts, counts])  # (2, K+1)
+            dist.all_reduce(both)
+            means = both[0] / both[1].clamp(min=1)
+        main, *depths = (float(v) for v in means)
         return {"main_loss": main, "mtp_loss": depths}
 
     def logits(self, input_ids: Tensor, keep_last: int = 0) -> Tensor:

@@ -136,6 +136,7 @@ class MTP(nn.Module):
         self.weight = float(weight)
         self.depths = nn.ModuleList(MTPDepth(config) for _ in range(depth))
         self.last_losses: Tensor | None = None  # (K+1,) main, then each depth: mean loss over its targets
+        self.last_counts: Tensor | None = None  # (K+1,) the number of targets behind each of those means
 
     @property
     def num_depths(self) -> int:
@@ -170,6 +171,7 @@ class MTP(nn.Module):
         ys = [batch_depth_labels(batch, k) for k in range(self.num_depths + 1)]  # K+1 x (B, S)
         total, means = depth_loss(head, hs, ys, self.weight, num_items_in_batch, reduction)
         self.last_losses = means
+        self.last_counts = torch.stack([(y != IGNORE_INDEX).sum() for y in ys])
         return total
 
 
@@ -181,20 +183,28 @@ def depth_loss(head: HeadBase, hidden: list[Tensor], labels: list[Tensor], weigh
         L = (Σ_t ℓ^0_t + weight/K · Σ_k Σ_t ℓ^k_t) / n     n = num_items_in_batch, else the count of y^0's targets
 
     ("sum": not divided). The valid rows of every term go side by side into one (M, H) call of the
-    fused head (reduction "none", so each row's weight enters its gradient): one dW for all K+1."""
+    fused head (reduction "none", so each row's weight enters its gradient): one dW for all K+1. A head
+    whose loss needs the same number of tokens on every rank (`equal_tokens_on_every_rank`: the
+    vocabulary-parallel head) gets every row of every term instead, (K+1)·N, the ignored ones scoring 0."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"MTP loss: `reduction` must be 'mean' or 'sum', got {reduction!r}")
     K = len(hidden) - 1
     keep = [y != IGNORE_INDEX for y in labels]
     counts = [int(m.sum()) for m in keep]
-    if sum(counts) == 0:  # no target anywhere: the head's own 0 with zero gradients
-        zero = head(hidden[0], labels[0], num_items_in_batch=num_items_in_batch, reduction=reduction)
-        return zero, torch.zeros(K + 1, device=zero.device)
     dt = hidden[0].dtype
-    rows = torch.cat([h[m].to(dt) for h, m in zip(hidden, keep)])  # (M, H), M = Σ counts
-    targets = torch.cat([y[m] for y, m in zip(labels, keep)])  # (M,)
+    if getattr(head, "equal_tokens_on_every_rank", False):  # a collective: the same rows on every rank
+        rows = torch.cat([h.reshape(-1, h.shape[-1]).to(dt) for h in hidden])  # (M, H), M = (K+1)·N
+        targets = torch.cat([y.reshape(-1) for y in labels])  # (M,)
+        sizes = [y.numel() for y in labels]
+    else:
+        if sum(counts) == 0:  # no target anywhere: the head's own 0 with zero gradients
+            zero = head(hidden[0], labels[0], num_items_in_batch=num_items_in_batch, reduction=reduction)
+            return zero, torch.zeros(K + 1, device=zero.device)
+        rows = torch.cat([h[m].to(dt) for h, m in zip(hidden, keep)])  # (M, H), M = Σ counts
+        targets = torch.cat([y[m] for y, m in zip(labels, keep)])  # (M,)
+        sizes = counts
     nll = head(rows, targets, reduction="none")  # (M,): one fused call, never (M, V) logits
-    sums = torch.stack([part.sum() for part in nll.split(counts)])  # (K+1,)
+    sums = torch.stack([part.sum() for part in nll.split(sizes)])  # (K+1,)
     means = sums.detach() / torch.tensor(counts, device=sums.device).clamp(min=1)
     total = sums[0] + (weight / max(K, 1)) * sums[1:].sum()
     if reduction == "sum":

@@ -95,14 +95,14 @@ class TrainConfig:
     mtp_depth: int = opt(0, section="model", help=(
         "multi-token prediction depth K (DeepSeek-V3): K sequential modules after the backbone, each one block, "
         "predict the tokens 2..K+1 ahead through the shared fused head; works with every left-to-right objective "
-        "(clm, fim, prefix_lm, ul2, span and their mixes), refused with an MLM-only one; dropped at export; "
-        "`headway sample --speculative` drafts with them (0: off)"))
+        "(clm, fim, prefix_lm, ul2, span and their mixes), refused with an MLM-only one and with distill; dropped "
+        "at export; `headway sample --speculative` drafts with them (0: off)"))
     mtp_weight: float = opt(0.3, section="model", help=(
         "λ: the weight of the mean multi-token prediction loss over the depths (loss = main + λ · mean_k loss_k)"))
     tensor_parallel_head: bool = opt(False, section="model", help=(
         "untie the LM head from the embedding and, under torchrun, shard it by vocabulary rows over the ranks "
         "(vocab-parallel loss: no rank holds the whole head, its gradient, its optimizer state or a chunk's full "
-        "logits)"))
+        "logits); refused with --objective distill"))
     loss_impl: str = opt("auto", section="model", choices=LOSS_IMPLS, resumable=True, help=(
         "which fused loss backend computes the head's loss: " + " | ".join(LOSS_IMPLS) + " (see "
         "headway.linear_cross_entropy's `impl`; the loss is the same up to rounding, so a resumed run may change "

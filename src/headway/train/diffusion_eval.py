@@ -94,16 +94,17 @@ def draw_masks(length: int, draws: int, rng: np.random.Generator) -> list[tuple[
     return out
 
 
-def _batch(rows: list[tuple[np.ndarray, np.ndarray]], pad: int, device: torch.device) -> Batch:
-    """One bidirectional document per row ((ids, labels) each), right-padded; a row of padding only
-    (a rank with fewer rows) is one document of pad tokens without targets."""
-    B, S = max(1, len(rows)), max([len(x) for x, _ in rows] or [1])
+def _batch(rows: list[tuple[np.ndarray, np.ndarray]], pad: int, device: torch.device,
+           shape: tuple[int, int] | None = None) -> Batch:
+    """One bidirectional document per row ((ids, labels) each), right-padded to `shape` (B, S) (None: as
+    many rows as given, as long as the longest); a row of padding only (a rank with fewer rows) is one
+    document of pad tokens without targets."""
+    B, S = shape or (max(1, len(rows)), max([len(x) for x, _ in rows] or [1]))
     ids = np.full((B, S), pad, dtype=np.int64)
     lab = np.full((B, S), IGNORE_INDEX, dtype=np.int64)
     doc = np.full((B, S), -1, dtype=np.int64)
     prefix = np.zeros((B, 1), dtype=np.int64)
-    if not rows:
-        doc[0], prefix[0] = 0, S
+    doc[len(rows) :], prefix[len(rows) :] = 0, S
     for b, (x, y) in enumerate(rows):
         ids[b, : len(x)], lab[b, : len(y)], doc[b, : len(x)], prefix[b] = x, y, 0, len(x)
     pos = np.where(doc >= 0, np.arange(S)[None, :], 0)
@@ -117,8 +118,8 @@ def evaluate_elbo(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, 
                   world: int = 1, should_stop: Callable[[], None] | None = None) -> ElboResult:
     """The ELBO bound of `docs` (module docstring) with `draws` draws per piece, in nats, and its
     standard error. Piece p is scored on rank p % world (all its draws there) and the sums are
-    all-reduced; every rank runs the same number of forward passes. `should_stop` is called between
-    batches (it raises to abandon the evaluation)."""
+    all-reduced; every rank runs the same number of forward passes, each of the same shape.
+    `should_stop` is called between batches (it raises to abandon the evaluation)."""
     if draws < 2:
         raise ValueError(f"evaluate_elbo: `draws` must be >= 2 to estimate a standard error, got {draws}")
     was_training = model.training
@@ -130,14 +131,19 @@ def evaluate_elbo(model: LanguageModel, docs: list[np.ndarray], num_bytes: int, 
         for k, (masked, factor) in enumerate(draw_masks(len(x), draws, np.random.default_rng([seed, p]))):
             mine.append((p, k, np.where(masked, mask_id, x), np.where(masked, x, IGNORE_INDEX), factor))
     mine.sort(key=lambda r: -len(r[2]))  # similar lengths share a batch: little padding
-    counts = [len(range(r, len(ps), world)) * draws for r in range(world)]
-    n_batches = max(math.ceil(c / batch_size) for c in counts) if ps else 0
+    # every rank's row lengths in its order: under torch.distributed every rank runs the same number of
+    # forward passes of one shape (FSDP and the vocab-parallel head communicate inside them)
+    lengths = [sorted((len(ps[p]) for p in range(r, len(ps), world) for _ in range(draws)), reverse=True)
+               for r in range(world)]
+    n_batches = max(math.ceil(len(x) / batch_size) for x in lengths) if ps else 0
     values: dict[int, list[float]] = {}
     for i in range(n_batches):
         if should_stop is not None:
             should_stop()
         rows = mine[i * batch_size : (i + 1) * batch_size]
-        batch = _batch([(r[2], r[3]) for r in rows], pad, device)
+        part = slice(i * batch_size, (i + 1) * batch_size)
+        shape = (batch_size, max([n for x in lengths for n in x[part]] or [1])) if world > 1 else None
+        batch = _batch([(r[2], r[3]) for r in rows], pad, device, shape)
         nll = model(batch, reduction="none").float().sum(1).tolist()  # (B,) Σ_masked -log p per row
         for r, v in zip(rows, nll):
             values.setdefault(r[0], []).append(r[4] * v)

@@ -217,10 +217,13 @@ def train(run: Run) -> None:
                 bar.set_total(run.total)
                 if first:
                     run.log(describe_time_budget(cfg.time_budget, per, run.total, per_step_tokens))  # type: ignore[arg-type]
-            if run.rank == 0 and (run.step % cfg.log_every == 0 or run.step == run.total):
-                run.metrics.write({"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
-                                   "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
-                                   "elapsed": s.train_seconds, **run.model.mtp_metrics()})
+            if run.step % cfg.log_every == 0 or run.step == run.total:
+                mtp = run.model.mtp_metrics(all_ranks=True)  # every rank: the global batch's, a collective
+                if run.rank == 0:
+                    run.metrics.write({"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm,
+                                       "tokens": s.tokens,
+                                       "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
+                                       "elapsed": s.train_seconds, **mtp})
             bar.step(loss_val, per_step_tokens, dt, s.flops_per_token, s.matmul_peak)
             periodic_validation(run)
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:

@@ -42,7 +42,8 @@ def parallelize(model: nn.Module, parallel: str, tensor_parallel_head: bool, wor
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.backbone.layers:
+        mtp = getattr(model, "mtp", None)  # multi-token prediction: each depth's block is sharded as a layer
+        for layer in [*model.backbone.layers, *(d.block for d in (mtp.depths if mtp is not None else ()))]:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh, ignored_params=sharded_head or None)
         return model

@@ -57,8 +57,14 @@ def check_config(cfg: Any, reads_teacher: bool, parts: int) -> None:
         raise ValueError(f"--z-loss must be 0 with --objective distill (the distillation loss has no z-loss term), "
                          f"got {cfg.z_loss!r}")
     if cfg.tensor_parallel_head:
-        raise ValueError("--tensor-parallel-head cannot be used with --objective distill (the distillation loss "
-                         "needs each chunk's whole vocabulary in one process)")
+        raise ValueError("--tensor-parallel-head cannot be used with --objective distill: the fused distillation "
+                         "loss compares the teacher's and the student's distributions over the whole vocabulary, "
+                         "and the vocabulary-parallel head splits the vocabulary over ranks. Distill with DDP or "
+                         "FSDP (--parallel ddp | fsdp) without --tensor-parallel-head")
+    if cfg.mtp_depth:
+        raise ValueError(f"--mtp-depth {cfg.mtp_depth} cannot be used with --objective distill: the distillation "
+                         "loss trains the student's main head against the teacher and has no term for multi-token "
+                         "prediction depths, which would be built and never trained; use --mtp-depth 0")
 
 
 def _sha(data: bytes) -> str:
