@@ -22,6 +22,7 @@ resume) and printed in the summary. `--size` with any other value skips all of t
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Any
 
@@ -57,9 +58,9 @@ def tokens_in_budget(cfg: Any, tokens_per_second: float | None) -> float:
 
 def measure(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list, autocast: Any) -> float:
     """Tokens per second of `model` trained on `batches` (forward, backward, optimizer step) after
-    `WARMUP_STEPS` untimed steps: the best of the timed steps, the machine's speed rather than its
-    worst moment."""
-    best = float("inf")
+    `WARMUP_STEPS` untimed steps: from the median of the timed steps, as the time budget's own
+    step-time estimate is (`headway.train.budget`)."""
+    times = []
     for i, b in enumerate(batches):
         t = time.perf_counter()
         with autocast:
@@ -68,9 +69,9 @@ def measure(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list, a
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= WARMUP_STEPS:
-            best = min(best, time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
     tokens = sum(int((b.document_ids >= 0).sum()) for b in batches) / len(batches)
-    return tokens / best
+    return tokens / statistics.median(times)
 
 
 def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = print) -> SizeChoice:
