@@ -210,11 +210,13 @@ def chunk_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, 
 
 
 def _accumulate(dz: Tensor, h: Tensor, w: Tensor, dh: Tensor | None, dw: Tensor | None, db: Tensor | None,
-                first: bool, low: Tensor | None) -> None:
+                first: bool, low: Tensor | None, dw_low: Tensor | None = None) -> None:
     """Add one chunk's dE (written to dh, its rows), dW and db from its dlogits dz (n, V).
 
     The first chunk writes dW and db instead of adding to them, so they need no zero-filling
-    (at V=128256, H=1024 that saves a 512 MiB write and read).
+    (at V=128256, H=1024 that saves a 512 MiB write and read). 16-bit inputs with a float32 dW:
+    each chunk's product lands in `dw_low` (V_r, H), one buffer for the whole call, before it is
+    added (a fresh (V_r, H) output per chunk costs a page fault per 4 KiB on CPU).
     """
     dzc = dz if low is None else low.copy_(dz)  # dlogits in the input dtype for the two products
     if dh is not None:
@@ -230,10 +232,12 @@ def _accumulate(dz: Tensor, h: Tensor, w: Tensor, dh: Tensor | None, dw: Tensor 
                 torch.mm(dzc.t(), h, out=dw)
             else:
                 dw.addmm_(dzc.t(), h)
-        elif first:
-            dw.copy_(torch.mm(dzc.t(), h))
         else:
-            dw.add_(torch.mm(dzc.t(), h))
+            part = torch.mm(dzc.t(), h) if dw_low is None else torch.mm(dzc.t(), h, out=dw_low)
+            if first:
+                dw.copy_(part)
+            else:
+                dw.add_(part)
     if db is not None:
         if first:
             torch.sum(dz, dim=0, out=db)
@@ -262,11 +266,12 @@ def _fused_chunk(z: Tensor, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor) -
 
 
 def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, y: Tensor, dh: Tensor | None,
-                      dw: Tensor | None, db: Tensor | None, first: bool, low: Tensor | None = None) -> None:
+                      dw: Tensor | None, db: Tensor | None, first: bool, low: Tensor | None = None,
+                      dw_low: Tensor | None = None) -> None:
     """dz = c ⊙ p - g ⊙ onehot(y) without forming it: the row weights and the one-hot term act on
     the small (n, H) side of each product. 16-bit inputs: p is rounded once into `low` (their
     dtype) for the two products, as the separate passes round dz."""
-    _accumulate(p, (h * coef[:, None]).to(h.dtype), w, dh, dw, None, first, low)  # dh = p @ W; dW (+)= pᵀ (c ⊙ h)
+    _accumulate(p, (h * coef[:, None]).to(h.dtype), w, dh, dw, None, first, low, dw_low)  # dh = p@W; dW += pᵀ(c⊙h)
     if dh is not None:
         dh.mul_(coef[:, None]).sub_(g[:, None] * w[y])
     if dw is not None:
@@ -297,6 +302,8 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
     zsum = torch.empty(N, dtype=acc, device=h.device) if o.label_smoothing > 0 else None
     eps = o.label_smoothing
     bufs = ChunkBuffers.get(max(1, min(o.chunk_size, N)), h, w, o.softcap is not None)
+    several = N > o.chunk_size and grads is not None and grads.dw is not None and grads.dw.dtype != h.dtype
+    dw_low = torch.empty(w.shape, dtype=h.dtype, device=h.device) if several else None
     fused = (FUSED_ON_CPU and h.device.type == "cpu" and o.softcap is None and eps == 0 and on_slice is None
              and (grads is None or grads.lse is None) and term is None and (b is None or bufs.low is None))
     for s in range(0, N, o.chunk_size):
@@ -309,7 +316,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
                 g = grads.g.expand(N)[s:e]
                 _accumulate_fused(z, _coef(grads, g, lse[s:e], o, s, e), g, h[s:e], w, y[s:e],
                                   None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0,
-                                  ChunkBuffers.view(bufs.low, e - s))
+                                  ChunkBuffers.view(bufs.low, e - s), dw_low)
             continue
         yc = y[s:e, None]
         zyc = z.gather(1, yc).squeeze(1)
@@ -338,7 +345,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
         if deriv is not None:
             p.mul_(deriv)
         _accumulate(p, h[s:e], w, None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0,
-                    ChunkBuffers.view(bufs.low, e - s))
+                    ChunkBuffers.view(bufs.low, e - s), dw_low)
     if N == 0 and grads is not None:  # no chunk ran: nothing wrote the gradients
         for t in (grads.dh, grads.dw, grads.db):
             if t is not None:

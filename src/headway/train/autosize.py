@@ -8,11 +8,13 @@ training tokens per parameter,
 
     size = max { s in LADDER : D(s) >= r · N(s) },   D(s) = tokens/s(s) · budget,  N(s) = parameters,
 
-falling back to the smallest size. N counts every parameter (the embedding too: at these sizes the
-tied embedding/head is most of the model and of its FLOPs). Under `--steps` / `--tokens` D is known
-and nothing is measured; under `--time-budget`, tokens/s(s) is measured on this machine, in the run's
-precision and threads, with a few real optimizer steps on the run's own batches (`measure`), from
-the smallest size up, stopping at the first size the rule rejects (D/N falls as the size grows).
+falling back to the smallest size, and never a size whose measuring steps take the process's peak
+memory past two thirds of `RSS_BUDGET_MIB` (the default run's 1 GiB). N counts every parameter (the
+embedding too: at these sizes the tied embedding/head is most of the model and of its FLOPs). Under
+`--steps` / `--tokens` D is known and nothing is measured; under `--time-budget`, tokens/s(s) is
+measured on this machine, in the run's precision and threads, with a few real optimizer steps on
+the run's own batches (`measure`), from the smallest size up, stopping at the first size the rule
+rejects (D/N falls as the size grows).
 
 r was fitted at equal wall time on the machines the benchmark pages name (docs/benchmarks/); the
 choice and its reason are logged, written into the run's config.json (the resolved size, reused on
@@ -33,8 +35,12 @@ from headway.recipe import RECIPE
 # sizes `--size auto` chooses from, smallest first (hidden x layers; heads = hidden // 32)
 LADDER: tuple[str, ...] = ("64x3", "96x3", "96x4", "128x4", "192x4", "256x6", "384x8")
 # r: training tokens per parameter the chosen size must reach within the budget
-TOKENS_PER_PARAM: float = 5.0
-WARMUP_STEPS, TIMED_STEPS = 2, 4
+TOKENS_PER_PARAM: float = 4.0
+# the default run's memory promise (peak RSS); a size is taken only while the process's peak RSS after
+# its measuring steps stays within two thirds of it: the rest of a run (the loader's window of examples,
+# the evaluation) added about 350 MiB on the default corpus
+RSS_BUDGET_MIB: float = 1024.0
+WARMUP_STEPS, TIMED_STEPS = 3, 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +100,27 @@ def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = pr
             del model, opt
             tokens = tokens_in_budget(cfg, rate)
             seen = f"{size}: {params / 1e6:.2f}M parameters" + (f", {rate:,.0f} tokens/s" if rate else "")
+            seen += f", peak RSS {peak_rss_mib():.0f} MiB" if measured else ""
             seen += f", D = {tokens / 1e6:.2f}M tokens = {tokens / params:.1f}/parameter"
             log(f"--size auto: {seen}")
-            if tokens < TOKENS_PER_PARAM * params:
+            heavy = measured and peak_rss_mib() > RSS_BUDGET_MIB * 2 / 3
+            if tokens < TOKENS_PER_PARAM * params or heavy:
                 if i == 0:
                     why = f"{seen} (below {rule}, the smallest size)"
+                elif tokens < TOKENS_PER_PARAM * params:
+                    why += f"; {size} would see {tokens / params:.1f}"
+                else:
+                    why += f"; {size} would take more than 2/3 of {RSS_BUDGET_MIB:.0f} MiB of memory"
                 break
             chosen, why = size, f"{seen}; the largest size with {rule}"
     return SizeChoice(chosen, why)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (0 where the OS does not say)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def resolve_precision_choice(precision: str, device: torch.device) -> tuple[str, str]:

@@ -81,7 +81,7 @@ class TrainConfig:
         "defaults | hf:PATH, the architecture of a config.json or a folder holding one (--size ignored). State-space "
         "and hybrid architectures train one document per row"))
     size: str = opt("auto", section="model", help=(
-        "model size: auto (default: the largest size this machine trains on at least 5 tokens per parameter "
+        "model size: auto (default: the largest size this machine trains on at least 4 tokens per parameter "
         f"within the budget, from {RECIPE.size} up, measured with a few steps; see the log and the summary) | "
         "tiny (64x2) | mini (128x4) | small (192x4) | medium (256x6) | base (384x8) [hidden x layers] | custom "
         "HIDDENxLAYERS[xHEADS] such as 96x3"))

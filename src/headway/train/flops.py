@@ -46,14 +46,15 @@ def head_shape(model: nn.Module) -> tuple[int, int]:
     return sum(w.shape[0] for w in emb), emb[0].shape[1]
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, reps: int = 5,
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, reps: int = 10,
                 enough_s: float = 0.01) -> float:
     """FLOP/s of the best of `reps` square matrix products (n³·2 FLOPs) in `dtype` on `device`, with the
     threads training uses: what this machine's products reach right now. n doubles from 128 up to
-    `size` (1024 on CPU, 4096 on CUDA) and stops once one product takes `enough_s`, so a dtype the
+    `size` (2048 on CPU, 4096 on CUDA) and stops once one product takes `enough_s`, so a dtype the
     CPU only emulates (bf16 or fp16 without AVX512-BF16/AMX: ~1 GFLOP/s) costs a fraction of a second
-    instead of ~17 s at 1024³."""
-    limit = size or (4096 if device.type == "cuda" else 1024)
+    instead of ~17 s at 1024³, and native bf16 (a 1024³ product in ~5 ms on 2 cores, too short to
+    time steadily) is timed at 2048³."""
+    limit = size or (4096 if device.type == "cuda" else 2048)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(a: torch.Tensor, b: torch.Tensor) -> float:
