@@ -380,3 +380,32 @@ def test_single_softmax_road_equals_the_separate_passes(opts, reduction):
     assert core.FUSED_ON_CPU
     for a_, b_ in zip(*results):
         torch.testing.assert_close(a_, b_, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("passes", ["fused", "separate"])
+def test_bfloat16_gradients_of_confident_tokens_keep_p_minus_one(passes):
+    """Confident tokens (1 - p_y below bf16's resolution at 1): dz_y = g (p_y - 1) must survive the
+    rounding to bf16 on both CPU roads; the error against float64 on the same rounded inputs stays
+    a few bf16 roundings of the gradient, not the size of the gradient itself."""
+    from headway.loss.core import separate_passes
+
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 96, 32, 211
+    w = torch.randn(V, H, generator=g).bfloat16()
+    y = torch.randint(0, V, (N,), generator=g)
+    noise = torch.randn(N, H, generator=g)
+    for scale in (0.5, 0.75, 1.0, 1.5, 2.0):  # the smallest scale whose tokens are confident in bf16's terms
+        h = (scale * w[y].float() + 0.1 * noise).bfloat16()
+        p_y = torch.softmax(h.double() @ w.double().T, 1).gather(1, y[:, None])
+        if float((1 - p_y).median()) < 2.0**-9:
+            break
+    assert float((1 - p_y).median()) < 2.0**-9 and float((1 - p_y).min()) > 0
+    hd, wd = h.double().requires_grad_(), w.double().requires_grad_()
+    F.cross_entropy(hd @ wd.T, y).backward()
+    hb, wb = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with separate_passes() if passes == "separate" else contextlib.nullcontext():
+        hw.linear_cross_entropy(hb, wb, y, chunk_size=32).backward()
+    u = 2.0**-8  # bf16's unit roundoff
+    for got, ref in ((hb.grad, hd.grad), (wb.grad, wd.grad)):
+        rel = float((got.double() - ref).norm() / ref.norm())
+        assert rel < 8 * u, rel

@@ -4,6 +4,7 @@ of the choosing (the global RNG is untouched)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,3 +100,37 @@ def test_an_architecture_file_fixes_the_size(tmp_path):
 
     chosen = resolve_auto(cfg, None, None, torch.device("cpu"), log=lambda *_: 0)
     assert cfg.size == "64x3" and "--size is not read" in chosen["size"] and chosen["precision"].startswith("fp32")
+
+
+def test_several_processes_count_every_process_tokens():
+    n = [_params(s) for s in LADDER[:3]]
+    # one process's steps give rung 0 enough tokens; two processes' give rung 1 enough
+    per_step = 4 * 64
+    steps = int(TOKENS_PER_PARAM * n[1] / (2 * per_step)) + 1
+    cfg = SimpleNamespace(steps=steps, tokens=None, batch_size=4, seq_len=64, grad_accum=1, time_budget=None)
+    assert TOKENS_PER_PARAM * n[1] > steps * per_step >= TOKENS_PER_PARAM * n[0]
+    if steps * per_step * 2 >= TOKENS_PER_PARAM * n[2]:
+        pytest.skip("rungs 1 and 2 too close for this budget")
+    one = choose_size(cfg, _build, lambda: [], None, log=lambda *_: 0)
+    two = choose_size(cfg, _build, lambda: [], None, log=lambda *_: 0, world=2)
+    assert (one.size, two.size) == (LADDER[0], LADDER[1])
+
+
+def test_measuring_leaves_the_random_state_as_it_was():
+    import numpy as np
+    import torch
+
+    from headway.data.collate import collate
+    from headway.objectives import build_objective
+
+    objective = build_objective("clm", VOCAB)
+    rng = np.random.default_rng(0)
+    rows = [[objective(rng.integers(0, 300, 40), rng)] for _ in range(4)]
+    batch = collate(rows, 48, VOCAB.pad)
+    cfg = SimpleNamespace(steps=None, tokens=None, batch_size=4, seq_len=48, grad_accum=1, time_budget=1.0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    choice = choose_size(cfg, _build, lambda: [batch] * (autosize.WARMUP_STEPS + autosize.TIMED_STEPS),
+                         contextlib.nullcontext(), log=lambda *_: 0)
+    assert choice.size == LADDER[0] and "tokens/s" in choice.reason  # measured, then too few tokens
+    assert torch.equal(before, torch.get_rng_state())

@@ -26,7 +26,7 @@ instead of separate max, exp, sum and scale passes over the (n, V) block; lse_t 
 (recomputed from the logits for the rare rows whose p_y is below float range); and the per-row
 weights and the one-hot term go to the small (n, H) side of the products:
 dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (c ⊙ h) - index_add(y, g ⊙ h).
-16-bit inputs round p (not dz) once to their dtype for the two products.
+16-bit inputs add the one-hot to p in float32 (as dz / c) and round that once for the two products.
 """
 
 from __future__ import annotations
@@ -269,13 +269,22 @@ def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, 
                       dw: Tensor | None, db: Tensor | None, first: bool, low: Tensor | None = None,
                       dw_low: Tensor | None = None) -> None:
     """dz = c ⊙ p - g ⊙ onehot(y) without forming it: the row weights and the one-hot term act on
-    the small (n, H) side of each product. 16-bit inputs: p is rounded once into `low` (their
-    dtype) for the two products, as the separate passes round dz."""
+    the small (n, H) side of each product. 16-bit inputs: the one-hot joins p in float32 first,
+    dz / c = p - (g / c) onehot(y) (rows with c ≠ 0), and that is rounded once into `low` (their
+    dtype) for the two products, so a confident token's p_y - 1 is not lost to rounding p_y."""
+    side = g
+    if low is not None:
+        nonzero = coef != 0
+        p.scatter_add_(1, y[:, None], torch.where(nonzero, -g / coef, 0.0)[:, None].to(p.dtype))
+        side = torch.where(nonzero, 0.0, g)  # rows with c = 0 keep the one-hot on the small side
     _accumulate(p, (h * coef[:, None]).to(h.dtype), w, dh, dw, None, first, low, dw_low)  # dh = p@W; dW += pᵀ(c⊙h)
+    rest = low is None or bool(side.any())
     if dh is not None:
-        dh.mul_(coef[:, None]).sub_(g[:, None] * w[y])
-    if dw is not None:
-        dw.index_add_(0, y, (h * g[:, None]).to(dw.dtype), alpha=-1)
+        dh.mul_(coef[:, None])
+        if rest:
+            dh.sub_(side[:, None] * w[y])
+    if dw is not None and rest:
+        dw.index_add_(0, y, (h * side[:, None]).to(dw.dtype), alpha=-1)
     if db is not None:
         pc = torch.mv(p.t(), coef)
         if first:

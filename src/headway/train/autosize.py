@@ -51,15 +51,16 @@ class SizeChoice:
     reason: str
 
 
-def tokens_in_budget(cfg: Any, tokens_per_second: float | None) -> float:
-    """D: training tokens the run will see, from `--steps` / `--tokens`, else tokens/s × `--time-budget`."""
-    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+def tokens_in_budget(cfg: Any, tokens_per_second: float | None, world: int = 1) -> float:
+    """D: training tokens the run will see over its `world` processes, from `--steps` (per-process
+    batches) / `--tokens`, else one process's tokens/s × `world` × `--time-budget`."""
+    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
     if cfg.steps is not None:
         return float(cfg.steps * per_step)
     if cfg.tokens is not None:
         return float(cfg.tokens)
     assert tokens_per_second is not None
-    return tokens_per_second * float(cfg.time_budget)
+    return tokens_per_second * world * float(cfg.time_budget)
 
 
 def measure(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list, autocast: Any) -> float:
@@ -80,47 +81,54 @@ def measure(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list, a
     return tokens / statistics.median(times)
 
 
-def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = print) -> SizeChoice:
+def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = print, *, world: int = 1,
+                device: torch.device | None = None) -> SizeChoice:
     """The size of `--size auto` for this run (see the module docstring).
 
     build(size) -> (model, optimizer): the run's model at that size, as training builds it.
     batches() -> list of `WARMUP_STEPS + TIMED_STEPS` of the run's batches, on the run's device.
-    autocast: a re-entrant context for the run's precision.
-    The global RNG is left as it was, so the run's initialization does not depend on the measuring.
+    autocast: a re-entrant context for the run's precision. world: the run's processes (each
+    measures its own speed; the run sees world times the tokens). device: where the steps run (the
+    memory rule applies on CPU, where the process's memory is the run's).
+    The global RNG (CPU and `device`) is left as it was, so the run's initialization does not depend
+    on the measuring.
     """
     measured = cfg.steps is None and cfg.tokens is None
     rule = f"D >= {TOKENS_PER_PARAM:g} tokens/parameter"
     chosen, why = LADDER[0], ""
-    with torch.random.fork_rng(devices=[]):
+    on_cpu = device is None or device.type == "cpu"
+    rng = torch.random.fork_rng(devices=[]) if on_cpu else torch.random.fork_rng(devices=[device],
+                                                                                  device_type=device.type)
+    with rng:
         data = batches() if measured else None
         for i, size in enumerate(LADDER):
             model, opt = build(size)
             params = sum(p.numel() for p in model.parameters())
             rate = measure(model, opt, data, autocast) if measured else None
             del model, opt
-            tokens = tokens_in_budget(cfg, rate)
+            tokens = tokens_in_budget(cfg, rate, world)
             seen = f"{size}: {params / 1e6:.2f}M parameters" + (f", {rate:,.0f} tokens/s" if rate else "")
-            seen += f", peak RSS {peak_rss_mib():.0f} MiB" if measured else ""
+            seen += f", peak RSS {peak_rss_mib():.0f} MiB" if measured and on_cpu else ""
             seen += f", D = {tokens / 1e6:.2f}M tokens = {tokens / params:.1f}/parameter"
             log(f"--size auto: {seen}")
-            heavy = measured and peak_rss_mib() > RSS_BUDGET_MIB * 2 / 3
-            if tokens < TOKENS_PER_PARAM * params or heavy:
-                if i == 0:
-                    why = f"{seen} (below {rule}, the smallest size)"
-                elif tokens < TOKENS_PER_PARAM * params:
-                    why += f"; {size} would see {tokens / params:.1f}"
-                else:
-                    why += f"; {size} would take more than 2/3 of {RSS_BUDGET_MIB:.0f} MiB of memory"
+            few = tokens < TOKENS_PER_PARAM * params
+            heavy = measured and on_cpu and peak_rss_mib() > RSS_BUDGET_MIB * 2 / 3
+            if few or heavy:
+                because = (f"below {rule}" if few else
+                           f"measuring took the process past 2/3 of {RSS_BUDGET_MIB:.0f} MiB of memory")
+                why = f"{seen} ({because}; the smallest size)" if i == 0 else f"{why}; {size}: {because}"
                 break
             chosen, why = size, f"{seen}; the largest size with {rule}"
     return SizeChoice(chosen, why)
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (0 where the OS does not say)."""
+    """This process's peak resident memory so far, in MiB."""
     import resource
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def resolve_precision_choice(precision: str, device: torch.device) -> tuple[str, str]:
@@ -167,8 +175,9 @@ def resolve_auto(cfg: Any, objective: Any, data: Any, device: torch.device, log:
         finally:
             loader.close()
 
-    choice = choose_size(cfg, build, batches, autocast_for(precision, device), log)
-    choice = all_gather_object(choice)[0]
+    world = len(all_gather_object(0))
+    choice = choose_size(cfg, build, batches, autocast_for(precision, device), log, world=world, device=device)
+    choice, cfg.precision, out = all_gather_object((choice, cfg.precision, out))[0]  # rank 0's, on every rank
     cfg.size = choice.size
     log(f"--size auto: {choice.size} ({choice.reason})")
     return {**out, "size": f"{choice.size} (auto: {choice.reason})"}

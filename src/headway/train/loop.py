@@ -96,7 +96,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     data = prepare_on_ranks(cfg, out, log, rank, tokenizer_from=ck)
     objective = build_objective(cfg.objective, data.vocab, (data.tokenizer.encode, data.tokenizer.decode))
     chosen = resolve_auto(cfg, objective, data, device, log) if ck is None else {
-        "size": f"{cfg.size} (the resumed run's)", "precision": f"{cfg.precision} (the resumed run's)"}
+        "size": f"{cfg.size} (the resumed run's)",
+        "precision": f"{resolve_precision(cfg.precision, device)} (the resumed run's)"}
     precision = resolve_precision(cfg.precision, device)
     model = model_for_run(cfg, objective, data.vocab, checkpoint=ck, data=data).to(device)
     guard_causality(model, cfg, log, objective)
