@@ -36,7 +36,7 @@ def _chunked(a: LossArgs) -> tuple[Tensor, Tensor]:
     h, y = rows.take(a.hidden), rows.take(a.labels)
     tw = None if a.loss_weights is None else rows.take(a.loss_weights)
     chunk = a.chunk_size or default_chunk_size(a.weight.shape[0], a.softcap is not None, hidden=a.weight.shape[1],
-                                               device=a.weight.device)
+                                               device=a.weight.device, dtype=h.dtype)
     o = ChunkOpts(a.label_smoothing, a.z_loss, a.softcap, chunk)
     per_token = a.reduction == "none"
     # the reduction's factor goes into the Function: the gradients it computes in the forward carry it
