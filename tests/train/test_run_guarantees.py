@@ -83,11 +83,14 @@ def test_resume_keeps_the_flags_left_out_and_refuses_changed_fixed_flags(corpus,
     assert main(_args(corpus, out, "--steps", "6", "--lr", "1e-2", "--seq-len", "32", "--resume")) == 2
     err = capsys.readouterr().err
     assert "--lr" in err and "--seq-len" in err and "cannot change" in err
-    # a changeable flag is applied and recorded
-    assert main(_args(corpus, out, "--steps", "6", "--lr", "2e-3", "--precision", "fp32", "--resume")) == 0
-    assert json.loads((out / "config.json").read_text())["precision"] == "fp32"
+    # a changeable flag is applied and recorded; the run saved the precision `auto` resolved to on this CPU
+    saved = cfg["precision"]
+    assert saved in ("fp32", "bf16")
+    other = "bf16" if saved == "fp32" else "fp32"
+    assert main(_args(corpus, out, "--steps", "6", "--lr", "2e-3", "--precision", other, "--resume")) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == other
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("changed", {}).get("precision") == ["auto", "fp32"] for r in recs)
+    assert any(r.get("changed", {}).get("precision") == [saved, other] for r in recs)
 
 
 def test_resume_after_files_were_added_keeps_the_tokenizer(corpus, tmp_path):
