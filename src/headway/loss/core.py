@@ -323,6 +323,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
              and (grads is None or grads.lse is None) and term is None and (b is None or bufs.low is None))
     for s in range(0, N, o.chunk_size):
         e = min(s + o.chunk_size, N)
+        z = deriv = extra = None  # drop the last chunk's oneDNN logits before the next product allocates its own
         z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)
         extra = None if term is None else term(s, e, z)  # before the passes below overwrite z
         if fused:
