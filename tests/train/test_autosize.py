@@ -133,3 +133,72 @@ def test_measuring_leaves_the_random_state_as_it_was():
                          contextlib.nullcontext(), log=lambda *_: 0)
     assert choice.size == LADDER[0] and "tokens/s" in choice.reason  # measured, then too few tokens
     assert torch.equal(before, torch.get_rng_state())
+
+
+def _ballast(mib: int):  # noqa: ANN202
+    import torch
+
+    return torch.ones(mib * 2**18)  # touched: resident
+
+
+def test_memory_already_held_by_a_long_lived_process_does_not_shrink_the_choice(monkeypatch):
+    import gc
+
+    # a notebook or test process: gigabytes held now, and a larger peak earlier; every size has tokens enough
+    monkeypatch.setattr(autosize, "TOKENS_PER_PARAM", 0.0)
+    monkeypatch.setattr(autosize, "LADDER", LADDER[:3])
+    earlier = _ballast(1536)
+    del earlier
+    gc.collect()
+    held = _ballast(1024)
+    assert autosize.rss_mib() > autosize.RSS_BUDGET_MIB * 2 / 3  # the whole process is past the limit
+    peak = autosize.peak_rss_mib(since_restart=False)
+    assert peak >= 1536
+    cfg = SimpleNamespace(steps=None, tokens=None, batch_size=2, seq_len=32, grad_accum=1, time_budget=600.0)
+    choice = choose_size(cfg, _build, lambda: [_batch(2, 32)] * (autosize.WARMUP_STEPS + autosize.TIMED_STEPS),
+                         contextlib.nullcontext(), log=lambda *_: 0)
+    assert choice.size == LADDER[2], choice.reason
+    assert autosize.peak_rss_mib(since_restart=False) >= peak  # a run's summary still reports the process's peak
+    del held
+
+
+def test_a_size_whose_measuring_needs_too_much_memory_is_not_taken(monkeypatch):
+    monkeypatch.setattr(autosize, "TOKENS_PER_PARAM", 0.0)
+    # the limit: 200 MiB above what a fresh process would hold here; rung 1 holds 400 MiB more than rung 0
+    start = min(autosize.rss_mib(), autosize.FRESH_START_MIB)
+    monkeypatch.setattr(autosize, "RSS_BUDGET_MIB", (start + 200) * 1.5)
+
+    def build(size: str):  # noqa: ANN202
+        model, opt = _build(size)
+        if size != LADDER[0]:
+            model.ballast = _ballast(400)
+        return model, opt
+
+    cfg = SimpleNamespace(steps=None, tokens=None, batch_size=2, seq_len=32, grad_accum=1, time_budget=600.0)
+    choice = choose_size(cfg, build, lambda: [_batch(2, 32)] * (autosize.WARMUP_STEPS + autosize.TIMED_STEPS),
+                         contextlib.nullcontext(), log=lambda *_: 0)
+    assert choice.size == LADDER[0] and "memory" in choice.reason, choice.reason
+
+
+def _batch(rows: int, seq: int):  # noqa: ANN202
+    import numpy as np
+
+    from headway.data.collate import collate
+    from headway.objectives import build_objective
+
+    objective = build_objective("clm", VOCAB)
+    rng = np.random.default_rng(0)
+    return collate([[objective(rng.integers(0, 300, seq - 8), rng)] for _ in range(rows)], seq, VOCAB.pad)
+
+
+def test_the_library_run_leaves_the_callers_config_as_given(corpus, tmp_path):
+    from headway.train import run
+    from headway.train.config import TrainConfig
+
+    cfg = TrainConfig(data=[str(corpus)], out=str(tmp_path / "run"), tokenizer="bytes", size="auto", precision="auto",
+                      seq_len=64, batch_size=2, steps=2, warmup=1, val_fraction=0.1, threads=1, infill_lines=0)
+    before = json.dumps(cfg.__dict__, sort_keys=True, default=str)
+    run(cfg, log=lambda *_: 0)
+    assert json.dumps(cfg.__dict__, sort_keys=True, default=str) == before
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["size"] in LADDER and saved["precision"] in ("fp32", "bf16")

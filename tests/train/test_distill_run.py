@@ -103,6 +103,23 @@ def test_distill_trains_keeps_the_student_alone_and_resumes_exactly(corpus, teac
     assert run_losses(out) == pytest.approx(straight[2:], rel=1e-6, abs=1e-6)
 
 
+def test_choosing_the_size_loads_the_teacher_once(corpus, teacher, tmp_path, monkeypatch):
+    from headway.train import autosize
+    from headway.train import teacher as teacher_module
+
+    loads = []
+    real = teacher_module.load_teacher
+    monkeypatch.setattr(teacher_module, "load_teacher", lambda *a: loads.append(1) or real(*a))
+    monkeypatch.setattr(autosize, "TOKENS_PER_PARAM", 0.0)  # every size has tokens enough: all are measured
+    monkeypatch.setattr(autosize, "LADDER", ("32x2", "64x2", "64x3"))
+    args = [a for a in train_args(corpus, tmp_path / "s", "--objective", "distill", "--teacher", str(teacher))
+            if a not in ("--steps", "3")]
+    args[args.index("--size") + 1] = "auto"
+    assert main([*args, "--time-budget", "3"]) == 0
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["size"] == "64x3"
+    assert len(loads) == 2  # once for the measuring (shared by the three sizes), once for the run
+
+
 def _batch(vocab: hw.Vocab) -> Batch:
     ids = torch.randint(0, vocab.base_size, (2, 9))
     labels = torch.cat([ids[:, 1:], torch.full((2, 1), vocab.eos)], 1)

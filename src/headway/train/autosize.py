@@ -9,7 +9,10 @@ training tokens per parameter,
     size = max { s in LADDER : D(s) >= r · N(s) },   D(s) = tokens/s(s) · budget,  N(s) = parameters,
 
 falling back to the smallest size, and never a size whose measuring steps take the process's peak
-memory past two thirds of `RSS_BUDGET_MIB` (the default run's 1 GiB). N counts every parameter (the
+memory past two thirds of `RSS_BUDGET_MIB` (the default run's 1 GiB). That memory is judged as a
+fresh `headway train` process would have it: the memory the size's measuring adds above the
+process's memory when measuring starts, plus that starting memory up to `FRESH_START_MIB` (a
+notebook or test process that already holds gigabytes is judged like a fresh one). N counts every parameter (the
 embedding too: at these sizes the tied embedding/head is most of the model and of its FLOPs). Under
 `--steps` / `--tokens` D is known and nothing is measured; under `--time-budget`, tokens/s(s) is
 measured on this machine, in the run's precision and threads, with a few real optimizer steps on
@@ -24,6 +27,7 @@ resume) and printed in the summary. `--size` with any other value skips all of t
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from typing import Any
@@ -40,6 +44,9 @@ TOKENS_PER_PARAM: float = 4.0
 # its measuring steps stays within two thirds of it: the rest of a run (the loader's window of examples,
 # the evaluation) added about 350 MiB on the default corpus
 RSS_BUDGET_MIB: float = 1024.0
+# the memory a fresh `headway train` process holds when the measuring starts (torch, the prepared
+# default corpus): about 400 MiB measured; a process holding more is judged as if it held this much
+FRESH_START_MIB: float = 512.0
 WARMUP_STEPS, TIMED_STEPS = 3, 8
 
 
@@ -101,18 +108,21 @@ def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = pr
                                                                                   device_type=device.type)
     with rng:
         data = batches() if measured else None
+        start = rss_mib()
         for i, size in enumerate(LADDER):
+            restart_peak_rss()
             model, opt = build(size)
             params = sum(p.numel() for p in model.parameters())
             rate = measure(model, opt, data, autocast) if measured else None
             del model, opt
+            need = min(start, FRESH_START_MIB) + max(0.0, peak_rss_mib() - start)
             tokens = tokens_in_budget(cfg, rate, world)
             seen = f"{size}: {params / 1e6:.2f}M parameters" + (f", {rate:,.0f} tokens/s" if rate else "")
-            seen += f", peak RSS {peak_rss_mib():.0f} MiB" if measured and on_cpu else ""
+            seen += f", peak RSS {need:.0f} MiB" if measured and on_cpu else ""
             seen += f", D = {tokens / 1e6:.2f}M tokens = {tokens / params:.1f}/parameter"
             log(f"--size auto: {seen}")
             few = tokens < TOKENS_PER_PARAM * params
-            heavy = measured and on_cpu and peak_rss_mib() > RSS_BUDGET_MIB * 2 / 3
+            heavy = measured and on_cpu and need > RSS_BUDGET_MIB * 2 / 3
             if few or heavy:
                 because = (f"below {rule}" if few else
                            f"measuring took the process past 2/3 of {RSS_BUDGET_MIB:.0f} MiB of memory")
@@ -122,13 +132,42 @@ def choose_size(cfg: Any, build: Any, batches: Any, autocast: Any, log: Any = pr
     return SizeChoice(chosen, why)
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB."""
+_EARLIER_PEAK_MIB = 0.0  # the peak before the last `restart_peak_rss` (the run's summary reports the larger)
+
+
+def peak_rss_mib(since_restart: bool = True) -> float:
+    """This process's peak resident memory in MiB: since the last `restart_peak_rss` (where that
+    worked), or over the process's whole life (`since_restart=False`, what a run's summary reports)."""
     import resource
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    peak = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return peak if since_restart else max(peak, _EARLIER_PEAK_MIB)
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, in MiB (Linux); elsewhere its peak so far."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mib()
+
+
+def restart_peak_rss() -> None:
+    """Start the peak of `peak_rss_mib` afresh from the memory held now (Linux: /proc/self/clear_refs),
+    so a size's measuring is judged by its own peak, not an earlier one of a long-lived process; the
+    earlier peak is kept for `peak_rss_mib(since_restart=False)`. Where that cannot be done the peak
+    stays the process's (a size is then judged by the larger of the two)."""
+    global _EARLIER_PEAK_MIB
+    before = peak_rss_mib(since_restart=False)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return
+    _EARLIER_PEAK_MIB = before
 
 
 def resolve_precision_choice(precision: str, device: torch.device) -> tuple[str, str]:
@@ -164,8 +203,13 @@ def resolve_auto(cfg: Any, objective: Any, data: Any, device: torch.device, log:
         cfg.size = RECIPE.size  # the architecture file fixes every width; --size is not read
         return {**out, "size": "the architecture's own (--size is not read)"}
 
+    kept: dict[str, Any] = {}  # a distilling run's teacher: loaded and checked once, shared by every size
+
     def build(size: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        model = model_for_run(dataclasses.replace(cfg, size=size), objective, data.vocab, data=data).to(device)
+        model = model_for_run(dataclasses.replace(cfg, size=size), objective, data.vocab, data=data,
+                              teacher=kept.get("teacher")).to(device)
+        if hasattr(model, "teacher"):
+            kept["teacher"] = model.teacher
         return model, make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
 
     def batches() -> list:
@@ -183,5 +227,6 @@ def resolve_auto(cfg: Any, objective: Any, data: Any, device: torch.device, log:
     return {**out, "size": f"{choice.size} (auto: {choice.reason})"}
 
 
-__all__ = ["LADDER", "TOKENS_PER_PARAM", "SizeChoice", "choose_size", "measure", "tokens_in_budget",
-           "resolve_precision_choice", "resolve_auto"]
+__all__ = ["LADDER", "TOKENS_PER_PARAM", "FRESH_START_MIB", "SizeChoice", "choose_size", "measure",
+           "tokens_in_budget", "peak_rss_mib", "rss_mib", "restart_peak_rss", "resolve_precision_choice",
+           "resolve_auto"]

@@ -9,9 +9,9 @@ Every way a run can end goes through `finish`: it writes a checkpoint of the las
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ import torch
 from headway.data.loader import Loader
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
-from headway.train.autosize import resolve_auto
+from headway.train.autosize import peak_rss_mib, resolve_auto
 from headway.train.budget import describe_time_budget, planned_steps, steps_left
 from headway.train.checkpoint import CheckpointError, DiskFullError, check_writable
 from headway.train.config import TrainConfig
@@ -77,7 +77,10 @@ class Run:
 
 def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrite: bool, log,  # noqa: ANN001
           stopper: Stopper) -> Run:
-    """Validate everything, then data, model, optimizer and (on resume) their saved state."""
+    """Validate everything, then data, model, optimizer and (on resume) their saved state. The run
+    works on its own copy of `cfg` (what it resolves, e.g. `--size auto`, goes to config.json and the
+    summary, not into the caller's object)."""
+    cfg = copy.deepcopy(cfg)
     cfg.check()
     check_installed(cfg.log)
     device = pick_device(cfg.device)
@@ -261,7 +264,7 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
             run.stopper.deferred = True
     s.exit_code = EXIT[s.ended]
     run.metrics.close()
-    s.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s.peak_rss_mib = peak_rss_mib(since_restart=False)
     s.wall_seconds = time.perf_counter() - t_wall
     teardown()
     if run.rank == 0:

@@ -84,7 +84,8 @@ def save_architecture(model: Any, folder: Path) -> None:
     (folder / ARCHITECTURE_FILE).write_text(json.dumps(raw, indent=1))
 
 
-def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None, *, data: Any = None) -> Any:
+def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None = None, *, data: Any = None,
+                  teacher: Any = None) -> Any:
     """The model a run's config and objective need, built through the backbone registry: the one way
     the trainer, `load_run` (eval, sample, infill, export) and the library build a run's model.
 
@@ -98,7 +99,8 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     target. `data`: the training run's `RunData`; given, an objective that distills (`distills`, e.g.
     `distill`) gets the student and its frozen `cfg.teacher`, checked against the data's tokenizer and
     Vocab, in a `Distiller` (whose state is the student's alone); without it (eval, sample, export) the
-    student is built alone."""
+    student is built alone. `teacher`: an already loaded and checked teacher to use instead of loading
+    `cfg.teacher` again (the size measuring builds several students for one teacher)."""
     from headway.models import build_model
     from headway.models.mtp import check_objective
     from headway.models.registry import get_backbone
@@ -128,7 +130,7 @@ def model_for_run(cfg: Any, objective: Any, vocab: Any, checkpoint: Path | None 
     if data is not None and getattr(objective, "distills", False):
         from headway.train.teacher import with_teacher
 
-        model = with_teacher(model, cfg, data)
+        model = with_teacher(model, cfg, data, teacher)
     return model
 
 

@@ -173,10 +173,12 @@ def load_teacher(cfg: Any, data: Any) -> Any:
     return teacher.requires_grad_(False)
 
 
-def with_teacher(model: Any, cfg: Any, data: Any) -> Any:
-    """`model` (the student) and the teacher of `cfg.teacher` in a `Distiller` with the run's
-    --distill-alpha, --distill-temperature, --distill-loss and --distill-beta."""
+def with_teacher(model: Any, cfg: Any, data: Any, teacher: Any = None) -> Any:
+    """`model` (the student) and the teacher of `cfg.teacher` (or `teacher`, one already loaded by
+    `load_teacher`) in a `Distiller` with the run's --distill-alpha, --distill-temperature,
+    --distill-loss and --distill-beta."""
     from headway.models.distiller import Distiller
 
-    return Distiller(model, load_teacher(cfg, data), alpha=cfg.distill_alpha, temperature=cfg.distill_temperature,
+    teacher = load_teacher(cfg, data) if teacher is None else teacher
+    return Distiller(model, teacher, alpha=cfg.distill_alpha, temperature=cfg.distill_temperature,
                      kind=cfg.distill_loss, beta=cfg.distill_beta)
