@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import headway as hw
+from headway.cpu import has_avx512
 from tests.support import random_loss_inputs
 
 N, H, V = 37, 19, 1031
@@ -291,7 +292,7 @@ def test_onednn_products_equal_torch_mm_in_float32():
     results = []
     default = matmul.use_onednn(h)  # on where the CPU has AVX-512 (HEADWAY_ONEDNN overrides)
     assert default == (torch.backends.mkldnn.is_available() and os.environ.get(
-        "HEADWAY_ONEDNN", "1" if matmul._has_avx512() else "0") != "0")
+        "HEADWAY_ONEDNN", "1" if has_avx512() else "0") != "0")
     for enabled in (True, False):
         with matmul.onednn(enabled):
             assert matmul.use_onednn(h) == (enabled and torch.backends.mkldnn.is_available())

@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     elif a.device == "cuda":
         dtype_names = ["bfloat16"]
     else:
-        from headway.train.device import cpu_has_fast_bf16
+        from headway.cpu import has_fast_bf16
 
-        dtype_names = ["float32", "bfloat16"] if cpu_has_fast_bf16() else ["float32"]
+        dtype_names = ["float32", "bfloat16"] if has_fast_bf16() else ["float32"]
     if a.shape:
         shapes = [tuple(int(x) for x in s.split(",")) for s in a.shape]
     elif a.quick:

@@ -22,21 +22,15 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
+from headway.cpu import has_avx512
+
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512f" in f.read()
-    except OSError:
-        return False
 
 
 # oneDNN wins where it can use AVX-512; on an AVX2-only AMD EPYC MKL was faster (238 vs 269 ms per default
 # training step) and oneDNN's fresh output per product cost 1.9M page faults per 60 steps
 _ENABLED: ContextVar[bool] = ContextVar("headway_onednn", default=os.environ.get(
-    "HEADWAY_ONEDNN", "1" if _has_avx512() else "0") != "0")
+    "HEADWAY_ONEDNN", "1" if has_avx512() else "0") != "0")
 
 
 @contextlib.contextmanager

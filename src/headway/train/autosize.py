@@ -172,14 +172,15 @@ def restart_peak_rss() -> None:
 
 def resolve_precision_choice(precision: str, device: torch.device) -> tuple[str, str]:
     """`--precision auto` resolved on `device`, with its reason."""
-    from headway.train.device import cpu_has_fast_bf16, resolve_precision
+    from headway.cpu import has_fast_bf16
+    from headway.train.device import resolve_precision
 
     value = resolve_precision(precision, device)
     if precision != "auto":
         return value, "given"
     if device.type == "cuda":
         return value, "auto: bf16 where the GPU supports it"
-    fast = cpu_has_fast_bf16()
+    fast = has_fast_bf16()
     return value, ("auto: the CPU has native bf16 products (AVX512-BF16 or AMX)" if fast
                    else "auto: the CPU has no native bf16 products")
 

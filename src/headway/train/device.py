@@ -7,11 +7,11 @@ bf16 products (AVX512-BF16 or AMX), and `HEADWAY_FAST_BF16=1/0` forces either re
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 import torch
+
+from headway.cpu import has_fast_bf16
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,20 +22,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products several times faster than float32 on this CPU.
-    The environment variable HEADWAY_FAST_BF16=1/0 overrides the reading, so `--precision auto`
-    (and a whole test run) can take either CPU kind's path on any machine."""
-    forced = os.environ.get("HEADWAY_FAST_BF16")
-    if forced is not None:
-        return forced != "0"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`--precision` on `device`: "auto" becomes bf16 on a GPU that supports it and on a CPU with
     fast bf16 products, else fp32; any other value is kept."""
@@ -43,7 +29,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "bf16" if has_fast_bf16() else "fp32"
 
 
 def precision_dtype(precision: str) -> torch.dtype:
