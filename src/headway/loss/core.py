@@ -120,16 +120,17 @@ def default_chunk_size(V: int, softcap: bool, budget_bytes: int = DEFAULT_BUDGET
     rows than 2·hidden (small products and per-chunk overhead dominate below), nor more than the
     budget. Measured here (fwd+bwd, float32, 2 cores): N=4096 H=64 V=8301 127 ms at 126 rows vs
     167 ms at 2021; H=256 V=32768 best at 512 rows; H=512 V=128256 best at the budget's 130.
-    16-bit inputs on CPU get twice the budget: their products run about twice as fast, so each
-    chunk's fixed costs (adding its (V, H) dW product into the float32 dW) weigh twice as much; at
-    N=4096 H=768 V=50257 in bf16 (AVX512-BF16, 2 cores) 333 rows ran at 90% of the three products'
-    speed, 666 rows at 100%."""
+    16-bit inputs on CPU get twice the budget and twice the cache share: their products run about
+    twice as fast, so each chunk's fixed costs (adding its (V, H) dW product into the float32 dW)
+    weigh twice as much; at N=4096 H=768 V=50257 in bf16 (AVX512-BF16, 2 cores) 333 rows ran at 90%
+    of the three products' speed, 666 rows at 100%; at H=96 V=8301, 128 / 256 / 512 rows took
+    141 / 123 / 109 ms."""
     per_row = 4 * max(V, 1) * (2 if softcap else 1)
-    if dtype in (torch.bfloat16, torch.float16) and device is not None and device.type == "cpu":
-        budget_bytes *= 2
-    rows = max(1, budget_bytes // per_row)
-    if hidden is not None and device is not None and device.type == "cpu":
-        rows = min(rows, max(cpu_chunk_cache_bytes() // per_row, 2 * hidden, 1))
+    on_cpu = device is not None and device.type == "cpu"
+    twice = 2 if on_cpu and dtype in (torch.bfloat16, torch.float16) else 1
+    rows = max(1, twice * budget_bytes // per_row)
+    if hidden is not None and on_cpu:
+        rows = min(rows, max(twice * cpu_chunk_cache_bytes() // per_row, 2 * hidden, 1))
     return rows
 
 
