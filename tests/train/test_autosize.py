@@ -54,13 +54,13 @@ def _summary(out: Path) -> dict:
 
 
 def test_a_timed_run_measures_writes_its_choice_and_keeps_it_on_resume(corpus, tmp_path, capsys, monkeypatch):
-    # one token per parameter within 20 s: the measuring decides (a 2-core CPU: the smallest rungs)
+    # one token per parameter within 5 s: the measuring decides (a 2-core CPU: the smallest rungs)
     monkeypatch.setattr(autosize, "TOKENS_PER_PARAM", 1.0)
     out = tmp_path / "run"
     args = [a for a in train_args(corpus, out, "--checkpoint-every", "4") if a not in ("--steps", "3")]
     size_at = args.index("--size")
     args[size_at + 1] = "auto"
-    assert main([*args, "--time-budget", "20"]) == 0
+    assert main([*args, "--time-budget", "5"]) == 0
     log = capsys.readouterr()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["size"] in LADDER
@@ -70,7 +70,7 @@ def test_a_timed_run_measures_writes_its_choice_and_keeps_it_on_resume(corpus, t
     chosen = _summary(out)["chosen"]
     assert chosen["size"].startswith(f"{cfg['size']} (auto: ")
     assert "--size" in log.out
-    assert main([*args, "--time-budget", "25", "--resume"]) == 0
+    assert main([*args, "--time-budget", "7", "--resume"]) == 0
     log = capsys.readouterr()
     assert "tokens/s" not in "".join(x for x in (log.out + log.err).splitlines() if x.startswith("--size auto"))
     assert json.loads((out / "config.json").read_text())["size"] == cfg["size"]
