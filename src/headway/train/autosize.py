@@ -155,19 +155,21 @@ def rss_mib() -> float:
         return peak_rss_mib()
 
 
-def restart_peak_rss() -> None:
+def restart_peak_rss() -> bool:
     """Start the peak of `peak_rss_mib` afresh from the memory held now (Linux: /proc/self/clear_refs),
     so a size's measuring is judged by its own peak, not an earlier one of a long-lived process; the
-    earlier peak is kept for `peak_rss_mib(since_restart=False)`. Where that cannot be done the peak
-    stays the process's (a size is then judged by the larger of the two)."""
+    earlier peak is kept for `peak_rss_mib(since_restart=False)`. Returns whether it was done; where
+    it cannot be (no Linux /proc) the peak stays the process's, so a size is judged by the larger of
+    the two (the choice can only be smaller)."""
     global _EARLIER_PEAK_MIB
     before = peak_rss_mib(since_restart=False)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
-        return
+        return False
     _EARLIER_PEAK_MIB = before
+    return True
 
 
 def resolve_precision_choice(precision: str, device: torch.device) -> tuple[str, str]:

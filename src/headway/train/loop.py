@@ -33,6 +33,7 @@ from headway.train.evaluation import final_evaluation, periodic_validation
 from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.guard import guard_causality
 from headway.train.loggers import MetricsLog, Progress, check_installed, quiet
+from headway.train.memory import release_free_memory
 from headway.train.optim import lr_at, make_optimizer
 from headway.train.outdir import claim_output_folder, output_lock
 from headway.train.parallel import clip_grad_norm_, is_sharded, parallelize
@@ -229,6 +230,7 @@ def train(run: Run) -> None:
                                        "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
                                        "elapsed": s.train_seconds, **mtp})
             bar.step(loss_val, per_step_tokens, dt, s.flops_per_token, s.matmul_peak)
+            release_free_memory()  # the heap's freed pages back to the system, every 2 s (train/memory.py)
             periodic_validation(run)
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save(run)
@@ -244,6 +246,7 @@ def finish(run: Run, ended: str, message: str, t_wall: float) -> Summary:
     s = run.summary
     run.stopper.deferred = True  # a signal from here on cannot interrupt the save
     s.ended, s.message = ended, message
+    release_free_memory(every=0.0)  # the evaluation starts from the memory the run holds, not what it freed
     try:
         save(run)
         if ended in ("SIGINT", "SIGTERM"):
