@@ -44,8 +44,8 @@ TOKENS_PER_PARAM: float = 4.0
 # its measuring steps stays within two thirds of it: the rest of a run (the loader's window of examples,
 # the evaluation) added about 350 MiB on the default corpus
 RSS_BUDGET_MIB: float = 1024.0
-# the memory a fresh `headway train` process holds when the measuring starts (torch, the prepared
-# default corpus): about 400 MiB measured; a process holding more is judged as if it held this much
+# at most the memory a fresh `headway train` process holds when the measuring starts (torch and the
+# prepared default corpus); a process holding more is judged as if it held this much
 FRESH_START_MIB: float = 512.0
 WARMUP_STEPS, TIMED_STEPS = 3, 8
 
