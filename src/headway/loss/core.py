@@ -44,6 +44,7 @@ from headway.loss.matmul import mm_nt, use_onednn
 
 DEFAULT_BUDGET_BYTES = 64 * 2**20
 CPU_CACHE_BYTES = 4 * 2**20  # a CPU chunk that fits in cache where the CPU's caches cannot be read
+FUSED_ON_CPU = True  # the in-place softmax road on CPU (`_fused_chunk`); `separate_passes()` turns it off
 
 
 def cpu_chunk_cache_bytes(threads: int | None = None) -> int:
@@ -58,7 +59,6 @@ def cpu_chunk_cache_bytes(threads: int | None = None) -> int:
         return CPU_CACHE_BYTES
     target = 2 * l2 * (threads or torch.get_num_threads())
     return target if l3 is None else min(target, l3 // 2)
-FUSED_ON_CPU = True  # the in-place softmax road on CPU (`_fused_chunk`); `separate_passes()` turns it off
 
 
 @contextlib.contextmanager
@@ -116,10 +116,10 @@ def default_chunk_size(V: int, softcap: bool, budget_bytes: int = DEFAULT_BUDGET
     On CPU (with `hidden` and `device` given) chunks are smaller when the hidden size is small:
     then the products are bound by memory, not arithmetic, and a chunk that stays in cache (the size
     `cpu_chunk_cache_bytes` reads from the CPU's caches) makes the elementwise passes over it
-    several times cheaper; but never fewer
-    rows than 2·hidden (small products and per-chunk overhead dominate below), nor more than the
-    budget. Measured here (fwd+bwd, float32, 2 cores): N=4096 H=64 V=8301 127 ms at 126 rows vs
-    167 ms at 2021; H=256 V=32768 best at 512 rows; H=512 V=128256 best at the budget's 130.
+    several times cheaper; but never fewer rows than 2·hidden (small products and per-chunk
+    overhead dominate below), nor more than the budget. Measured on a 2-core AMD EPYC (fwd+bwd,
+    float32): N=4096 H=64 V=8301 127 ms at 126 rows vs 167 ms at 2021; H=256 V=32768 best at 512
+    rows; H=512 V=128256 best at the budget's 130.
     16-bit inputs on CPU get twice the budget and twice the cache share: their products run about
     twice as fast, so each chunk's fixed costs (adding its (V, H) dW product into the float32 dW)
     weigh twice as much; at N=4096 H=768 V=50257 in bf16 (AVX512-BF16, 2 cores) 333 rows ran at 90%
