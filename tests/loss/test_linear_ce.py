@@ -383,6 +383,61 @@ def test_single_softmax_road_equals_the_separate_passes(opts, reduction):
         torch.testing.assert_close(a_, b_, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("opts", [dict(), dict(z_loss=1e-2)])
+@pytest.mark.parametrize("block_rows", [1, 3, 64])
+def test_16bit_softmax_in_row_blocks_equals_the_separate_passes(opts, block_rows, monkeypatch):
+    """16-bit inputs on CPU: the fused road's float32 softmax works on a few rows at a time (a last
+    block and a last chunk shorter than the rest, per-token weights with zeros, a used lse, targets
+    whose p_y underflows) and gives the separate passes' loss and lse to float32 rounding and their
+    gradients to one rounding of dz to bf16, within a few bf16 roundings of float64."""
+    from headway.loss import core
+
+    g = torch.Generator().manual_seed(3)
+    N, H, V = 53, 24, 211
+    w = (torch.randn(V, H, generator=g) * 0.5).bfloat16()
+    h = torch.randn(N, H, generator=g).bfloat16()
+    y = torch.randint(0, V, (N,), generator=g)
+    h[:4] *= 40  # huge logits: the target's p_y underflows on these rows
+    y[:4] = (h[:4].float() @ w.float().T).argmin(dim=1)
+    gout = torch.linspace(0.5, 1.5, N)
+    gout[5::7] = 0.0  # rows whose loss weight is zero
+    monkeypatch.setattr(core, "SOFTMAX_BLOCK_BYTES", 4 * V * block_rows)
+    results = []
+    for passes in (False, True):
+        hb, wb = h.clone().requires_grad_(), w.clone().requires_grad_()
+        with core.separate_passes() if passes else contextlib.nullcontext():
+            loss, lse = hw.linear_cross_entropy(hb, wb, y, reduction="none", chunk_size=16, return_lse=True, **opts)
+        assert torch.isfinite(loss).all()
+        ((loss * gout).sum() + 0.3 * lse.square().sum()).backward()
+        results.append((loss, lse, hb.grad, wb.grad))
+    hd, wd = h.double().requires_grad_(), w.double().requires_grad_()
+    loss_d, lse_d = hw.linear_cross_entropy(hd, wd, y, reduction="none", impl="reference", return_lse=True, **opts)
+    ((loss_d * gout.double()).sum() + 0.3 * lse_d.square().sum()).backward()
+    (fl, fs, fgh, fgw), (sl, ss, sgh, sgw) = results
+    torch.testing.assert_close(fl, sl, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fs, ss, rtol=1e-5, atol=1e-4)
+    u = 2.0**-8  # bf16's unit roundoff
+    for got, other, ref in ((fgh, sgh, hd.grad), (fgw, sgw, wd.grad)):
+        assert float((got.double() - other.double()).norm() / ref.norm()) < 2 * u
+    # rows of ordinary logits (the huge rows' bf16 products are off by more than their softmax's width)
+    assert float((fgh[4:].double() - hd.grad[4:]).norm() / hd.grad[4:].norm()) < 8 * u
+    # the logits are the product rounded to bf16: the loss is float64's to that rounding of z
+    zmax = float((h.double() @ w.double().T).abs().amax(dim=1).max())
+    torch.testing.assert_close(fl.double(), loss_d.detach(), rtol=0, atol=4 * u * zmax)
+
+
+@pytest.mark.parametrize("rows,cols,block_bytes", [(1, 1, 4), (37, 13, 4 * 13 * 5), (211, 24, 2**20)])
+def test_add_rows_equals_one_add(rows, cols, block_bytes):
+    """`add_rows` (dst += src in row blocks, for a bf16 product into a float32 sum) equals one add."""
+    from headway.loss.core import add_rows
+
+    g = torch.Generator().manual_seed(0)
+    dst, src = torch.randn(rows, cols, generator=g), torch.randn(rows, cols, generator=g).bfloat16()
+    want = dst + src.float()
+    add_rows(dst, src, block_bytes)
+    torch.testing.assert_close(dst, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("passes", ["fused", "separate"])
 def test_bfloat16_gradients_of_confident_tokens_keep_p_minus_one(passes):
     """Confident tokens (1 - p_y below bf16's resolution at 1): dz_y = g (p_y - 1) must survive the

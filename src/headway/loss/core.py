@@ -26,7 +26,9 @@ instead of separate max, exp, sum and scale passes over the (n, V) block; lse_t 
 (recomputed from the logits for the rare rows whose p_y is below float range); and the per-row
 weights and the one-hot term go to the small (n, H) side of the products:
 dE = c ⊙ (p @ W) - g ⊙ W[y], dW += pᵀ (c ⊙ h) - index_add(y, g ⊙ h).
-16-bit inputs add the one-hot to p in float32 (as dz / c) and round that once for the two products.
+16-bit inputs keep the chunk's logits in their dtype: the float32 softmax works on a few rows at
+a time, in cache, and is rounded back in place (`_fused_low_chunk`); the one-hot joins p_y in
+float32 (as dz / c) and is rounded once for the two products.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from headway.loss.matmul import mm_nt, use_onednn
 
 DEFAULT_BUDGET_BYTES = 64 * 2**20
 CPU_CACHE_BYTES = 4 * 2**20  # a CPU chunk that fits in cache where the CPU's caches cannot be read
+ADD_BLOCK_BYTES = 2 * 2**20  # the float32 rows `add_rows` casts at a time
+SOFTMAX_BLOCK_BYTES = 2 * 2**20  # the float32 rows a 16-bit chunk's softmax works on at a time (`_fused_low_chunk`)
 FUSED_ON_CPU = True  # the in-place softmax road on CPU (`_fused_chunk`); `separate_passes()` turns it off
 
 
@@ -161,11 +165,19 @@ class ChunkBuffers:
 
     def __init__(self, rows: int, h: Tensor, w: Tensor, softcap: bool) -> None:
         acc, V = acc_dtype(h.dtype), w.shape[0]
-        # with oneDNN the logits product allocates its own output: that becomes the chunk's buffer
-        self.z = None if use_onednn(h) else torch.empty((rows, V), dtype=acc, device=h.device)
+        self._shape, self._acc, self._device, self._onednn = (rows, V), acc, h.device, use_onednn(h)
+        self._z: Tensor | None = None
         self.low = None if h.dtype == acc else torch.empty((rows, V), dtype=h.dtype, device=h.device)
         self.deriv = torch.empty((rows, V), dtype=acc, device=h.device) if softcap else None
         self.rows = rows
+
+    @property
+    def z(self) -> Tensor | None:
+        """The (rows, V) accumulation-dtype logits buffer, made on first use (16-bit inputs on the
+        CPU's fused road never use it); None with oneDNN, whose product allocates its own output."""
+        if self._z is None and not self._onednn:
+            self._z = torch.empty(self._shape, dtype=self._acc, device=self._device)
+        return self._z
 
     @classmethod
     def get(cls, rows: int, h: Tensor, w: Tensor, softcap: bool, tag: str = "") -> ChunkBuffers:
@@ -231,6 +243,18 @@ def chunk_logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None, 
     return z, d
 
 
+def add_rows(dst: Tensor, src: Tensor, block_bytes: int = ADD_BLOCK_BYTES) -> None:
+    """dst += src in blocks of rows. Where the dtypes differ (a 16-bit chunk's dW product into the
+    float32 dW), one whole-tensor add first casts all of src to a new float32 tensor (V x H x 4 bytes,
+    fresh pages each time); a block's cast stays in cache (4.5x faster at V=50257, H=768 on CPU)."""
+    if dst.dtype == src.dtype or dst.dim() == 0:
+        dst.add_(src)
+        return
+    rows = max(1, block_bytes // max(1, dst[0].numel() * dst.element_size()))
+    for i in range(0, dst.shape[0], rows):
+        dst[i:i + rows].add_(src[i:i + rows])
+
+
 def _accumulate(dz: Tensor, h: Tensor, w: Tensor, dh: Tensor | None, dw: Tensor | None, db: Tensor | None,
                 first: bool, low: Tensor | None, dw_low: Tensor | None = None) -> None:
     """Add one chunk's dE (written to dh, its rows), dW and db from its dlogits dz (n, V).
@@ -259,7 +283,7 @@ def _accumulate(dz: Tensor, h: Tensor, w: Tensor, dh: Tensor | None, dw: Tensor 
             if first:
                 dw.copy_(part)
             else:
-                dw.add_(part)
+                add_rows(dw, part)
     if db is not None:
         if first:
             torch.sum(dz, dim=0, out=db)
@@ -278,34 +302,49 @@ def _fused_chunk(z: Tensor, h: Tensor, w: Tensor, b: Tensor | None, y: Tensor) -
     zy = z.gather(1, y[:, None]).squeeze(1)
     p = torch._softmax(z, 1, False, out=z)  # one pass per row, in cache; same values as torch.softmax
     py = p.gather(1, y[:, None]).squeeze(1)
+    return zy, _lse_from_py(zy, py, h, w, b)
+
+
+def _lse_from_py(zy: Tensor, py: Tensor, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """lse = z_y - log p_y (n,), recomputed from the logits for the rows whose p_y is below float range."""
     lse = zy - torch.log(py)
-    low = py < torch.finfo(p.dtype).tiny  # p_y lost to underflow (z_y far below the max): recompute
+    low = py < torch.finfo(py.dtype).tiny  # p_y lost to underflow (z_y far below the max): recompute
     if bool(low.any()):
         rows = low.nonzero().squeeze(1)
-        zr = torch.mm(h[rows], w.t()).to(z.dtype)
+        zr = torch.mm(h[rows], w.t()).to(py.dtype)
         lse[rows] = torch.logsumexp(zr if b is None else zr + b, dim=1)
-    return zy, lse
+    return lse
 
 
-def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, y: Tensor, dh: Tensor | None,
-                      dw: Tensor | None, db: Tensor | None, first: bool, low: Tensor | None = None,
-                      dw_low: Tensor | None = None) -> None:
-    """dz = c ⊙ p - g ⊙ onehot(y) without forming it: the row weights and the one-hot term act on
-    the small (n, H) side of each product. 16-bit inputs: the one-hot joins p in float32 first,
-    dz / c = p - (g / c) onehot(y) (rows with c ≠ 0), and that is rounded once into `low` (their
-    dtype) for the two products, so a confident token's p_y - 1 is not lost to rounding p_y."""
-    side = g
-    if low is not None:
-        nonzero = coef != 0
-        p.scatter_add_(1, y[:, None], torch.where(nonzero, -g / coef, 0.0)[:, None].to(p.dtype))
-        side = torch.where(nonzero, 0.0, g)  # rows with c = 0 keep the one-hot on the small side
-    _accumulate(p, (h * coef[:, None]).to(h.dtype), w, dh, dw, None, first, low, dw_low)  # dh = p@W; dW += pᵀ(c⊙h)
-    rest = low is None or bool(side.any())
+def _fused_low_chunk(z: Tensor, h: Tensor, w: Tensor, y: Tensor, block: Tensor,
+                     keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(z_y, lse, p_y) (n,) in float32 of a 16-bit chunk's logits z (n, V), which become softmax(z)
+    rounded to their dtype in place when `keep`. The float32 softmax runs on `block` (r, V), r rows
+    at a time in cache: the chunk's float32 logits are never all in memory."""
+    n, r = z.shape[0], block.shape[0]
+    zy = z.gather(1, y[:, None]).squeeze(1).to(block.dtype)
+    py = torch.empty_like(zy)
+    for s in range(0, n, r):
+        e = min(s + r, n)
+        p = torch._softmax(block[:e - s].copy_(z[s:e]), 1, False, out=block[:e - s])
+        py[s:e] = p.gather(1, y[s:e, None]).squeeze(1)
+        if keep:
+            z[s:e].copy_(p)
+    return zy, _lse_from_py(zy, py, h, w, None), py
+
+
+def _accumulate_fused(p: Tensor, coef: Tensor, side: Tensor, h: Tensor, w: Tensor, y: Tensor,
+                      dh: Tensor | None, dw: Tensor | None, db: Tensor | None, first: bool,
+                      dw_low: Tensor | None = None, one_hot: bool = True) -> None:
+    """dz = c ⊙ p - side ⊙ onehot(y) without forming it: the row weights and the one-hot term act
+    on the small (n, H) side of each product (dh = c ⊙ (p @ W) - side ⊙ W[y],
+    dW += pᵀ(c ⊙ h) - index_add(y, side ⊙ h)); `one_hot=False`: side is all zero."""
+    _accumulate(p, (h * coef[:, None]).to(h.dtype), w, dh, dw, None, first, None, dw_low)
     if dh is not None:
         dh.mul_(coef[:, None])
-        if rest:
+        if one_hot:
             dh.sub_(side[:, None] * w[y])
-    if dw is not None and rest:
+    if dw is not None and one_hot:
         dw.index_add_(0, y, (h * side[:, None]).to(dw.dtype), alpha=-1)
     if db is not None:
         pc = torch.mv(p.t(), coef)
@@ -313,7 +352,20 @@ def _accumulate_fused(p: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, 
             db.copy_(pc)
         else:
             db.add_(pc)
-        db.index_add_(0, y, g, alpha=-1)
+        db.index_add_(0, y, side, alpha=-1)
+
+
+def _accumulate_fused_low(p: Tensor, py: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, y: Tensor,
+                          dh: Tensor | None, dw: Tensor | None, first: bool, dw_low: Tensor | None) -> None:
+    """16-bit inputs: p (n, V) is softmax(z) already rounded to their dtype. The one-hot joins p_y in
+    float32 first, dz / c = p - (g / c) onehot(y) (rows with c ≠ 0), rounded once into p, so a
+    confident token's p_y - 1 is not lost to rounding p_y; rows with c = 0 keep the one-hot on the
+    small side."""
+    nonzero = coef != 0
+    rows = torch.arange(p.shape[0], device=p.device)  # index_put_: a 16-bit CPU scatter_ casts all of p twice
+    p.index_put_((rows, y), torch.where(nonzero, py - g / coef, py).to(p.dtype))
+    side = torch.where(nonzero, 0.0, g)
+    _accumulate_fused(p, coef, side, h, w, y, dh, dw, None, first, dw_low, one_hot=bool(side.any()))
 
 
 def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, V: int,
@@ -337,9 +389,21 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
     dw_low = torch.empty(w.shape, dtype=h.dtype, device=h.device) if several else None
     fused = (FUSED_ON_CPU and h.device.type == "cpu" and o.softcap is None and eps == 0 and on_slice is None
              and (grads is None or grads.lse is None) and term is None and (b is None or bufs.low is None))
+    block = None
+    if fused and bufs.low is not None:  # 16-bit: the float32 softmax works on a few rows at a time
+        rows = max(1, min(bufs.rows, SOFTMAX_BLOCK_BYTES // (4 * max(1, w.shape[0]))))
+        block = ChunkBuffers.scratch("softmax-rows", rows, w.shape[0], acc, h.device)
     for s in range(0, N, o.chunk_size):
         e = min(s + o.chunk_size, N)
         z = deriv = extra = None  # drop the last chunk's oneDNN logits before the next product allocates its own
+        if block is not None:
+            p = torch.mm(h[s:e], w.t(), out=bufs.low[:e - s])  # (n, V_r) in the inputs' dtype
+            zy[s:e], lse[s:e], py = _fused_low_chunk(p, h[s:e], w, y[s:e], block, grads is not None)
+            if grads is not None:
+                g = grads.g.expand(N)[s:e]
+                _accumulate_fused_low(p, py, _coef(grads, g, lse[s:e], o, s, e), g, h[s:e], w, y[s:e],
+                                      None if grads.dh is None else grads.dh[s:e], grads.dw, s == 0, dw_low)
+            continue
         z, deriv = chunk_logits(h[s:e], w, b, o.softcap, bufs, grads is not None)  # (n, V_r)
         extra = None if term is None else term(s, e, z)  # before the passes below overwrite z
         if fused:
@@ -347,8 +411,7 @@ def run_chunks(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, o: ChunkOpts, 
             if grads is not None:
                 g = grads.g.expand(N)[s:e]
                 _accumulate_fused(z, _coef(grads, g, lse[s:e], o, s, e), g, h[s:e], w, y[s:e],
-                                  None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0,
-                                  ChunkBuffers.view(bufs.low, e - s), dw_low)
+                                  None if grads.dh is None else grads.dh[s:e], grads.dw, grads.db, s == 0)
             continue
         yc = y[s:e, None]
         zyc = z.gather(1, yc).squeeze(1)
