@@ -383,13 +383,20 @@ def test_single_softmax_road_equals_the_separate_passes(opts, reduction):
         torch.testing.assert_close(a_, b_, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("opts", [dict(), dict(z_loss=1e-2)])
+# (options, the term added to sum_t g_t loss_t): a used lse (its weight in every row), none (rows whose
+# loss weight is zero have c = 0 and g = 0), minus the lse (c = 0 with g != 0: the one-hot on the small side)
+TERMS = [(dict(), "lse^2"), (dict(z_loss=1e-2), "lse^2"), (dict(), "none"), (dict(), "minus lse")]
+
+
+@pytest.mark.parametrize("opts,term", TERMS)
 @pytest.mark.parametrize("block_rows", [1, 3, 64])
-def test_16bit_softmax_in_row_blocks_equals_the_separate_passes(opts, block_rows, monkeypatch):
+@pytest.mark.parametrize("underflow", [False, True])
+def test_16bit_softmax_in_row_blocks_equals_the_separate_passes(opts, term, block_rows, underflow, monkeypatch):
     """16-bit inputs on CPU: the fused road's float32 softmax works on a few rows at a time (a last
-    block and a last chunk shorter than the rest, per-token weights with zeros, a used lse, targets
-    whose p_y underflows) and gives the separate passes' loss and lse to float32 rounding and their
-    gradients to one rounding of dz to bf16, within a few bf16 roundings of float64."""
+    block and a last chunk shorter than the rest, per-token weights with zeros, rows with c = 0,
+    targets whose p_y underflows) and gives the separate passes' loss and lse to float32 rounding
+    and their gradients to one rounding of dz to bf16; against float64, each row's loss and lse are
+    within the rounding of its logits to bf16 and the gradients within a few bf16 roundings."""
     from headway.loss import core
 
     g = torch.Generator().manual_seed(3)
@@ -397,36 +404,89 @@ def test_16bit_softmax_in_row_blocks_equals_the_separate_passes(opts, block_rows
     w = (torch.randn(V, H, generator=g) * 0.5).bfloat16()
     h = torch.randn(N, H, generator=g).bfloat16()
     y = torch.randint(0, V, (N,), generator=g)
-    h[:4] *= 40  # huge logits: the target's p_y underflows on these rows
-    y[:4] = (h[:4].float() @ w.float().T).argmin(dim=1)
+    huge = 4 if underflow else 0
+    h[:huge] *= 40  # huge logits: the target's p_y underflows on these rows
+    y[:huge] = (h[:huge].float() @ w.float().T).argmin(dim=1)
     gout = torch.linspace(0.5, 1.5, N)
     gout[5::7] = 0.0  # rows whose loss weight is zero
+
+    def objective(loss: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        gw = gout.to(loss.dtype)
+        extra = {"lse^2": 0.3 * lse.square().sum(), "none": 0.0, "minus lse": -(gw * lse).sum()}[term]
+        return (loss * gw).sum() + extra
+
     monkeypatch.setattr(core, "SOFTMAX_BLOCK_BYTES", 4 * V * block_rows)
+    taken = []
+    fused_low = core._fused_low_chunk
+    monkeypatch.setattr(core, "_fused_low_chunk", lambda *a: taken.append(1) or fused_low(*a))
     results = []
     for passes in (False, True):
         hb, wb = h.clone().requires_grad_(), w.clone().requires_grad_()
-        with core.separate_passes() if passes else contextlib.nullcontext():
+        with core.separate_passes() if passes else contextlib.nullcontext():  # backward recomputes: inside
             loss, lse = hw.linear_cross_entropy(hb, wb, y, reduction="none", chunk_size=16, return_lse=True, **opts)
+            objective(loss, lse).backward()
         assert torch.isfinite(loss).all()
-        ((loss * gout).sum() + 0.3 * lse.square().sum()).backward()
         results.append((loss, lse, hb.grad, wb.grad))
+        assert bool(taken) is not passes  # the fused road ran (and only without separate_passes)
+        taken.clear()
     hd, wd = h.double().requires_grad_(), w.double().requires_grad_()
     loss_d, lse_d = hw.linear_cross_entropy(hd, wd, y, reduction="none", impl="reference", return_lse=True, **opts)
-    ((loss_d * gout.double()).sum() + 0.3 * lse_d.square().sum()).backward()
+    objective(loss_d, lse_d).backward()
     (fl, fs, fgh, fgw), (sl, ss, sgh, sgw) = results
-    torch.testing.assert_close(fl, sl, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fs, ss, rtol=1e-5, atol=1e-4)
-    u = 2.0**-8  # bf16's unit roundoff
+    zmax = (h.double() @ w.double().T).abs().amax(dim=1)  # (N,) each row's largest |logit|
+    eps32, u = torch.finfo(torch.float32).eps, 2.0**-8  # float32's and bf16's unit roundoff
+    scale = 1 + 2 * opts.get("z_loss", 0.0) * zmax  # the z-loss term multiplies an lse error by at most this
+    for got, other, ref in ((fl, sl, loss_d), (fs, ss, lse_d)):  # per row: the two roads, then float64
+        assert bool(((got - other).abs().double() <= 16 * eps32 * (zmax + 1) * scale).all())
+        assert bool(((got.double() - ref.detach()).abs() <= 4 * u * zmax * scale).all())
     for got, other, ref in ((fgh, sgh, hd.grad), (fgw, sgw, wd.grad)):
         assert float((got.double() - other.double()).norm() / ref.norm()) < 2 * u
-    # rows of ordinary logits (the huge rows' bf16 products are off by more than their softmax's width)
-    assert float((fgh[4:].double() - hd.grad[4:]).norm() / hd.grad[4:].norm()) < 8 * u
-    # the logits are the product rounded to bf16: the loss is float64's to that rounding of z
-    zmax = float((h.double() @ w.double().T).abs().amax(dim=1).max())
-    torch.testing.assert_close(fl.double(), loss_d.detach(), rtol=0, atol=4 * u * zmax)
+    # against float64: the huge rows' bf16 products are off by more than their softmax's width
+    assert float((fgh[huge:].double() - hd.grad[huge:]).norm() / hd.grad[huge:].norm()) < 8 * u
+    if not underflow:
+        assert float((fgw.double() - wd.grad).norm() / wd.grad.norm()) < 8 * u
 
 
-@pytest.mark.parametrize("rows,cols,block_bytes", [(1, 1, 4), (37, 13, 4 * 13 * 5), (211, 24, 2**20)])
+def test_fp16_rows_whose_lse_weight_nearly_cancels_keep_finite_gradients():
+    """fp16: when c_t, the weight of softmax(z)_t, is tiny against g_t (a loss minus almost the
+    same lse), g / c is beyond fp16's range; those rows keep the one-hot on the small side, so the
+    gradients stay finite and equal float64's within fp16 rounding."""
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 29, 16, 97
+    h, w = torch.randn(N, H, generator=g).half(), (torch.randn(V, H, generator=g) * 0.5).half()
+    y = torch.randint(0, V, (N,), generator=g)
+    grads = []
+    for hh, ww, impl in ((h.clone(), w.clone(), "chunked"), (h.double(), w.double(), "reference")):
+        hh.requires_grad_(), ww.requires_grad_()
+        loss, lse = hw.linear_cross_entropy(hh, ww, y, reduction="sum", impl=impl, chunk_size=8, return_lse=True)
+        (loss - 0.99999 * lse.sum()).backward()
+        grads.append((hh.grad, ww.grad))
+    u = 2.0**-11  # fp16's unit roundoff
+    for got, ref in zip(*grads):
+        assert torch.isfinite(got).all()
+        assert float((got.double() - ref).norm() / ref.norm()) < 8 * u
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_buffers_kept_from_inference_mode_serve_later_training_calls(dtype):
+    """The loss keeps its chunk buffers across calls; made under `torch.inference_mode()` (an
+    evaluation first) they must still be writable by a later call that trains, on every road."""
+    from headway.loss.core import ChunkBuffers
+
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 8, 16, 6007
+    h, w = torch.randn(N, H, generator=g).to(dtype), torch.randn(V, H, generator=g).to(dtype)
+    y, b = torch.randint(0, V, (N,), generator=g), torch.randn(V, generator=g).to(dtype)
+    for kw in (dict(), dict(label_smoothing=0.1), dict(bias=b), dict(softcap=5.0)):
+        ChunkBuffers._kept.__dict__.clear()  # the first call of each road makes its buffers
+        with torch.inference_mode():
+            hw.linear_cross_entropy(h, w, y, **kw)
+        hh = h.clone().requires_grad_()
+        hw.linear_cross_entropy(hh, w, y, **kw).backward()
+        assert torch.isfinite(hh.grad).all()
+
+
+@pytest.mark.parametrize("rows,cols,block_bytes", [(0, 5, 4), (1, 1, 4), (37, 13, 4 * 13 * 5), (211, 24, 2**20)])
 def test_add_rows_equals_one_add(rows, cols, block_bytes):
     """`add_rows` (dst += src in row blocks, for a bf16 product into a float32 sum) equals one add."""
     from headway.loss.core import add_rows

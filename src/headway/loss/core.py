@@ -169,8 +169,8 @@ class ChunkBuffers:
         acc, V = acc_dtype(h.dtype), w.shape[0]
         self._shape, self._acc, self._device, self._onednn = (rows, V), acc, h.device, use_onednn(h)
         self._z: Tensor | None = None
-        self.low = None if h.dtype == acc else torch.empty((rows, V), dtype=h.dtype, device=h.device)
-        self.deriv = torch.empty((rows, V), dtype=acc, device=h.device) if softcap else None
+        self.low = None if h.dtype == acc else _kept_empty((rows, V), h.dtype, h.device)
+        self.deriv = _kept_empty((rows, V), acc, h.device) if softcap else None
         self.rows = rows
 
     @property
@@ -178,7 +178,7 @@ class ChunkBuffers:
         """The (rows, V) accumulation-dtype logits buffer, made on first use (16-bit inputs on the
         CPU's fused road never use it); None with oneDNN, whose product allocates its own output."""
         if self._z is None and not self._onednn:
-            self._z = torch.empty(self._shape, dtype=self._acc, device=self._device)
+            self._z = _kept_empty(self._shape, self._acc, self._device)
         return self._z
 
     @classmethod
@@ -206,8 +206,15 @@ class ChunkBuffers:
         t = kept.get(key)
         if t is None or t.shape[0] < rows:
             kept.pop(key, None)
-            t = kept[key] = torch.empty((rows, V), dtype=dtype, device=device)
+            t = kept[key] = _kept_empty((rows, V), dtype, device)
         return t[:rows]
+
+
+def _kept_empty(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer kept across calls: a normal tensor even when made under `torch.inference_mode()`
+    (an inference tensor could not be written by a later call outside it)."""
+    with torch.inference_mode(False):
+        return torch.empty(shape, dtype=dtype, device=device)
 
 
 class ChunkTerm(Protocol):
@@ -252,7 +259,7 @@ def add_rows(dst: Tensor, src: Tensor, block_bytes: int = ADD_BLOCK_BYTES) -> No
     if dst.dtype == src.dtype or dst.dim() == 0:
         dst.add_(src)
         return
-    rows = max(1, block_bytes // max(1, dst[0].numel() * dst.element_size()))
+    rows = max(1, block_bytes // max(1, dst.numel() // max(1, dst.shape[0]) * dst.element_size()))
     for i in range(0, dst.shape[0], rows):
         dst[i:i + rows].add_(src[i:i + rows])
 
@@ -360,13 +367,14 @@ def _accumulate_fused(p: Tensor, coef: Tensor, side: Tensor, h: Tensor, w: Tenso
 def _accumulate_fused_low(p: Tensor, py: Tensor, coef: Tensor, g: Tensor, h: Tensor, w: Tensor, y: Tensor,
                           dh: Tensor | None, dw: Tensor | None, first: bool, dw_low: Tensor | None) -> None:
     """16-bit inputs: p (n, V) is softmax(z) already rounded to their dtype. The one-hot joins p_y in
-    float32 first, dz / c = p - (g / c) onehot(y) (rows with c ≠ 0), rounded once into p, so a
-    confident token's p_y - 1 is not lost to rounding p_y; rows with c = 0 keep the one-hot on the
-    small side."""
-    nonzero = coef != 0
+    float32 first, dz / c = p - (g / c) onehot(y), rounded once into p, so a confident token's
+    p_y - 1 is not lost to rounding p_y; rows where c = 0, or where g / c is beyond the dtype's
+    range (fp16, |c| tiny against |g|), keep the one-hot on the small side."""
+    ratio = g / coef
+    inline = (coef != 0) & (ratio.abs() < torch.finfo(p.dtype).max / 2)  # fp16: g / c may not fit
     rows = torch.arange(p.shape[0], device=p.device)  # index_put_: a 16-bit CPU scatter_ casts all of p twice
-    p.index_put_((rows, y), torch.where(nonzero, py - g / coef, py).to(p.dtype))
-    side = torch.where(nonzero, 0.0, g)
+    p.index_put_((rows, y), torch.where(inline, py - ratio, py).to(p.dtype))
+    side = torch.where(inline, 0.0, g)
     _accumulate_fused(p, coef, side, h, w, y, dh, dw, None, first, dw_low, one_hot=bool(side.any()))
 
 
