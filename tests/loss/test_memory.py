@@ -54,7 +54,10 @@ def test_one_chunk_of_logits_is_held_at_a_time(dtype, onednn):
     from headway.loss.core import SOFTMAX_BLOCK_BYTES
 
     chunk = CHUNK * V * (4 if dtype == "float32" else 2)  # one chunk's logits (bf16: float32 only a block of rows)
-    allowed = chunk + CHUNK * V * 4 // 2  # half a float32 chunk for the (N, H) work, products' scratch, allocator
+    # slack: one float32 chunk more for the (N, H) work, the products' scratch (oneDNN and MKL pack their
+    # operands) and the allocator; measured 30-45 MiB of it depending on the environment. A second chunk
+    # held at once (float32), or a float32 copy of a bf16 chunk, still exceeds it.
+    allowed = chunk + CHUNK * V * 4
     if dtype == "bfloat16":
         allowed += SOFTMAX_BLOCK_BYTES + V * H * (4 + 2)  # the float32 rows, dW and each chunk's bf16 dW product
     assert extra <= allowed, f"{extra / 2**20:.0f} MiB above inputs and gradients; allowed {allowed / 2**20:.0f} MiB"
