@@ -1,18 +1,21 @@
 """The machine-chosen default run against the fixed one, side by side on this machine.
 
 For each seed, `headway train` with the defaults (`--size auto`: the size this machine's measured
-speed and the time budget choose) and with the previous fixed default (`--size 64x3`), alternating
-which goes first, on the same prepared data (the default corpus), with the default 400 s budget.
-Prints each run's chosen size, steps, tokens/s, peak RSS and validation bits per byte, then the
-difference of the means. Infilling is not scored (it does not change the validation figure).
+speed and the time budget choose) and with the previous fixed default (`--size 64x3`), and, with
+`--baseline-rev REV`, the defaults of an earlier commit (run from a git worktree of REV, with this
+environment's packages), rotating which goes first, on the same prepared data (the default corpus),
+with the default 400 s budget. Prints each run's chosen size, steps, tokens/s, peak RSS and
+validation bits per byte, then each arm's mean against the machine-chosen default's. Infilling is
+not scored (it does not change the validation figure).
 
-    python bench/machine_default.py --seeds 0,1,2 [--budget 400] [--out runs/bench-machine]
+    python bench/machine_default.py --seeds 0,1,2 [--budget 400] [--baseline-rev REV] [--out runs/bench-machine]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -32,15 +35,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def train(data: Path, out: Path, seed: int, budget: float, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "headway", "train", "--data", str(data), "--out", str(out), "--overwrite",
-           "--seed", str(seed), "--time-budget", str(budget), "--infill-lines", "0", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+def train(data: Path, out: Path, seed: int, budget: float, extra: list[str], src: Path | None = None) -> dict:
+    """One `headway train` run in a subprocess (of the package under `src` when given); its results."""
+    cmd = [sys.executable, "-m", "headway", "train", "--data", str(data.resolve()), "--out", str(out.resolve()),
+           "--overwrite", "--seed", str(seed), "--time-budget", str(budget), "--infill-lines", "0", *extra]
+    env = dict(os.environ, PYTHONPATH=str(src)) if src else None
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=src.parent if src else None)
     if r.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     s = json.loads((out / "summary.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
-    return {"size": cfg["size"], "precision": cfg["precision"], "bpb": s["val"]["bits_per_byte"],
+    return {"size": cfg["size"], "precision": cfg.get("precision", "auto"), "bpb": s["val"]["bits_per_byte"],
             "steps": s["steps"], "tps": s["tokens_per_second"], "rss": s["peak_rss_mib"],
             "chosen": s.get("chosen", {}).get("size", "")}
 
@@ -50,6 +55,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--budget", type=float, default=400.0, help="--time-budget of every run (seconds)")
     ap.add_argument("--out", default="runs/bench-machine", help="folder for the prepared data and the runs")
+    ap.add_argument("--baseline-rev", default="", help="also run the defaults of this git revision (a commit "
+                    "before the machine chose the size), from a worktree of it in the output folder")
     a = ap.parse_args()
     import torch
 
@@ -59,25 +66,38 @@ def main() -> None:
     data = root / "data"
     if not (data / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "headway", "prepare", "--quiet", "--out", str(data)], check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"# machine-chosen default vs --size {FIXED}: {cpu_name()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, headway {headway.__version__} ({commit or 'unknown commit'}), "
+    git = ["git", "rev-parse", "--short"]
+    commit = subprocess.run([*git, "HEAD"], capture_output=True, text=True).stdout.strip()
+    arms = {"--size auto": ([], None), f"--size {FIXED}": (["--size", FIXED], None)}
+    if a.baseline_rev:
+        rev = subprocess.run([*git, a.baseline_rev], capture_output=True, text=True, check=True).stdout.strip()
+        tree = (root / f"rev-{rev}").resolve()
+        if not tree.exists():
+            subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
+                           capture_output=True)
+        arms[f"defaults of {rev}"] = ([], tree / "src")
+    print(f"# machine-chosen default vs {', '.join(list(arms)[1:])}: {cpu_name()}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}, headway {headway.__version__} ({commit or 'unknown commit'}), "
           f"{time.strftime('%Y-%m-%d %H:%M')}, --time-budget {a.budget:g}")
     print("| seed | run | size | precision | steps | tokens/s | peak RSS (MiB) | val bits/byte |")
     print("|---:|---|---|---|---:|---:|---:|---:|")
-    rows: dict[str, list[dict]] = {"auto": [], FIXED: []}
+    rows: dict[str, list[dict]] = {name: [] for name in arms}
+    names = list(arms)
     for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
-        order = ["auto", FIXED] if i % 2 == 0 else [FIXED, "auto"]
-        for name in order:
-            r = train(data, root / f"{name}-{seed}", seed, a.budget, [] if name == "auto" else ["--size", FIXED])
+        for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates with the seed
+            extra, src = arms[name]
+            r = train(data, root / f"{name.split()[-1]}-{seed}", seed, a.budget, extra, src)
             rows[name].append(r)
-            print(f"| {seed} | {'--size auto' if name == 'auto' else '--size ' + FIXED} | {r['size']} | "
-                  f"{r['precision']} | {r['steps']} | {r['tps']:,.0f} | {r['rss']:.0f} | {r['bpb']:.4f} |", flush=True)
+            print(f"| {seed} | {name} | {r['size']} | {r['precision']} | {r['steps']} | {r['tps']:,.0f} | "
+                  f"{r['rss']:.0f} | {r['bpb']:.4f} |", flush=True)
     mean = {k: sum(r["bpb"] for r in v) / len(v) for k, v in rows.items()}
-    wins = sum(x["bpb"] < y["bpb"] for x, y in zip(rows["auto"], rows[FIXED]))
-    print(f"\nmean val bits/byte: auto {mean['auto']:.4f}, {FIXED} {mean[FIXED]:.4f}, difference "
-          f"{mean['auto'] - mean[FIXED]:+.4f}; auto lower on {wins} of {len(rows['auto'])} seeds")
-    for r in rows["auto"][:1]:
+    auto = names[0]
+    print(f"\nmean val bits/byte: {auto} {mean[auto]:.4f}")
+    for name in names[1:]:
+        wins = sum(x["bpb"] < y["bpb"] for x, y in zip(rows[auto], rows[name]))
+        print(f"  {name}: {mean[name]:.4f}; {auto} minus it {mean[auto] - mean[name]:+.4f}, lower on {wins} of "
+              f"{len(rows[auto])} seeds")
+    for r in rows[auto][:1]:
         print(f"the choice: {r['chosen']}")
 
 
