@@ -72,9 +72,8 @@ def main() -> None:
     if a.baseline_rev:
         rev = subprocess.run([*git, a.baseline_rev], capture_output=True, text=True, check=True).stdout.strip()
         tree = (root / f"rev-{rev}").resolve()
-        if not tree.exists():
-            subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
-                           capture_output=True)
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)  # a stale one
+        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), rev], check=True, capture_output=True)
         arms[f"defaults of {rev}"] = ([], tree / "src")
     print(f"# machine-chosen default vs {', '.join(list(arms)[1:])}: {cpu_name()}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}, headway {headway.__version__} ({commit or 'unknown commit'}), "
@@ -83,13 +82,17 @@ def main() -> None:
     print("|---:|---|---|---|---:|---:|---:|---:|")
     rows: dict[str, list[dict]] = {name: [] for name in arms}
     names = list(arms)
-    for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
-        for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates with the seed
-            extra, src = arms[name]
-            r = train(data, root / f"{name.split()[-1]}-{seed}", seed, a.budget, extra, src)
-            rows[name].append(r)
-            print(f"| {seed} | {name} | {r['size']} | {r['precision']} | {r['steps']} | {r['tps']:,.0f} | "
-                  f"{r['rss']:.0f} | {r['bpb']:.4f} |", flush=True)
+    try:
+        for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
+            for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates with the seed
+                extra, src = arms[name]
+                r = train(data, root / f"{name.split()[-1]}-{seed}", seed, a.budget, extra, src)
+                rows[name].append(r)
+                print(f"| {seed} | {name} | {r['size']} | {r['precision']} | {r['steps']} | {r['tps']:,.0f} | "
+                      f"{r['rss']:.0f} | {r['bpb']:.4f} |", flush=True)
+    finally:  # the earlier commit's worktree is not left registered in the user's repository
+        if a.baseline_rev:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)
     mean = {k: sum(r["bpb"] for r in v) / len(v) for k, v in rows.items()}
     auto = names[0]
     print(f"\nmean val bits/byte: {auto} {mean[auto]:.4f}")
