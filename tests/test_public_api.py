@@ -150,3 +150,18 @@ def test_batches_from_memory_are_seeded_and_cover_epochs() -> None:
     assert sum(int(b.num_targets) for b in one) == want
     with pytest.raises(ValueError, match="empty"):
         next(hw.batches([np.zeros(0, np.int64)], objective, 16, 2, vocab.pad))
+
+
+def test_the_schedule_decays_with_the_steps_or_with_the_clock() -> None:
+    from headway.recipe import lr_schedule
+
+    assert [lr_schedule(s, 300, 1.0, 50, 0.1) for s in range(50)] == [(s + 1) / 50 for s in range(50)]
+    for step in range(50, 300, 13):  # a fixed step count and its fraction done give the same rate
+        frac = (step - 50) / (300 - 50)
+        assert lr_schedule(step, 300, 1.0, 50, 0.1) == pytest.approx(lr_schedule(step, None, 1.0, 50, 0.1,
+                                                                                   progress=frac), rel=1e-12)
+    by_clock = [lr_schedule(60, None, 1.0, 50, 0.1, progress=p / 100) for p in range(-10, 121)]
+    assert all(b <= a for a, b in zip(by_clock, by_clock[1:]))  # never back up as the clock moves on
+    assert by_clock[0] == pytest.approx(1.0) and by_clock[-1] == pytest.approx(0.1)  # clipped to [0, 1]
+    with pytest.raises(ValueError, match="total"):
+        lr_schedule(60, None, 1.0, 50, 0.1)

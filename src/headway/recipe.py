@@ -20,12 +20,23 @@ from dataclasses import dataclass
 __all__ = ["Recipe", "RECIPE", "lr_schedule"]
 
 
-def lr_schedule(step: int, total: int, lr: float, warmup: int, min_lr_ratio: float) -> float:
-    """The learning rate at optimizer step `step` (0-based) of `total`: linear warmup to `lr` over
-    `warmup` steps, then cosine decay to `lr * min_lr_ratio` at `total`."""
+def lr_schedule(step: int, total: int | None, lr: float, warmup: int, min_lr_ratio: float, *,
+                progress: float | None = None) -> float:
+    """The learning rate at optimizer step `step` (0-based): linear warmup to `lr` over `warmup` steps,
+    then cosine decay to `lr * min_lr_ratio`,
+
+        lr_t = lr * (r + (1 - r) * (1 + cos(pi * p)) / 2),   r = min_lr_ratio,
+
+    where p, the fraction of the run done, is `(step - warmup) / (total - warmup)` on a run of `total`
+    steps, or `progress` when given (a time budget: the fraction of its seconds spent, so the decay
+    follows the clock and never jumps when the machine's speed changes). p is clipped to [0, 1]."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    if progress is None:
+        if total is None:
+            raise ValueError("lr_schedule: give `total` (the run's steps) or `progress` (the fraction done)")
+        progress = (step - warmup) / max(1, total - warmup)
+    frac = min(1.0, max(0.0, progress))
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 

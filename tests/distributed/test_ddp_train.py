@@ -122,6 +122,21 @@ def test_resume_under_torchrun(corpus, tmp_path):
     assert _losses(out) == pytest.approx(straight[3:], rel=1e-5)
 
 
+def test_a_time_budget_under_torchrun_ends_every_rank_together_on_rank_0s_clock(corpus, tmp_path):
+    """Each step, rank 0's clock gives every rank the learning rate and the decision to go on: no
+    rank waits in a collective the others have left, and the replicas take the same steps."""
+    out = tmp_path / "run"
+    args = _train_args(corpus, out, batch=2)
+    at = args.index("--steps")
+    del args[at:at + 2]
+    r = _torchrun(2, args + ["--time-budget", "3"], timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] > 5 and s["train_seconds"] <= 3.0 + 1.0, s
+    lrs = [json.loads(x)["lr"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in x][2:]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
 def test_a_dead_rank_fails_the_job_loudly(corpus, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",

@@ -3,6 +3,7 @@ and an honest exit code; resume continues exactly what the user asked; bad input
 Signals, kills and full disks are tested in real subprocesses."""
 
 import json
+import math
 import os
 import resource
 import signal
@@ -400,11 +401,39 @@ def test_library_resume_takes_the_run_config_for_fields_left_at_their_defaults(c
 
 
 def test_a_time_budget_ends_on_time_even_with_evaluations_in_it(corpus, tmp_path):
-    """The step count is re-estimated every 50 steps from the time left, so slow evaluations (or a
-    machine that slows down) shorten the run instead of overrunning the budget."""
+    """The clock decides: a step starts only if it is expected to end within the budget, and the
+    learning rate decays with the fraction of the budget spent. So slow evaluations (or a machine
+    that slows down) shorten the run instead of overrunning it, and the decay never jumps back up."""
     out = tmp_path / "run"
     args = [a for a in _args(corpus, out) if a not in ("--steps", "3")]
-    assert main([*args, "--time-budget", "6", "--eval-every", "40", "--eval-tokens", "3000"]) == 0
+    assert main([*args, "--time-budget", "6", "--eval-every", "40", "--eval-tokens", "3000", "--lr", "0.01",
+                 "--min-lr-ratio", "0.1"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert 5.0 < s["train_seconds"] < 6.6, s["train_seconds"]
+    assert 5.0 < s["train_seconds"] <= 6.0 + 0.5, s["train_seconds"]  # one slow step of slack, no more
     assert s["steps"] > 50
+    rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    lrs = [r["lr"] for r in rows if r["step"] > 2]  # after the 2 warmup steps
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])), "the learning rate went back up"
+    assert lrs[0] > 0.009 and lrs[-1] < 0.01 * 0.25, (lrs[0], lrs[-1])  # from the peak down to near the floor
+    assert min(lrs) >= 0.01 * 0.1 - 1e-12
+    # the decay follows the clock: each step's rate is the cosine at the budget fraction spent before it
+    for r in rows[5:]:
+        p = r["elapsed"] / 6.0  # measured after the step: at least the fraction the step began at
+        assert r["lr"] >= 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))) - 1e-9
+
+
+def test_a_time_budget_run_resumes_into_what_is_left_of_its_budget(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [a for a in _args(corpus, out) if a not in ("--steps", "3")]
+    assert main([*args, "--time-budget", "2"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main([*args, "--time-budget", "2", "--resume"]) == 2  # spent: refused, named, before any work
+    err = capsys.readouterr().err
+    assert "nothing to train" in err and "--time-budget" in err
+    assert main([*args, "--time-budget", "4", "--resume"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] > first["steps"]
+    assert _steps(out)[: first["steps"]] == list(range(1, first["steps"] + 1))
+    spent = json.loads((out / (out / "latest").read_text().strip() / "state.json").read_text())["train_seconds"]
+    assert 3.0 < spent <= 4.0 + 0.5, spent  # both parts' seconds together: the budget, not 2 + 4

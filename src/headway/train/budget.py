@@ -1,15 +1,22 @@
-"""How many steps a run trains: a fixed count from `--steps` or `--tokens`, or, under a time budget
-(`--time-budget`, neither of the others given), a count that follows the clock.
+"""How long a run trains: a fixed step count from `--steps` or `--tokens`, or, under a time budget
+(`--time-budget`, neither of the others given), until the clock says stop.
 
-The time-budget rule: the budget is wall time of training, evaluations included, and the run's
-total step count is set from the clock. After `CALIBRATE_AT` steps of this process it is first set
-from the median time of those steps after the tenth (the first ones warm up); then, every
-`RECALIBRATE_EVERY` steps, from the median of the last `RECALIBRATE_EVERY` steps:
+The time-budget rule: the budget is wall time of training, evaluations and checkpoints included
+(the seconds of the earlier parts of a resumed run count too). Before each step, with `spent`
+seconds of it gone:
 
-    total = current step + ⌊seconds of the budget left / median seconds per step⌋   (≥ current step)
+    progress = spent / budget                      the learning rate's schedule follows it (`lr_at`)
+    the step runs only if spent + median seconds of the last `RECALIBRATE_EVERY` steps <= budget
 
-so when the machine slows down or an evaluation takes a while, the remaining steps shrink and the
-run still ends on time. Every rank takes rank 0's total.
+so the cosine decay ends at the budget's end and never jumps back when the machine's speed changes
+(a step count re-estimated from the recent speed did: a slow minute moved the schedule ahead, a
+fast one moved it back). Rank 0's clock decides for every rank.
+
+The step count shown on the progress bar is an estimate: after `CALIBRATE_AT` steps, from the
+median time of those after the tenth (the first ones warm up), then every `RECALIBRATE_EVERY`
+steps from the recent median:
+
+    total ≈ current step + ⌊seconds of the budget left / median seconds per step⌋
 """
 
 from __future__ import annotations
@@ -35,10 +42,22 @@ def planned_steps(cfg: TrainConfig) -> int | None:
     return None
 
 
+def recent_step_seconds(step_times: Sequence[float]) -> float:
+    """The median of the last `RECALIBRATE_EVERY` step times (0 before any step)."""
+    return float(np.median(step_times[-RECALIBRATE_EVERY:])) if len(step_times) else 0.0
+
+
+def clock(spent: float, time_budget: float, per_step: float) -> tuple[float, bool]:
+    """Under a time budget, `spent` seconds in, with steps of about `per_step` seconds: the fraction
+    of the budget spent (the learning-rate schedule's progress) and whether one more step is expected
+    to fit (the module's rule)."""
+    return spent / time_budget, spent + per_step <= time_budget
+
+
 def steps_left(done: int, step_times: Sequence[float], seconds_left: float) -> tuple[int, float] | None:
     """Under a time budget, after `done` steps of this run taking `step_times` seconds each: the
-    steps that still fit in `seconds_left` and the seconds per step they were estimated from, when
-    `done` is a (re)calibration point (the module's rule); else None."""
+    steps that still fit in `seconds_left` (an estimate, for the progress bar) and the seconds per
+    step it was made from, when `done` is a (re)calibration point (the module's rule); else None."""
     if not (done == CALIBRATE_AT or (done > CALIBRATE_AT and done % RECALIBRATE_EVERY == 0)):
         return None
     per = float(np.median(step_times[-RECALIBRATE_EVERY:] if done > CALIBRATE_AT else step_times[10:]))
@@ -48,4 +67,4 @@ def steps_left(done: int, step_times: Sequence[float], seconds_left: float) -> t
 def describe_time_budget(time_budget: float, per: float, total: int, tokens_per_step: int) -> str:
     """The line a run logs when its time budget is first turned into a step count."""
     return (f"time budget {time_budget:.0f}s at {per * 1000:.0f} ms/step: training for about {total} steps "
-            f"({total * tokens_per_step / 1e6:.1f}M tokens; re-estimated every {RECALIBRATE_EVERY} steps)")
+            f"({total * tokens_per_step / 1e6:.1f}M tokens); the learning rate decays with the clock")

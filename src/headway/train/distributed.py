@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 
 import torch
@@ -28,19 +29,16 @@ def setup(device: torch.device) -> tuple[int, int]:
 
 def all_sum(x: float | int, device: torch.device) -> float:
     """Sum of a number over all ranks (the number itself in a single process)."""
+    return all_sums([x], device)[0]
+
+
+def all_sums(xs: Sequence[float | int], device: torch.device) -> list[float]:
+    """Element-wise sums of numbers over all ranks, in one collective (the numbers in a single process)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return float(x)
-    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+        return [float(x) for x in xs]
+    t = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item())
-
-
-def broadcast_int(x: int, device: torch.device) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return x
-    t = torch.tensor([x], dtype=torch.long, device=device)
-    dist.broadcast(t, src=0)
-    return int(t.item())
+    return [float(v) for v in t.tolist()]
 
 
 def all_gather_object(obj: object) -> list:

@@ -23,12 +23,12 @@ from headway.data.loader import Loader
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
 from headway.train.autosize import peak_rss_mib, resolve_auto
-from headway.train.budget import describe_time_budget, planned_steps, steps_left
+from headway.train.budget import clock, describe_time_budget, planned_steps, recent_step_seconds, steps_left
 from headway.train.checkpoint import CheckpointError, DiskFullError, check_writable
 from headway.train.config import TrainConfig
 from headway.train.data import RunData, prepare_on_ranks
 from headway.train.device import autocast_for, pick_device, precision_dtype, resolve_precision
-from headway.train.distributed import all_sum, broadcast_int, setup, teardown
+from headway.train.distributed import all_sum, all_sums, setup, teardown
 from headway.train.evaluation import final_evaluation, periodic_validation
 from headway.train.flops import flops_per_token, matmul_peak
 from headway.train.guard import guard_causality
@@ -74,6 +74,7 @@ class Run:
     step: int = 0
     saved_step: int = -1
     spent_before: float = 0.0  # training seconds of the earlier parts of a resumed run
+    step_seconds: float = 0.0  # the recent median seconds per step (budget.py), kept in checkpoints
 
 
 def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrite: bool, log,  # noqa: ANN001
@@ -116,7 +117,7 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     opt = make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    state, total = restore(ck, model, opt, scaler, device, planned_steps(cfg), changed, log)
+    state, total = restore(ck, model, opt, scaler, device, planned_steps(cfg), cfg.time_budget, changed, log)
     start_step = state.get("step", 0)
     if rank == 0:
         cfg.save(out / "config.json")
@@ -126,7 +127,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
                       matmul_peak=matmul_peak(precision_dtype(precision), device), chosen=chosen)
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
-              spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0)
+              spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0,
+              step_seconds=float(state.get("step_seconds", 0.0)) if ck else 0.0)
     run.loader = open_loader(run, ck, state)
     if rank == 0:
         run.metrics = MetricsLog.open(out, cfg.log, cfg, start_step, ck, changed)
@@ -191,15 +193,27 @@ def train(run: Run) -> None:
     t_train = time.perf_counter()
     step_times: list[float] = []
     skipped_in_a_row = 0
-    timed = run.total is None  # a time budget (no --steps / --tokens): the step count follows the clock
+    timed = run.total is None  # a time budget (no --steps / --tokens): the clock says when to stop
+    first_estimate = True
     per_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * run.world
     try:
         run.stopper.deferred = True  # from here a signal stops at the next step boundary
-        while run.total is None or run.step < run.total:
-            if all_sum(1.0 if run.stopper.requested else 0.0, run.device) > 0:  # every rank stops together
-                raise Interrupted(run.stopper.signum or 15)
+        while True:
             t0 = time.perf_counter()
-            lr = lr_at(run.step, run.total or 10**9, cfg)
+            run.step_seconds = recent_step_seconds(step_times) or run.step_seconds
+            progress, fits = clock(run.spent_before + t0 - t_train, cfg.time_budget, run.step_seconds) if timed else (
+                0.0, False)
+            # one collective: any rank's stop request; rank 0's clock (under a time budget), for every rank
+            stop, progress, fits = all_sums([run.stopper.requested, progress * (run.rank == 0),
+                                             fits * (run.rank == 0)], run.device)
+            if stop > 0:
+                raise Interrupted(run.stopper.signum or 15)
+            if timed and not fits:  # the budget is spent (the rule: budget.py)
+                run.total = run.step
+                break
+            if not timed and run.step >= run.total:  # type: ignore[operator]
+                break
+            lr = lr_at(run.step, run.total, cfg, progress=progress if timed else None)
             loss_val, applied, norm = train_step(run, stream, lr)
             if not applied:
                 s.skipped_batches += 1
@@ -214,14 +228,13 @@ def train(run: Run) -> None:
             dt = time.perf_counter() - t0
             step_times.append(dt)
             s.train_seconds = time.perf_counter() - t_train
-            if timed and (est := steps_left(run.step - run.start_step, step_times,  # the rule: budget.py
+            if timed and (est := steps_left(run.step - run.start_step, step_times,  # the bar's estimate
                                             cfg.time_budget - run.spent_before - s.train_seconds)):  # type: ignore[operator]
                 more, per = est
-                first = run.total is None
-                run.total = broadcast_int(run.step + more, run.device)  # every rank stops together
-                bar.set_total(run.total)
-                if first:
-                    run.log(describe_time_budget(cfg.time_budget, per, run.total, per_step_tokens))  # type: ignore[arg-type]
+                if first_estimate:
+                    run.log(describe_time_budget(cfg.time_budget, per, run.step + more, per_step_tokens))  # type: ignore[arg-type]
+                    first_estimate = False
+                bar.set_total(run.step + more)
             if run.step % cfg.log_every == 0 or run.step == run.total:
                 mtp = run.model.mtp_metrics(all_ranks=True)  # every rank: the global batch's, a collective
                 if run.rank == 0:

@@ -146,6 +146,7 @@ def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = R
     return Combined({"adamw": adamw, "muon": muon})
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total` (`headway.recipe.lr_schedule`)."""
-    return lr_schedule(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+def lr_at(step: int, total: int | None, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total` steps, or, under a
+    time budget, as `progress` (the fraction of the budget spent) goes to 1 (`headway.recipe.lr_schedule`)."""
+    return lr_schedule(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio, progress=progress)

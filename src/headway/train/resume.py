@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from headway.data.loader import Loader, merge_rank_states
+from headway.train.budget import clock
 from headway.train.checkpoint import CheckpointError, load_checkpoint, newest_intact, resolve, save_checkpoint, verify
 from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.distributed import all_gather_object, barrier
@@ -51,11 +52,12 @@ def open_resume(resume: str | None, out: Path, cfg: TrainConfig,
 
 
 def restore(ck: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            device: torch.device, total: int | None, changed: dict[str, list],
+            device: torch.device, total: int | None, time_budget: float | None, changed: dict[str, list],
             log: Callable[[str], object]) -> tuple[dict, int | None]:
     """Load checkpoint `ck` into the model, optimizer and scaler; returns its saved state and the
-    run's step budget: `total` (this run's own), else the saved run's unless its time budget changed.
-    A budget already spent is refused. A new run (`ck` None): no state, `total`."""
+    run's step budget `total` (None under a time budget: the resumed run trains what is left of
+    `time_budget` seconds, the earlier parts' seconds counted). A budget already spent is refused.
+    A new run (`ck` None): no state, `total`."""
     if ck is None:
         return {}, total
     state = load_sharded_checkpoint(ck, model, opt) if (ck / "dcp").is_dir() else load_checkpoint(
@@ -63,12 +65,17 @@ def restore(ck: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer,
     if "scaler" in state and scaler.is_enabled():
         scaler.load_state_dict(state["scaler"])
     start_step = state["step"]
-    if total is None and not ({"time_budget"} & set(changed)):
-        total = state.get("total_steps")
     if total is not None and total <= start_step:
         raise ValueError(f"--resume: the checkpoint is at step {start_step} and the run's budget is {total} "
                          "steps: nothing to train; pass a larger --steps (or --tokens / --time-budget)")
-    log(f"resumed from step {start_step}" + (f" of {total}" if total else "") + (
+    spent, per_step = float(state.get("train_seconds", 0.0)), float(state.get("step_seconds", 0.0))
+    if total is None and time_budget is not None and not clock(spent, time_budget, per_step)[1]:
+        raise ValueError(f"--resume: the checkpoint has trained {spent:.1f} s of the run's {time_budget:g} s time "
+                         f"budget, and a step takes {per_step:.2f} s: nothing to train; pass a larger --time-budget "
+                         "(or --steps / --tokens)")
+    left = f" of {total}" if total else (f", {time_budget - spent:.0f} s of the time budget left" if time_budget
+                                         else "")
+    log(f"resumed from step {start_step}" + left + (
         f"; changed: {', '.join(f'--{k.replace(chr(95), chr(45))} {v[0]} -> {v[1]}' for k, v in changed.items())}"
         if changed else ""))
     return state, total
@@ -94,7 +101,7 @@ def save(run: Run) -> None:
         return
     cfg, s = run.cfg, run.summary
     st = {"total_steps": run.total, "tokens": s.tokens, "seed": cfg.seed, "world_size": run.world,
-          "train_seconds": run.spent_before + s.train_seconds}
+          "train_seconds": run.spent_before + s.train_seconds, "step_seconds": run.step_seconds}
     if run.scaler.is_enabled():
         st["scaler"] = run.scaler.state_dict()
     if run.loader is not None:  # the data position of every rank: an exact, O(1) resume
