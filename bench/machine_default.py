@@ -1,14 +1,15 @@
 """The machine-chosen default run against the fixed one, side by side on this machine.
 
 For each seed, `headway train` with the defaults (`--size auto`: the size this machine's measured
-speed and the time budget choose) and with the previous fixed default (`--size 64x3`), and, with
-`--baseline-rev REV`, the defaults of an earlier commit (run from a git worktree of REV, with this
-environment's packages), rotating which goes first, on the same prepared data (the default corpus),
-with the default 400 s budget. Prints each run's chosen size, steps, tokens/s, peak RSS and
-validation bits per byte, then each arm's mean against the machine-chosen default's. Infilling is
-not scored (it does not change the validation figure).
+speed and the time budget choose), with the previous fixed default (`--size 64x3`, or none with
+`--fixed-size ''`), and with each `--baseline-rev REV` the defaults of an earlier commit (run from a
+git worktree of REV, with this environment's packages), rotating which goes first, on the same
+prepared data (the default corpus), with the default 400 s budget. Prints each run's chosen size,
+steps, tokens/s, peak RSS and validation bits per byte, then each arm's mean against the
+machine-chosen default's. Infilling is not scored (it does not change the validation figure).
 
-    python bench/machine_default.py --seeds 0,1,2 [--budget 400] [--baseline-rev REV] [--out runs/bench-machine]
+    python bench/machine_default.py --seeds 0,1,2 [--budget 400] [--baseline-rev REV ...] [--fixed-size SIZE]
+                                    [--out runs/bench-machine]
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--budget", type=float, default=400.0, help="--time-budget of every run (seconds)")
     ap.add_argument("--out", default="runs/bench-machine", help="folder for the prepared data and the runs")
-    ap.add_argument("--baseline-rev", default="", help="also run the defaults of this git revision (a commit "
-                    "before the machine chose the size), from a worktree of it in the output folder")
+    ap.add_argument("--baseline-rev", action="append", default=[], help="also run the defaults of this git "
+                    "revision (e.g. a commit before the machine chose the size), from a worktree of it in the output "
+                    "folder; may be given several times")
+    ap.add_argument("--fixed-size", default=FIXED, help="the fixed size run beside the machine's choice on this "
+                    "code ('' for none)")
     a = ap.parse_args()
     import torch
 
@@ -68,12 +72,16 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "headway", "prepare", "--quiet", "--out", str(data)], check=True)
     git = ["git", "rev-parse", "--short"]
     commit = subprocess.run([*git, "HEAD"], capture_output=True, text=True).stdout.strip()
-    arms = {"--size auto": ([], None), f"--size {FIXED}": (["--size", FIXED], None)}
-    if a.baseline_rev:
-        rev = subprocess.run([*git, a.baseline_rev], capture_output=True, text=True, check=True).stdout.strip()
+    arms: dict[str, tuple[list[str], Path | None]] = {"--size auto": ([], None)}
+    if a.fixed_size:
+        arms[f"--size {a.fixed_size}"] = (["--size", a.fixed_size], None)
+    trees = []
+    for given in a.baseline_rev:
+        rev = subprocess.run([*git, given], capture_output=True, text=True, check=True).stdout.strip()
         tree = (root / f"rev-{rev}").resolve()
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)  # a stale one
         subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), rev], check=True, capture_output=True)
+        trees.append(tree)
         arms[f"defaults of {rev}"] = ([], tree / "src")
     print(f"# machine-chosen default vs {', '.join(list(arms)[1:])}: {cpu_name()}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}, headway {headway.__version__} ({commit or 'unknown commit'}), "
@@ -90,8 +98,8 @@ def main() -> None:
                 rows[name].append(r)
                 print(f"| {seed} | {name} | {r['size']} | {r['precision']} | {r['steps']} | {r['tps']:,.0f} | "
                       f"{r['rss']:.0f} | {r['bpb']:.4f} |", flush=True)
-    finally:  # the earlier commit's worktree is not left registered in the user's repository
-        if a.baseline_rev:
+    finally:  # the earlier commits' worktrees are not left registered in the user's repository
+        for tree in trees:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)
     mean = {k: sum(r["bpb"] for r in v) / len(v) for k, v in rows.items()}
     auto = names[0]

@@ -7,6 +7,7 @@ seconds of it gone:
 
     progress = spent / budget                      the learning rate's schedule follows it (`lr_at`)
     the step runs only if spent + median seconds of the last `RECALIBRATE_EVERY` steps <= budget
+                                                   (the process's first step, a warm-up, left out)
 
 so the cosine decay ends at the budget's end and never jumps back when the machine's speed changes
 (a step count re-estimated from the recent speed did: a slow minute moved the schedule ahead, a
@@ -43,8 +44,10 @@ def planned_steps(cfg: TrainConfig) -> int | None:
 
 
 def recent_step_seconds(step_times: Sequence[float]) -> float:
-    """The median of the last `RECALIBRATE_EVERY` step times (0 before any step)."""
-    return float(np.median(step_times[-RECALIBRATE_EVERY:])) if len(step_times) else 0.0
+    """The median of the last `RECALIBRATE_EVERY` step times of this process, its first step left out
+    (it warms up: kernels chosen, memory first touched, seconds on some machines); 0 before a second step."""
+    recent = step_times[1:][-RECALIBRATE_EVERY:]
+    return float(np.median(recent)) if len(recent) else 0.0
 
 
 def clock(spent: float, time_budget: float, per_step: float) -> tuple[float, bool]:
