@@ -10,8 +10,8 @@ seconds of it gone:
                                                    (the process's first step, a warm-up, left out)
 
 so the cosine decay ends at the budget's end and never jumps back when the machine's speed changes
-(a step count re-estimated from the recent speed did: a slow minute moved the schedule ahead, a
-fast one moved it back). Rank 0's clock decides for every rank.
+(a schedule over a step count estimated from the recent speed would: a slow minute moves it ahead,
+a fast one back). Rank 0's clock decides for every rank.
 
 The step count shown on the progress bar is an estimate: after `CALIBRATE_AT` steps, from the
 median time of those after the tenth (the first ones warm up), then every `RECALIBRATE_EVERY`
@@ -29,8 +29,8 @@ import numpy as np
 
 from headway.train.config import TrainConfig
 
-CALIBRATE_AT = 30  # with a time budget, the total step count is first set from the speed of steps 10..30
-RECALIBRATE_EVERY = 50  # ... and set again every 50 steps from the time left and the recent speed
+CALIBRATE_AT = 30  # with a time budget, the step count on the bar is first estimated from the speed of steps 10..30
+RECALIBRATE_EVERY = 50  # ... and again every 50 steps; the stop rule's step time is the median of the last 50
 
 
 def planned_steps(cfg: TrainConfig) -> int | None:

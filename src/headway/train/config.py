@@ -199,8 +199,9 @@ class TrainConfig:
     # the default run's main knob: the README's first command, installs included, must end within 10 minutes
     # on 2 slow cores (440 s took 10 min 8 s there)
     time_budget: float | None = opt(400.0, section="run", resumable=True, help=(
-        "seconds of training when neither --steps nor --tokens is given; the step count is fixed after 30 "
-        "steps from the measured speed so the LR schedule ends on time"))
+        "seconds of training (evaluations and checkpoints included) when neither --steps nor --tokens is given: a "
+        "step starts only if it should end within the budget, and the learning rate decays with the fraction of "
+        "the budget spent; a resumed run trains what is left of it"))
     precision: str = opt("auto", section="run", choices=("auto", "fp32", "bf16", "fp16"), resumable=True, help=(
         "auto | fp32 | bf16 | fp16 (autocast; softmax and loss accumulation stay float32). auto: bf16 on GPUs "
         "that support it and on CPUs with AVX512-BF16/AMX (several times faster matmuls), else fp32"))
