@@ -64,7 +64,7 @@ def test_every_python_block_is_found() -> None:
 
 MARKER = "<!-- run by hand before a release: takes minutes -->"
 COMMANDS = ('pip install -c requirements-lock.txt -e ".[cli]" && headway train',
-            'pip install -c requirements-lock.txt -e ".[dev]" && python -m pytest -x -q')
+            'pip install -c requirements-lock.txt -e ".[dev]" && python -m pytest -x -q -n 2 --dist loadfile')
 
 
 def test_the_readme_is_short_and_starts_with_the_two_commands() -> None:
