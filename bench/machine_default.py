@@ -75,13 +75,11 @@ def main() -> None:
     arms: dict[str, tuple[list[str], Path | None]] = {"--size auto": ([], None)}
     if a.fixed_size:
         arms[f"--size {a.fixed_size}"] = (["--size", a.fixed_size], None)
-    trees = []
-    for given in a.baseline_rev:
-        rev = subprocess.run([*git, given], capture_output=True, text=True, check=True).stdout.strip()
-        tree = (root / f"rev-{rev}").resolve()
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)  # a stale one
-        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), rev], check=True, capture_output=True)
-        trees.append(tree)
+    # every revision resolves before any worktree is made
+    revs = [subprocess.run([*git, g], capture_output=True, text=True, check=True).stdout.strip()
+            for g in a.baseline_rev]
+    trees = {rev: (root / f"rev-{rev}").resolve() for rev in revs}
+    for rev, tree in trees.items():
         arms[f"defaults of {rev}"] = ([], tree / "src")
     print(f"# machine-chosen default vs {', '.join(list(arms)[1:])}: {cpu_name()}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}, headway {headway.__version__} ({commit or 'unknown commit'}), "
@@ -91,6 +89,10 @@ def main() -> None:
     rows: dict[str, list[dict]] = {name: [] for name in arms}
     names = list(arms)
     try:
+        for rev, tree in trees.items():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)  # a stale one
+            subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
+                           capture_output=True)
         for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
             for name in names[i % len(names):] + names[:i % len(names)]:  # who goes first rotates with the seed
                 extra, src = arms[name]
@@ -99,7 +101,7 @@ def main() -> None:
                 print(f"| {seed} | {name} | {r['size']} | {r['precision']} | {r['steps']} | {r['tps']:,.0f} | "
                       f"{r['rss']:.0f} | {r['bpb']:.4f} |", flush=True)
     finally:  # the earlier commits' worktrees are not left registered in the user's repository
-        for tree in trees:
+        for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)
     mean = {k: sum(r["bpb"] for r in v) / len(v) for k, v in rows.items()}
     auto = names[0]

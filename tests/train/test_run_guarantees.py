@@ -407,18 +407,19 @@ def test_a_time_budget_ends_on_time_even_with_evaluations_in_it(corpus, tmp_path
     out = tmp_path / "run"
     args = [a for a in _args(corpus, out) if a not in ("--steps", "3")]
     assert main([*args, "--time-budget", "6", "--eval-every", "40", "--eval-tokens", "3000", "--lr", "0.01",
-                 "--min-lr-ratio", "0.1"]) == 0
+                 "--min-lr-ratio", "0.1", "--log-every", "7"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert 5.0 < s["train_seconds"] <= 6.0 + 0.5, s["train_seconds"]  # one slow step of slack, no more
+    assert 5.0 < s["train_seconds"] <= 6.0 + 1.0, s["train_seconds"]  # a slow step or an evaluation of slack
     assert s["steps"] > 50
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
-    lrs = [r["lr"] for r in rows if r["step"] > 2]  # after the 2 warmup steps
+    assert rows[-1]["step"] == s["steps"], "the last step is logged, whatever --log-every"
+    lrs = [r["lr"] for r in rows]  # every 7th step: after the 2 warmup steps
     assert all(b <= a for a, b in zip(lrs, lrs[1:])), "the learning rate went back up"
-    assert lrs[0] > 0.009 and lrs[-1] < 0.01 * 0.25, (lrs[0], lrs[-1])  # from the peak down to near the floor
+    assert lrs[0] > 0.008 and lrs[-1] < 0.01 * 0.25, (lrs[0], lrs[-1])  # from the peak down to near the floor
     assert min(lrs) >= 0.01 * 0.1 - 1e-12
     # the decay follows the clock: each step's rate is the cosine at the budget fraction spent before it
-    for r in rows[5:]:
-        p = r["elapsed"] / 6.0  # measured after the step: at least the fraction the step began at
+    for r in rows[1:]:
+        p = r["elapsed"] / 6.0  # measured after the step: at least the decay's fraction when the step began
         assert r["lr"] >= 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))) - 1e-9
 
 
@@ -435,5 +436,11 @@ def test_a_time_budget_run_resumes_into_what_is_left_of_its_budget(corpus, tmp_p
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] > first["steps"]
     assert _steps(out)[: first["steps"]] == list(range(1, first["steps"] + 1))
-    spent = json.loads((out / (out / "latest").read_text().strip() / "state.json").read_text())["train_seconds"]
-    assert 3.0 < spent <= 4.0 + 0.5, spent  # both parts' seconds together: the budget, not 2 + 4
+    state_file = out / (out / "latest").read_text().strip() / "state.json"
+    state = json.loads(state_file.read_text())
+    assert 3.0 < state["train_seconds"] <= 4.0 + 1.0, state  # both parts' seconds together: the budget, not 2 + 4
+    # a checkpoint without the step time (an older version's) is judged by its mean step time, an upper bound
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "step_seconds"}))
+    capsys.readouterr()
+    assert main([*args, "--time-budget", "4", "--resume"]) == 2
+    assert "nothing to train" in capsys.readouterr().err

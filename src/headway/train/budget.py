@@ -3,11 +3,11 @@
 
 The time-budget rule: the budget is wall time of training, evaluations and checkpoints included
 (the seconds of the earlier parts of a resumed run count too). Before each step, with `spent`
-seconds of it gone:
+seconds of it gone and the warmup's steps ended `w` seconds in:
 
-    progress = spent / budget                      the learning rate's schedule follows it (`lr_at`)
     the step runs only if spent + median seconds of the last `RECALIBRATE_EVERY` steps <= budget
                                                    (the process's first step, a warm-up, left out)
+    progress = (spent - w) / (budget - w)          the learning rate's cosine decay follows it (`lr_at`)
 
 so the cosine decay ends at the budget's end and never jumps back when the machine's speed changes
 (a schedule over a step count estimated from the recent speed would: a slow minute moves it ahead,
@@ -50,11 +50,16 @@ def recent_step_seconds(step_times: Sequence[float]) -> float:
     return float(np.median(recent)) if len(recent) else 0.0
 
 
-def clock(spent: float, time_budget: float, per_step: float) -> tuple[float, bool]:
-    """Under a time budget, `spent` seconds in, with steps of about `per_step` seconds: the fraction
-    of the budget spent (the learning-rate schedule's progress) and whether one more step is expected
-    to fit (the module's rule)."""
-    return spent / time_budget, spent + per_step <= time_budget
+def fits(spent: float, time_budget: float, per_step: float) -> bool:
+    """Under a time budget, `spent` seconds in, with steps of about `per_step` seconds: whether one more
+    step is expected to end within the budget (the module's rule)."""
+    return spent + per_step <= time_budget
+
+
+def decay_progress(spent: float, warmup_spent: float, time_budget: float) -> float:
+    """The fraction of the learning-rate decay done `spent` seconds into a time budget whose warmup
+    ended `warmup_spent` seconds in: (spent - warmup_spent) / (budget - warmup_spent)."""
+    return (spent - warmup_spent) / max(time_budget - warmup_spent, 1e-9)
 
 
 def steps_left(done: int, step_times: Sequence[float], seconds_left: float) -> tuple[int, float] | None:

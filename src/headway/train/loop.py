@@ -23,7 +23,14 @@ from headway.data.loader import Loader
 from headway.models.lm import LanguageModel
 from headway.objectives import build_objective
 from headway.train.autosize import peak_rss_mib, resolve_auto
-from headway.train.budget import clock, describe_time_budget, planned_steps, recent_step_seconds, steps_left
+from headway.train.budget import (
+    decay_progress,
+    describe_time_budget,
+    fits,
+    planned_steps,
+    recent_step_seconds,
+    steps_left,
+)
 from headway.train.checkpoint import CheckpointError, DiskFullError, check_writable
 from headway.train.config import TrainConfig
 from headway.train.data import RunData, prepare_on_ranks
@@ -75,6 +82,7 @@ class Run:
     saved_step: int = -1
     spent_before: float = 0.0  # training seconds of the earlier parts of a resumed run
     step_seconds: float = 0.0  # the recent median seconds per step (budget.py), kept in checkpoints
+    warmup_seconds: float = 0.0  # under a time budget: the seconds spent when the warmup ended, kept in checkpoints
 
 
 def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrite: bool, log,  # noqa: ANN001
@@ -128,7 +136,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
     run = Run(cfg, out, device, precision, rank, world, log, data, objective, model, fwd, opt, scaler, sharded,
               start_step, total, summary, stopper, step=start_step, saved_step=start_step if ck else -1,
               spent_before=float(state.get("train_seconds", 0.0)) if ck else 0.0,
-              step_seconds=float(state.get("step_seconds", 0.0)) if ck else 0.0)
+              step_seconds=float(state.get("step_seconds", 0.0)) if ck else 0.0,
+              warmup_seconds=float(state.get("warmup_seconds", 0.0)) if ck else 0.0)
     run.loader = open_loader(run, ck, state)
     if rank == 0:
         run.metrics = MetricsLog.open(out, cfg.log, cfg, start_step, ck, changed)
@@ -195,25 +204,39 @@ def train(run: Run) -> None:
     skipped_in_a_row = 0
     timed = run.total is None  # a time budget (no --steps / --tokens): the clock says when to stop
     first_estimate = True
+    last_row: dict = {}
+    logged_step = -1
+
+    def log_row(row: dict) -> None:
+        mtp = run.model.mtp_metrics(all_ranks=True)  # every rank: the global batch's, a collective
+        if run.rank == 0:
+            run.metrics.write({**row, **mtp})
+
     per_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * run.world
     try:
         run.stopper.deferred = True  # from here a signal stops at the next step boundary
         while True:
+            if not timed and run.step >= run.total:  # type: ignore[operator]  # done: a late signal changes nothing
+                break
             t0 = time.perf_counter()
+            spent = run.spent_before + t0 - t_train
             run.step_seconds = recent_step_seconds(step_times) or run.step_seconds
-            progress, fits = clock(run.spent_before + t0 - t_train, cfg.time_budget, run.step_seconds) if timed else (
-                0.0, False)
+            go_on = fits(spent, cfg.time_budget, run.step_seconds) if timed else False  # type: ignore[arg-type]
             # one collective: any rank's stop request; rank 0's clock (under a time budget), for every rank
-            stop, progress, fits = all_sums([run.stopper.requested, progress * (run.rank == 0),
-                                             fits * (run.rank == 0)], run.device)
+            stop, spent, go_on = all_sums([run.stopper.requested, spent * (run.rank == 0), go_on * (run.rank == 0)],
+                                          run.device)
+            if timed and not go_on:  # the budget is spent (the rule: budget.py)
+                run.total, run.saved_step = run.step, -1  # the final checkpoint records the seconds spent
+                bar.set_total(run.step)
+                if last_row and last_row["step"] != logged_step:
+                    log_row(last_row)
+                break
             if stop > 0:
                 raise Interrupted(run.stopper.signum or 15)
-            if timed and not fits:  # the budget is spent (the rule: budget.py)
-                run.total = run.step
-                break
-            if not timed and run.step >= run.total:  # type: ignore[operator]
-                break
-            lr = lr_at(run.step, run.total, cfg, progress=progress if timed else None)
+            if timed and run.step == cfg.warmup:  # the decay starts here, from this point of the budget
+                run.warmup_seconds = spent
+            progress = decay_progress(spent, run.warmup_seconds, cfg.time_budget) if timed else None  # type: ignore[arg-type]
+            lr = lr_at(run.step, run.total, cfg, progress=progress)
             loss_val, applied, norm = train_step(run, stream, lr)
             if not applied:
                 s.skipped_batches += 1
@@ -235,13 +258,12 @@ def train(run: Run) -> None:
                     run.log(describe_time_budget(cfg.time_budget, per, run.step + more, per_step_tokens))  # type: ignore[arg-type]
                     first_estimate = False
                 bar.set_total(run.step + more)
+            last_row = {"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm, "tokens": s.tokens,
+                        "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
+                        "elapsed": s.train_seconds}
             if run.step % cfg.log_every == 0 or run.step == run.total:
-                mtp = run.model.mtp_metrics(all_ranks=True)  # every rank: the global batch's, a collective
-                if run.rank == 0:
-                    run.metrics.write({"step": run.step, "loss": loss_val, "lr": lr, "grad_norm": norm,
-                                       "tokens": s.tokens,
-                                       "tok_per_s": s.tokens / s.train_seconds if run.start_step == 0 else None,
-                                       "elapsed": s.train_seconds, **mtp})
+                log_row(last_row)
+                logged_step = run.step
             bar.step(loss_val, per_step_tokens, dt, s.flops_per_token, s.matmul_peak)
             release_free_memory()  # the heap's freed pages back to the system, every 2 s (train/memory.py)
             periodic_validation(run)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from headway.data.loader import Loader, merge_rank_states
-from headway.train.budget import clock
+from headway.train.budget import fits
 from headway.train.checkpoint import CheckpointError, load_checkpoint, newest_intact, resolve, save_checkpoint, verify
 from headway.train.config import TrainConfig, merge_for_resume
 from headway.train.distributed import all_gather_object, barrier
@@ -68,8 +68,9 @@ def restore(ck: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer,
     if total is not None and total <= start_step:
         raise ValueError(f"--resume: the checkpoint is at step {start_step} and the run's budget is {total} "
                          "steps: nothing to train; pass a larger --steps (or --tokens / --time-budget)")
-    spent, per_step = float(state.get("train_seconds", 0.0)), float(state.get("step_seconds", 0.0))
-    if total is None and time_budget is not None and not clock(spent, time_budget, per_step)[1]:
+    spent = float(state.get("train_seconds", 0.0))
+    per_step = float(state.get("step_seconds", 0.0)) or spent / max(1, start_step)  # older checkpoints: an upper bound
+    if total is None and time_budget is not None and not fits(spent, time_budget, per_step):
         raise ValueError(f"--resume: the checkpoint has trained {spent:.1f} s of the run's {time_budget:g} s time "
                          f"budget, and a step takes {per_step:.2f} s: nothing to train; pass a larger --time-budget "
                          "(or --steps / --tokens)")
@@ -101,7 +102,8 @@ def save(run: Run) -> None:
         return
     cfg, s = run.cfg, run.summary
     st = {"total_steps": run.total, "tokens": s.tokens, "seed": cfg.seed, "world_size": run.world,
-          "train_seconds": run.spent_before + s.train_seconds, "step_seconds": run.step_seconds}
+          "train_seconds": run.spent_before + s.train_seconds, "step_seconds": run.step_seconds,
+          "warmup_seconds": run.warmup_seconds}
     if run.scaler.is_enabled():
         st["scaler"] = run.scaler.state_dict()
     if run.loader is not None:  # the data position of every rank: an exact, O(1) resume
