@@ -28,8 +28,8 @@ def lr_schedule(step: int, total: int | None, lr: float, warmup: int, min_lr_rat
         lr_t = lr * (r + (1 - r) * (1 + cos(pi * p)) / 2),   r = min_lr_ratio,
 
     where p, the fraction of the run done, is `(step - warmup) / (total - warmup)` on a run of `total`
-    steps, or `progress` when given (a time budget: the fraction of its seconds spent, so the decay
-    follows the clock and never jumps when the machine's speed changes). p is clipped to [0, 1]."""
+    steps, or `progress` when given (a time budget: the fraction of its seconds after the warmup spent, so the
+    decay follows the clock and never jumps when the machine's speed changes). p is clipped to [0, 1]."""
     if step < warmup:
         return lr * (step + 1) / warmup
     if progress is None:
