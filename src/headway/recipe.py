@@ -53,7 +53,11 @@ class Recipe:
     seq_len, batch_size: rows of 256 tokens, 16 rows per optimizer step.
     optimizer: "muon" (Muon on the backbone's 2-D weights, AdamW for the rest) or "adamw".
     lr, warmup, min_lr_ratio: peak learning rate, warmup steps, cosine floor (`lr_at`).
-    weight_decay, grad_clip: AdamW/Muon weight decay; gradient-norm clipping.
+    embedding_lr_scale, embedding_weight_decay: the token embedding and LM head matrices (AdamW) step
+        at lr × embedding_lr_scale and are not decayed; the hidden matrices step at lr and decay by
+        weight_decay (an embedding row is trained only by the tokens that use it).
+    weight_decay, grad_clip: the hidden matrices' weight decay (Muon; AdamW under --optimizer adamw);
+        gradient-norm clipping.
     tokenizer, vocab_size: a byte-level BPE of 8192 ids, trained on the training split.
     packing: "bfd" (best-fit decreasing) or "concat" (concat-and-split).
     """
@@ -70,6 +74,8 @@ class Recipe:
     lr: float = 6e-3
     warmup: int = 50
     min_lr_ratio: float = 0.1
+    embedding_lr_scale: float = 10.0
+    embedding_weight_decay: float = 0.0
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     tokenizer: str = "bpe"

@@ -213,7 +213,8 @@ def resolve_auto(cfg: Any, objective: Any, data: Any, device: torch.device, log:
                               teacher=kept.get("teacher")).to(device)
         if hasattr(model, "teacher"):
             kept["teacher"] = model.teacher
-        return model, make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
+        return model, make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay,
+                                     cfg.embedding_lr_scale, cfg.embedding_weight_decay)
 
     def batches() -> list:
         loader = data.loader(objective, cfg, 0, 1, None)

@@ -122,7 +122,8 @@ def build(cfg: TrainConfig, resume: str | None, given: set[str] | None, overwrit
             "threads")
     if cfg.compile:
         fwd = torch.compile(fwd)
-    opt = make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(model, cfg.resolved_optimizer(), cfg.lr, cfg.weight_decay, cfg.embedding_lr_scale,
+                         cfg.embedding_weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state, total = restore(ck, model, opt, scaler, device, planned_steps(cfg), cfg.time_budget, changed, log)

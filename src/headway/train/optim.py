@@ -86,6 +86,23 @@ def adjust_ratio(fn: str | None, shape: torch.Size) -> float:
     return 1.0
 
 
+class AdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW` whose param groups may carry "lr_scale": such a group steps at
+    lr × lr_scale (its weight decay too, lr · wd being AdamW's decoupled decay), so a schedule that
+    sets every group's "lr" to one value keeps the ratio. Without "lr_scale" it is torch's AdamW."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201
+        base = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, base):
+                g["lr"] = lr
+
+
 class Combined(torch.optim.Optimizer):
     """Several optimizers behind one interface: their param groups (so the LR schedule, the grad
     scaler and clipping see every parameter), one step, one state dict."""
@@ -124,25 +141,44 @@ class Combined(torch.optim.Optimizer):
 
 
 def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = RECIPE.lr,
-                   weight_decay: float = RECIPE.weight_decay) -> torch.optim.Optimizer:
+                   weight_decay: float = RECIPE.weight_decay,
+                   embedding_lr_scale: float = RECIPE.embedding_lr_scale,
+                   embedding_weight_decay: float = RECIPE.embedding_weight_decay) -> torch.optim.Optimizer:
     """The optimizer of `headway.RECIPE` by default: "muon" = Muon on the backbone's 2-D weights (its
     hidden matrices, and those of the multi-token prediction modules when there are) and AdamW for
     the rest (embeddings, head, norms), behind one `Combined` optimizer that checkpoints like any other;
-    "adamw" = AdamW alone. AdamW uses betas 0.9/0.95 and decays matrices only. `model` needs a
+    "adamw" = AdamW alone. AdamW uses betas 0.9/0.95; norms and biases are not decayed. The matrices
+    outside the backbone (the token embedding and the LM head) step at lr × `embedding_lr_scale` (a
+    group whose "lr_scale" the optimizer applies, see `AdamW`) with weight decay
+    `embedding_weight_decay`; the backbone's matrices decay by `weight_decay`. `model` needs a
     `.backbone` (a `LanguageModel`). Set the learning rate of every group of `opt.param_groups` per
-    step, e.g. to `RECIPE.lr_at(step, total)`."""
+    step, e.g. to `RECIPE.lr_at(step, total)`: the scale stays on top of it."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}")
+    for name, value, low in (("embedding_lr_scale", embedding_lr_scale, "> 0"),
+                             ("embedding_weight_decay", embedding_weight_decay, ">= 0")):
+        ok = isinstance(value, (int, float)) and (value > 0 if low == "> 0" else value >= 0)
+        if not ok:
+            raise ValueError(f"{name} must be a number {low}, got {value!r}")
     bodies = [model.backbone] + ([model.mtp] if getattr(model, "mtp", None) is not None else [])
-    hidden = {id(p) for b in bodies for p in b.parameters() if p.dim() == 2} if kind == "muon" else set()
+    inside = {id(p) for b in bodies for p in b.parameters()}
+    hidden = {id(p) for p in model.parameters() if id(p) in inside and p.dim() == 2} if kind == "muon" else set()
     rest = [p for p in model.parameters() if id(p) not in hidden]
-    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-                              lr=lr, betas=(0.9, 0.95))
+    matrices = [p for p in rest if p.dim() >= 2]
+    outer = [p for p in matrices if id(p) not in inside]  # the embedding and the head
+    inner = [p for p in matrices if id(p) in inside]  # the backbone's matrices under "adamw"
+    if embedding_lr_scale == 1 and embedding_weight_decay == weight_decay:
+        groups = [{"params": matrices, "weight_decay": weight_decay}]  # one group, as older checkpoints have
+    else:
+        groups = [g for g in ({"params": inner, "weight_decay": weight_decay},
+                              {"params": outer, "weight_decay": embedding_weight_decay,
+                               "lr_scale": float(embedding_lr_scale)}) if g["params"]]
+    groups.append({"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0})
+    adamw = AdamW(groups, lr=lr, betas=(0.9, 0.95))
     if kind == "adamw":
         return adamw
     muon = Muon([p for p in model.parameters() if id(p) in hidden], lr=lr, weight_decay=weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
+                adjust_lr_fn="match_rms_adamw")
     return Combined({"adamw": adamw, "muon": muon})
 
 
