@@ -5,7 +5,7 @@ read `RECIPE`, so the library trains what the command line trains on the same ma
 
     recipe = headway.Recipe()             # == headway.RECIPE
     model = headway.build_model(vocab)    # recipe.backbone, recipe.size, ReLU², QK-norm, zero-init
-    opt = headway.make_optimizer(model)   # recipe.optimizer (Muon + AdamW), recipe.lr, recipe.weight_decay
+    opt = headway.make_optimizer(model)   # recipe.optimizer (Muon + AdamW), recipe.lr, recipe.embedding_lr_scale, ...
     lr = recipe.lr_at(step, total)        # linear warmup, then cosine decay to lr * min_lr_ratio
 
 How each value was chosen is in the documentation's benchmark pages (docs/benchmarks/).

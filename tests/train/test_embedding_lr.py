@@ -100,7 +100,7 @@ def test_a_run_saved_before_the_scale_resumes_with_the_rate_it_began_with(tmp_pa
     make_optimizer(model, "adamw", 1e-3, 0.1, 1.0, 0.1).load_state_dict(old.state_dict())
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True])
 def test_bad_scale_or_decay_is_refused_naming_the_flag(bad):
     model = build_model(Vocab(61), "transformer", "32x2")
     with pytest.raises(ValueError, match="--embedding-lr-scale must be"):

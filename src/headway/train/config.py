@@ -180,7 +180,8 @@ class TrainConfig:
     embedding_lr_scale: float = opt(RECIPE.embedding_lr_scale, section="optim", help=(
         "the token embedding and LM head matrices learn at --lr times this (the hidden matrices at --lr)"))
     embedding_weight_decay: float = opt(RECIPE.embedding_weight_decay, section="optim", help=(
-        "weight decay of the token embedding and LM head matrices (--weight-decay is the hidden matrices')"))
+        "weight decay of the token embedding and LM head matrices, at their scaled rate (--weight-decay is the "
+        "hidden matrices')"))
     weight_decay: float = opt(RECIPE.weight_decay, section="optim", help=(
         "weight decay of the backbone's matrices (not norms/biases; the embedding's: --embedding-weight-decay)"))
     grad_clip: float = opt(RECIPE.grad_clip, section="optim", help="clip the gradient norm to this (0: off)")

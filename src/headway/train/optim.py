@@ -147,17 +147,22 @@ def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = R
     """The optimizer of `headway.RECIPE` by default: "muon" = Muon on the backbone's 2-D weights (its
     hidden matrices, and those of the multi-token prediction modules when there are) and AdamW for
     the rest (embeddings, head, norms), behind one `Combined` optimizer that checkpoints like any other;
-    "adamw" = AdamW alone. AdamW uses betas 0.9/0.95; norms and biases are not decayed. The matrices
-    outside the backbone (the token embedding and the LM head) step at lr × `embedding_lr_scale` (a
-    group whose "lr_scale" the optimizer applies, see `AdamW`) with weight decay
-    `embedding_weight_decay`; the backbone's matrices decay by `weight_decay`. `model` needs a
-    `.backbone` (a `LanguageModel`). Set the learning rate of every group of `opt.param_groups` per
-    step, e.g. to `RECIPE.lr_at(step, total)`: the scale stays on top of it."""
+    "adamw" = AdamW alone. AdamW uses betas 0.9/0.95; norms and biases are not decayed. Every matrix
+    outside the backbone (the token embedding and the LM head, and any other matrix a custom head
+    holds) steps at lr × `embedding_lr_scale` (a group whose "lr_scale" the optimizer applies, see
+    `AdamW`) with weight decay `embedding_weight_decay` (applied at that rate: lr × scale × wd); the
+    backbone's matrices decay by `weight_decay`. `model` needs a `.backbone` (a `LanguageModel`). Set
+    the learning rate of every group of `opt.param_groups` per step, e.g. to `RECIPE.lr_at(step,
+    total)`: the scale stays on top of it. An optimizer state saved before these settings existed
+    holds one group for all the matrices: load it into `make_optimizer(model, kind, lr, weight_decay,
+    1, weight_decay)` (what `headway train --resume` does); as in torch, the saved groups' settings
+    win on load."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}")
     for name, value, low in (("embedding_lr_scale", embedding_lr_scale, "> 0"),
                              ("embedding_weight_decay", embedding_weight_decay, ">= 0")):
-        ok = isinstance(value, (int, float)) and (value > 0 if low == "> 0" else value >= 0)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > 0 if low == "> 0" else value >= 0))
         if not ok:
             raise ValueError(f"{name} must be a number {low}, got {value!r}")
     bodies = [model.backbone] + ([model.mtp] if getattr(model, "mtp", None) is not None else [])
