@@ -80,24 +80,38 @@ def test_first_step_moves_the_embedding_by_the_scaled_rate():
 
 
 def test_the_recipe_and_the_library_default_agree():
-    assert TrainConfig().embedding_lr_scale == hw.RECIPE.embedding_lr_scale
+    cfg = TrainConfig()
+    assert (cfg.embedding_lr_scale, cfg.embedding_weight_decay) == (hw.RECIPE.embedding_lr_scale,
+                                                                    hw.RECIPE.embedding_weight_decay)
     model = build_model(Vocab(61), "transformer", "32x2")
     scales = {g.get("lr_scale", 1.0) for g in make_optimizer(model).param_groups}
     assert scales == {1.0, hw.RECIPE.embedding_lr_scale}
 
 
+def test_no_embedding_decay_given_means_the_weight_decay():
+    model = build_model(Vocab(61), "transformer", "32x2")
+    opt = make_optimizer(model, "muon", 1e-3, 0.07, embedding_lr_scale=3.0)
+    outer = next(g for g in opt.param_groups if "lr_scale" in g)
+    assert outer["weight_decay"] == 0.07 and outer["lr_scale"] == 3.0
+
+
 def test_a_run_saved_before_the_scale_resumes_with_the_rate_it_began_with(tmp_path):
-    raw = json.loads(json.dumps(TrainConfig(weight_decay=0.05).__dict__))
+    raw = json.loads(json.dumps(TrainConfig(weight_decay=0.05).__dict__))  # the embedding decayed at 0.05
     del raw["embedding_lr_scale"], raw["embedding_weight_decay"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
     old_cfg = TrainConfig.load(tmp_path / "config.json")
-    assert (old_cfg.embedding_lr_scale, old_cfg.embedding_weight_decay) == (1.0, 0.05)
+    assert (old_cfg.embedding_lr_scale, old_cfg.embedding_weight_decay) == (1.0, None)  # --weight-decay's
     # and with scale 1 the groups are laid out as before, so its optimizer state loads
     model = build_model(Vocab(61), "transformer", "32x2")
     old = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
                              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.95))
-    make_optimizer(model, "adamw", 1e-3, 0.1, 1.0, 0.1).load_state_dict(old.state_dict())
+    for kind in ("adamw", "muon"):
+        new = make_optimizer(model, kind, 1e-3, 0.1, old_cfg.embedding_lr_scale, old_cfg.embedding_weight_decay)
+        adamw = new if kind == "adamw" else new.parts["adamw"]
+        assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
+        assert not any("lr_scale" in g for g in adamw.param_groups)
+    make_optimizer(model, "adamw", 1e-3, 0.1).load_state_dict(old.state_dict())
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True])

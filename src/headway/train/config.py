@@ -62,11 +62,6 @@ def opt(default: Any = dataclasses.MISSING, *, help: str, section: str, choices:
     return dataclasses.field(default=default, metadata=meta)
 
 
-# what a run saved before a field existed trained with, where that is not the field's default now:
-# a resumed older run keeps training as it began
-BEFORE_THE_FIELD: dict[str, Any] = {"embedding_lr_scale": 1.0}
-
-
 @dataclass
 class TrainConfig:
     """Every setting of `headway train` (a flag each; `--config FILE` keys, flat or in their
@@ -179,11 +174,10 @@ class TrainConfig:
     warmup: int = opt(RECIPE.warmup, section="optim", help="linear warmup steps")
     embedding_lr_scale: float = opt(RECIPE.embedding_lr_scale, section="optim", help=(
         "the token embedding and LM head matrices learn at --lr times this (the hidden matrices at --lr)"))
-    embedding_weight_decay: float = opt(RECIPE.embedding_weight_decay, section="optim", help=(
-        "weight decay of the token embedding and LM head matrices, at their scaled rate (--weight-decay is the "
-        "hidden matrices')"))
+    embedding_weight_decay: float | None = opt(RECIPE.embedding_weight_decay, section="optim", help=(
+        "weight decay of the token embedding and LM head matrices, at their scaled rate (none: --weight-decay's)"))
     weight_decay: float = opt(RECIPE.weight_decay, section="optim", help=(
-        "weight decay of the backbone's matrices (not norms/biases; the embedding's: --embedding-weight-decay)"))
+        "weight decay on matrices (not on norms/biases; the embedding's and head's: --embedding-weight-decay)"))
     grad_clip: float = opt(RECIPE.grad_clip, section="optim", help="clip the gradient norm to this (0: off)")
     grad_accum: int = opt(1, section="optim", help=(
         "micro-batches per optimizer step (loss normalized by the global count of targets)"))
@@ -270,12 +264,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        """A saved `config.json`; fields it lacks (a run saved before they existed) take the value
-        that run trained with (`BEFORE_THE_FIELD`), or else their defaults."""
-        saved = json.loads(path.read_text())
-        # the embedding decayed as every matrix did
-        before = {**BEFORE_THE_FIELD, "embedding_weight_decay": saved.get("weight_decay", RECIPE.weight_decay)}
-        raw = {**before, **saved}
+        """A saved `config.json`; fields it lacks (a run saved before they existed) take their defaults."""
+        raw = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -320,7 +310,7 @@ class TrainConfig:
         integer("warmup", 0)
         number("weight_decay", 0)
         number("embedding_lr_scale", 0, low_open=True)
-        number("embedding_weight_decay", 0)
+        number("embedding_weight_decay", 0, optional=True)
         number("grad_clip", 0)
         number("z_loss", 0)
         integer("mtp_depth", 0, 16)

@@ -143,22 +143,23 @@ class Combined(torch.optim.Optimizer):
 def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = RECIPE.lr,
                    weight_decay: float = RECIPE.weight_decay,
                    embedding_lr_scale: float = RECIPE.embedding_lr_scale,
-                   embedding_weight_decay: float = RECIPE.embedding_weight_decay) -> torch.optim.Optimizer:
+                   embedding_weight_decay: float | None = RECIPE.embedding_weight_decay) -> torch.optim.Optimizer:
     """The optimizer of `headway.RECIPE` by default: "muon" = Muon on the backbone's 2-D weights (its
     hidden matrices, and those of the multi-token prediction modules when there are) and AdamW for
     the rest (embeddings, head, norms), behind one `Combined` optimizer that checkpoints like any other;
     "adamw" = AdamW alone. AdamW uses betas 0.9/0.95; norms and biases are not decayed. Every matrix
     outside the backbone (the token embedding and the LM head, and any other matrix a custom head
     holds) steps at lr × `embedding_lr_scale` (a group whose "lr_scale" the optimizer applies, see
-    `AdamW`) with weight decay `embedding_weight_decay` (applied at that rate: lr × scale × wd); the
-    backbone's matrices decay by `weight_decay`. `model` needs a `.backbone` (a `LanguageModel`). Set
-    the learning rate of every group of `opt.param_groups` per step, e.g. to `RECIPE.lr_at(step,
-    total)`: the scale stays on top of it. An optimizer state saved before these settings existed
-    holds one group for all the matrices: load it into `make_optimizer(model, kind, lr, weight_decay,
-    1, weight_decay)` (what `headway train --resume` does); as in torch, the saved groups' settings
-    win on load."""
+    `AdamW`) with weight decay `embedding_weight_decay` (None: `weight_decay`; applied at that rate:
+    lr × scale × wd); the backbone's matrices decay by `weight_decay`. `model` needs a `.backbone`
+    (a `LanguageModel`). Set the learning rate of every group of `opt.param_groups` per step, e.g. to
+    `RECIPE.lr_at(step, total)`: the scale stays on top of it. At 1× and the same decay (the defaults) AdamW's matrices
+    are one group, as in optimizer states saved before these settings existed; as in torch, a loaded
+    state's group settings win."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}")
+    if embedding_weight_decay is None:
+        embedding_weight_decay = weight_decay
     for name, value, low in (("embedding_lr_scale", embedding_lr_scale, "> 0"),
                              ("embedding_weight_decay", embedding_weight_decay, ">= 0")):
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
