@@ -57,8 +57,8 @@ class Recipe:
         at lr × embedding_lr_scale with weight decay embedding_weight_decay (None: weight_decay's).
         Both are the plain values (1×, the same decay): 10× without decay won two fixed-step
         screens but lost one seed of three by 0.17 bits/byte at the default run's budget.
-    weight_decay, grad_clip: the hidden matrices' weight decay (Muon; AdamW under --optimizer adamw);
-        gradient-norm clipping.
+    weight_decay, grad_clip: the matrices' weight decay (not norms or biases; the embedding's and
+        head's unless embedding_weight_decay is set); gradient-norm clipping.
     tokenizer, vocab_size: a byte-level BPE of 8192 ids, trained on the training split.
     packing: "bfd" (best-fit decreasing) or "concat" (concat-and-split).
     """

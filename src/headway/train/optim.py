@@ -153,9 +153,9 @@ def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = R
     `AdamW`) with weight decay `embedding_weight_decay` (None: `weight_decay`; applied at that rate:
     lr × scale × wd); the backbone's matrices decay by `weight_decay`. `model` needs a `.backbone`
     (a `LanguageModel`). Set the learning rate of every group of `opt.param_groups` per step, e.g. to
-    `RECIPE.lr_at(step, total)`: the scale stays on top of it. At 1× and the same decay (the defaults) AdamW's matrices
-    are one group, as in optimizer states saved before these settings existed; as in torch, a loaded
-    state's group settings win."""
+    `RECIPE.lr_at(step, total)`: the scale stays on top of it. At 1× and the same decay (the
+    defaults) AdamW's matrices are one group, as in optimizer states saved before these settings
+    existed; as in torch, a loaded state's group settings win."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}")
     if embedding_weight_decay is None:
@@ -168,7 +168,7 @@ def make_optimizer(model: nn.Module, kind: str = RECIPE.optimizer, lr: float = R
             raise ValueError(f"{name} must be a number {low}, got {value!r}")
     bodies = [model.backbone] + ([model.mtp] if getattr(model, "mtp", None) is not None else [])
     inside = {id(p) for b in bodies for p in b.parameters()}
-    hidden = {id(p) for p in model.parameters() if id(p) in inside and p.dim() == 2} if kind == "muon" else set()
+    hidden = {id(p) for b in bodies for p in b.parameters() if p.dim() == 2} if kind == "muon" else set()
     rest = [p for p in model.parameters() if id(p) not in hidden]
     matrices = [p for p in rest if p.dim() >= 2]
     outer = [p for p in matrices if id(p) not in inside]  # the embedding and the head
