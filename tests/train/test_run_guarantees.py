@@ -439,8 +439,15 @@ def test_a_time_budget_run_resumes_into_what_is_left_of_its_budget(corpus, tmp_p
     state_file = out / (out / "latest").read_text().strip() / "state.json"
     state = json.loads(state_file.read_text())
     assert 3.0 < state["train_seconds"] <= 4.0 + 1.0, state  # both parts' seconds together: the budget, not 2 + 4
-    # a checkpoint without the step time (an older version's) is judged by its mean step time, an upper bound
-    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "step_seconds"}))
+    # a checkpoint without the step time (an older version's) is judged by its mean step time, an upper
+    # bound: seconds spent T with 4 - T = half the mean step T/n leave no room for a mean step, whatever
+    # this machine's speed, though a recorded step time of a quarter of that room would fit
+    n = state["step"]
+    spent = 4.0 / (1.0 + 0.5 / n)
+    older = {k: v for k, v in state.items() if k != "step_seconds"} | {"train_seconds": spent}
+    state_file.write_text(json.dumps(older))
     capsys.readouterr()
     assert main([*args, "--time-budget", "4", "--resume"]) == 2
     assert "nothing to train" in capsys.readouterr().err
+    state_file.write_text(json.dumps(older | {"step_seconds": (4.0 - spent) / 4}))
+    assert main([*args, "--time-budget", "4", "--resume"]) == 0
